@@ -1,0 +1,145 @@
+//! `warren-bench`: measures Warren sandboxes on this host, side by side with
+//! peer runtimes (crun, runc, bubblewrap) that run the very same rootfs.
+//!
+//! Subcommands (see `docs/benchmarks.md` for the method):
+//! - `create`: time to first byte of `echo hi`, and the full create → exit →
+//!   destroy cycle, per runtime.
+//! - `exec`: round trip of running `true` in an already running sandbox.
+//! - `density`: many idle sandboxes; host memory per sandbox and the first
+//!   kernel or runtime limit that would stop a larger count.
+//!
+//! What it must not do: leave sandboxes, containers, mounts or its data
+//! directory behind. Every sandbox or container it creates is owned by a guard
+//! that destroys it on drop, SIGINT/SIGTERM only set a flag that the loops
+//! check, and the data directory is removed only when no mount remains under it.
+//!
+//! Output: human-readable text, then one JSON object as the LAST line of
+//! stdout, for scripts. Progress and notes go to stderr.
+
+mod create;
+mod datadir;
+mod density;
+mod exec;
+mod hostns;
+mod peers;
+mod rootfs;
+mod shutdown;
+mod stats;
+mod sysinfo;
+mod timing;
+mod warren;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::datadir::DataDir;
+use crate::shutdown::Shutdown;
+
+#[derive(Parser)]
+#[command(
+    name = "warren-bench",
+    about = "Benchmarks Warren sandboxes against crun, runc and bubblewrap",
+    long_about = None
+)]
+struct Cli {
+    /// Directory for the rootfs, OCI bundles, images and runtime state.
+    /// Default: a fresh directory under /var/tmp, removed afterwards. A
+    /// directory given here is kept.
+    #[arg(long, global = true, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Time to first output byte and full lifecycle of `echo hi`.
+    Create(create::CreateArgs),
+    /// Round trip of exec'ing `true` into a running sandbox.
+    Exec(exec::ExecArgs),
+    /// Memory per idle sandbox, and the first limit on their number.
+    Density(density::DensityArgs),
+}
+
+/// Which image Warren sandboxes use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ImageChoice {
+    /// The busybox rootfs the bench generates (the one the peers use too),
+    /// imported into a Warren image store.
+    Busybox,
+    /// Warren's built-in host image (the host's /usr etc., bound read-only).
+    Host,
+}
+
+impl ImageChoice {
+    pub fn name(self) -> &'static str {
+        match self {
+            ImageChoice::Busybox => "busybox",
+            ImageChoice::Host => "host",
+        }
+    }
+}
+
+/// clap parser for counts that must be at least 1.
+pub fn parse_positive(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("expected a positive integer, got '{s}'")),
+    }
+}
+
+fn main() -> ExitCode {
+    // Must stay first: when this executable runs as a sandbox's PID 1 this
+    // call runs init and never returns.
+    warren_init::run_if_init();
+
+    let cli = Cli::parse();
+    // Library logs (RUST_LOG=warren_runtime=debug, ...) go to stderr; the
+    // default shows warnings only, so they do not disturb timings.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("warren-bench: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("warren-bench must run as root (bench/run uses sudo when needed)");
+    }
+
+    // The crun workaround enters a new mount namespace, which only moves the
+    // calling thread: it must happen before anything starts a thread.
+    let wants_crun = match &cli.command {
+        Command::Create(a) => a.peers.wants_crun(),
+        Command::Exec(a) => a.peers.wants_crun(),
+        Command::Density(_) => false,
+    };
+    if wants_crun {
+        hostns::prepare_for_crun()?;
+    }
+
+    let shutdown = Shutdown::install()?;
+    let data = DataDir::new(cli.data_dir)?;
+    eprintln!("data dir: {}", data.path().display());
+
+    match cli.command {
+        Command::Create(args) => create::run(&args, data.path(), &shutdown),
+        Command::Exec(args) => exec::run(&args, data.path(), &shutdown),
+        Command::Density(args) => density::run(&args, data.path(), &shutdown),
+    }
+    // `data` drops here, after every sandbox has been destroyed.
+}

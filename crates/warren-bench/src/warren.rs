@@ -1,0 +1,204 @@
+//! Warren, driven in-process through the `warren-runtime` library API.
+
+use std::fs::File;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use nix::fcntl::OFlag;
+use warren_image::ImageStore;
+use warren_runtime::{
+    BindMount, ExecIo, ExecSpec, ExitStatus, MainIo, NativeConfig, NativeRuntime, RootfsSpec,
+    Runtime, SandboxId, SandboxSpec,
+};
+
+use crate::timing::{read_first_byte, Timing, EXIT_TIMEOUT, FIRST_BYTE_TIMEOUT};
+use crate::ImageChoice;
+
+/// A runtime plus the image every bench sandbox uses.
+pub struct Warren {
+    rt: NativeRuntime,
+    rootfs: RootfsSpec,
+    env: Vec<String>,
+    /// Host uid/gid ranges the runtime has: one per live sandbox.
+    id_slots: u32,
+    // Kept open for as long as sandboxes use its layers.
+    _store: ImageStore,
+}
+
+impl Warren {
+    /// Opens a runtime under `data/runtime` and an image store under
+    /// `data/images`; imports `busybox_rootfs` unless the host image is chosen.
+    pub fn open(data: &Path, image: ImageChoice, busybox_rootfs: &Path) -> Result<Self> {
+        let config = NativeConfig::new(data.join("runtime"));
+        let id_slots = config.id_slots;
+        let rt = NativeRuntime::new(config).context("open warren runtime")?;
+        let store = ImageStore::open(data.join("images")).context("open image store")?;
+        let img = match image {
+            ImageChoice::Busybox => store
+                .import_dir(busybox_rootfs, "bench-busybox")
+                .context("import busybox rootfs")?,
+            ImageChoice::Host => store.host_image().context("host image")?,
+        };
+        let rootfs = RootfsSpec {
+            layers: img.layers.clone(),
+            binds: img
+                .binds
+                .iter()
+                .map(|b| BindMount {
+                    source: b.source.clone(),
+                    target: b.target.clone(),
+                    readonly: b.readonly,
+                })
+                .collect(),
+        };
+        Ok(Self {
+            rt,
+            rootfs,
+            env: img.config.env.clone(),
+            id_slots,
+            _store: store,
+        })
+    }
+
+    pub fn spec(&self, id: &SandboxId, command: Option<&[&str]>) -> SandboxSpec {
+        let mut spec = SandboxSpec::new(id.clone(), self.rootfs.clone());
+        spec.command = command.map(|c| c.iter().map(|s| s.to_string()).collect());
+        spec.env = self.env.clone();
+        spec
+    }
+
+    /// One `echo hi` sandbox: create → first byte → exit → destroy.
+    pub fn echo_cycle(&self, name: &str) -> Result<Timing> {
+        let id = SandboxId::new(name.to_owned()).context("sandbox id")?;
+        let spec = self.spec(&id, Some(&["/bin/echo", "hi"]));
+
+        let t0 = Instant::now();
+        let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).context("pipe")?;
+        let res = self
+            .rt
+            .create(
+                &spec,
+                MainIo {
+                    stdin: None,
+                    stdout: Some(w),
+                    stderr: None,
+                },
+            )
+            .context("create")
+            .and_then(|_| {
+                let mut out = File::from(r);
+                let byte = read_first_byte(&mut out, FIRST_BYTE_TIMEOUT)?;
+                let first_byte = t0.elapsed();
+                ensure!(byte == b'h', "unexpected first byte {byte:#04x}");
+                let exit = self.rt.wait(&id, Some(EXIT_TIMEOUT)).context("wait")?;
+                let exit = exit.with_context(|| format!("did not exit within {EXIT_TIMEOUT:?}"))?;
+                ensure!(exit.code() == Some(0), "echo ended with {exit:?}");
+                self.rt.destroy(&id).context("destroy")?;
+                Ok(Timing {
+                    first_byte,
+                    cycle: t0.elapsed(),
+                })
+            });
+        if res.is_err() {
+            let _ = self.rt.destroy(&id);
+        }
+        res.with_context(|| format!("warren sandbox {name}"))
+    }
+
+    /// Creates a long-lived sandbox (idle when `command` is `None`), owned by
+    /// `set` so it is destroyed even if the caller bails.
+    pub fn create_into(
+        &self,
+        set: &mut SandboxSet<'_>,
+        name: &str,
+        command: Option<&[&str]>,
+    ) -> Result<SandboxId> {
+        let id = SandboxId::new(name.to_owned()).context("sandbox id")?;
+        let spec = self.spec(&id, command);
+        // Owned before create: a half-created sandbox is cleaned up too
+        // (destroy is idempotent).
+        set.ids.push(id.clone());
+        let io = MainIo {
+            stdin: None,
+            stdout: None,
+            stderr: None,
+        };
+        self.rt
+            .create(&spec, io)
+            .with_context(|| format!("create warren sandbox {name}"))?;
+        Ok(id)
+    }
+
+    /// Exec `/bin/true`: spawn → exit status received.
+    pub fn exec_true(&self, id: &SandboxId) -> Result<Duration> {
+        let t0 = Instant::now();
+        let mut proc = self
+            .rt
+            .exec(id, &ExecSpec::new(vec!["/bin/true".into()]), ExecIo::Null)
+            .context("warren exec")?;
+        let exit = proc.wait().context("warren exec wait")?;
+        let elapsed = t0.elapsed();
+        match exit.status {
+            ExitStatus::Code(0) => Ok(elapsed),
+            ExitStatus::Code(c) => bail!("warren exec /bin/true exited with {c}"),
+            ExitStatus::Signal(s) => bail!("warren exec /bin/true killed by signal {s}"),
+        }
+    }
+
+    /// True while the sandbox's main process has not ended.
+    pub fn is_running(&self, id: &SandboxId) -> Result<bool> {
+        Ok(self.rt.wait(id, Some(Duration::ZERO))?.is_none())
+    }
+
+    /// The runtime's host id-range slots: (total, in use). Each live sandbox
+    /// holds one.
+    pub fn uid_slots(&self) -> Option<(u64, u64)> {
+        Some((u64::from(self.id_slots), self.rt.list().len() as u64))
+    }
+}
+
+/// Sandboxes destroyed on drop (best effort), or explicitly with timing.
+pub struct SandboxSet<'a> {
+    warren: &'a Warren,
+    ids: Vec<SandboxId>,
+}
+
+impl<'a> SandboxSet<'a> {
+    pub fn new(warren: &'a Warren) -> Self {
+        Self {
+            warren,
+            ids: Vec::new(),
+        }
+    }
+
+    pub fn ids(&self) -> &[SandboxId] {
+        &self.ids
+    }
+
+    /// Destroys all, newest first; returns how many failed and the first error.
+    pub fn destroy_all(&mut self) -> (usize, Option<anyhow::Error>) {
+        let mut failed = 0;
+        let mut first_err = None;
+        while let Some(id) = self.ids.pop() {
+            if let Err(e) = self.warren.rt.destroy(&id) {
+                failed += 1;
+                first_err.get_or_insert_with(|| anyhow::Error::new(e).context("destroy"));
+            }
+        }
+        (failed, first_err)
+    }
+}
+
+impl Drop for SandboxSet<'_> {
+    fn drop(&mut self) {
+        if self.ids.is_empty() {
+            return;
+        }
+        let n = self.ids.len();
+        let (failed, err) = self.destroy_all();
+        if let Some(err) = err {
+            eprintln!("warning: {failed} of {n} sandboxes failed to destroy: {err:#}");
+        }
+    }
+}

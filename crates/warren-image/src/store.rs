@@ -1,0 +1,848 @@
+//! [`ImageStore`]: the on-disk, content-addressed image store.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use flate2::read::MultiGzDecoder;
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
+use tempfile::TempDir;
+
+use crate::digest::{
+    hash_reader, is_lower_hex, is_sha256_hex, parse_sha256_digest, sha256_hex, HashingWriter,
+    SHA256_HEX_LEN, SHA256_PREFIX,
+};
+use crate::error::ImageError;
+use crate::fsutil::{atomic_write, fsync_dir};
+use crate::host;
+use crate::image::{
+    BlobRef, HostBind, Image, ImageConfig, ImageRecord, LayerRecord, IMAGE_RECORD_VERSION,
+    LAYER_RECORD_VERSION, MEDIA_TYPE_LAYER_TAR, MEDIA_TYPE_LAYER_TAR_GZIP,
+};
+use crate::name::{ImageName, DEFAULT_TAG};
+use crate::pack::archive_dir;
+use crate::unpack::{unpack, UnpackOptions};
+
+const BLOBS_DIR: &str = "blobs/sha256";
+const LAYERS_DIR: &str = "layers";
+const IMAGES_DIR: &str = "images";
+const REFS_DIR: &str = "refs";
+const TMP_DIR: &str = "tmp";
+const LOCK_FILE: &str = "lock";
+const LAYER_FS_DIR: &str = "fs";
+const LAYER_RECORD_FILE: &str = "layer.json";
+
+/// Shortest accepted image id prefix, in hex digits.
+pub const MIN_ID_PREFIX_LEN: usize = 12;
+
+/// A content-addressed image store rooted at a local directory. See the
+/// crate documentation for the layout and invariants.
+#[derive(Debug, Clone)]
+pub struct ImageStore {
+    root: PathBuf,
+    host_root: PathBuf,
+    preserve_owners: bool,
+}
+
+/// Compression of an imported layer stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Compression {
+    None,
+    Gzip,
+}
+
+impl Compression {
+    fn detect(head: &[u8]) -> Result<Self, ImageError> {
+        let unsupported = |format| Err(ImageError::UnsupportedCompression { format });
+        if head.starts_with(&[0x1f, 0x8b]) {
+            Ok(Self::Gzip)
+        } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+            unsupported("zstd")
+        } else if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
+            unsupported("xz")
+        } else if head.starts_with(b"BZh") {
+            unsupported("bzip2")
+        } else {
+            Ok(Self::None)
+        }
+    }
+
+    fn media_type(self) -> &'static str {
+        match self {
+            Self::None => MEDIA_TYPE_LAYER_TAR,
+            Self::Gzip => MEDIA_TYPE_LAYER_TAR_GZIP,
+        }
+    }
+}
+
+/// A layer blob spooled into a work directory.
+struct SpooledBlob {
+    path: PathBuf,
+    hex: String,
+    size: u64,
+    compression: Compression,
+}
+
+/// The store lock, held for the duration of an operation.
+type StoreLock = Flock<File>;
+
+impl ImageStore {
+    /// Opens (creating directories if needed) a store rooted at `root`
+    /// (e.g. `/var/lib/warren/images`). The root and its subdirectories are
+    /// made `0700`. Stale temporary entries left by a crashed import are
+    /// removed unless another process is using the store right now.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Self, ImageError> {
+        let root = root.into();
+        let open_err = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| ImageError::OpenStore { path, source }
+        };
+        fs::create_dir_all(&root).map_err(open_err(&root))?;
+        let root = fs::canonicalize(&root).map_err(open_err(&root))?;
+        for dir in [
+            "", "blobs", BLOBS_DIR, LAYERS_DIR, IMAGES_DIR, REFS_DIR, TMP_DIR,
+        ] {
+            let path = root.join(dir);
+            fs::create_dir_all(&path).map_err(open_err(&path))?;
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o700))
+                .map_err(open_err(&path))?;
+        }
+        let store = Self {
+            root,
+            host_root: PathBuf::from("/"),
+            preserve_owners: nix::unistd::geteuid().is_root(),
+        };
+        if !store.preserve_owners {
+            tracing::warn!(root = %store.root.display(), "not running as root: layer owners will not be preserved");
+        }
+        store.clean_tmp()?;
+        Ok(store)
+    }
+
+    /// Uses `host_root` instead of `/` as the host the `host` image is
+    /// generated from (for tests and nested setups).
+    pub fn with_host_root(mut self, host_root: impl Into<PathBuf>) -> Self {
+        self.host_root = host_root.into();
+        self
+    }
+
+    /// The absolute store root.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Imports a directory tree as a single-layer image and names it `name`
+    /// (`"name"` or `"name:tag"`; default tag `latest`).
+    pub fn import_dir(&self, src: &Path, name: &str) -> Result<Image, ImageError> {
+        self.import_dir_with_config(src, name, ImageConfig::default())
+    }
+
+    /// [`ImageStore::import_dir`] with an explicit image config.
+    pub fn import_dir_with_config(
+        &self,
+        src: &Path,
+        name: &str,
+        config: ImageConfig,
+    ) -> Result<Image, ImageError> {
+        let name = ImageName::parse_new(name)?;
+        let _lock = self.lock(FlockArg::LockShared)?;
+        let work = self.work_dir()?;
+        let path = work.path().join("blob");
+        let file = create_new(&path)?;
+        let writer = archive_dir(src, HashingWriter::new(BufWriter::new(file)))?;
+        let (buffered, hex, size) = writer.finish();
+        let file = buffered
+            .into_inner()
+            .map_err(|e| write_err(&path, e.into_error()))?;
+        file.sync_all().map_err(|e| write_err(&path, e))?;
+        let blob = SpooledBlob {
+            path,
+            hex,
+            size,
+            compression: Compression::None,
+        };
+        let diff_hex = self.ensure_layer(&work, &blob)?;
+        let image = self.commit_image(&[diff_hex], Vec::new(), config, Some(&name))?;
+        tracing::info!(id = %image.id, name = %name, "imported directory");
+        Ok(image)
+    }
+
+    /// Imports a tar stream (plain or gzip, detected by magic bytes) as a
+    /// single-layer image named `name`.
+    pub fn import_tar(&self, reader: impl Read, name: &str) -> Result<Image, ImageError> {
+        self.import_tar_with_config(reader, name, ImageConfig::default())
+    }
+
+    /// [`ImageStore::import_tar`] with an explicit image config.
+    pub fn import_tar_with_config(
+        &self,
+        reader: impl Read,
+        name: &str,
+        config: ImageConfig,
+    ) -> Result<Image, ImageError> {
+        let name = ImageName::parse_new(name)?;
+        let _lock = self.lock(FlockArg::LockShared)?;
+        let work = self.work_dir()?;
+        let blob = spool(reader, work.path().join("blob"))?;
+        let diff_hex = self.ensure_layer(&work, &blob)?;
+        let image = self.commit_image(&[diff_hex], Vec::new(), config, Some(&name))?;
+        tracing::info!(id = %image.id, name = %name, "imported tar");
+        Ok(image)
+    }
+
+    /// Resolves a reference: `host` (the built-in image, created on first
+    /// use), an imported `name[:tag]`, or an image id (`sha256:<hex>`, or a
+    /// unique hex prefix of at least 12 digits, with or without `sha256:`).
+    /// Names win over id prefixes.
+    pub fn resolve(&self, reference: &str) -> Result<Image, ImageError> {
+        if is_host_reference(reference) {
+            return self.host_image();
+        }
+        let _lock = self.lock(FlockArg::LockShared)?;
+        let refs = self.read_refs()?;
+        let (hex, _) = self.lookup(reference, &refs)?;
+        self.load_image(&hex, &refs)
+    }
+
+    /// Every image in the store, named ones first (sorted by name), then
+    /// untagged ones by id. Does not create the host image. Images whose
+    /// record is corrupt or whose layers are missing are logged and left
+    /// out (resolving them reports the error).
+    pub fn list(&self) -> Result<Vec<Image>, ImageError> {
+        let _lock = self.lock(FlockArg::LockShared)?;
+        let refs = self.read_refs()?;
+        let mut images = Vec::new();
+        for hex in self.image_hexes()? {
+            match self.load_image(&hex, &refs) {
+                Ok(image) => images.push(image),
+                Err(
+                    e @ (ImageError::CorruptStore { .. }
+                    | ImageError::CorruptRecord { .. }
+                    | ImageError::MissingLayer { .. }),
+                ) => {
+                    tracing::warn!(id = %hex, error = %e, code = e.code(), "skipping broken image");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        images.sort_by(|a, b| {
+            (a.names.is_empty(), &a.names, &a.id).cmp(&(b.names.is_empty(), &b.names, &b.id))
+        });
+        Ok(images)
+    }
+
+    /// Removes a name, or by id every name of an image. Once no name points
+    /// at the image, its record is removed, then every layer no remaining
+    /// image uses, then every blob no remaining layer came from.
+    ///
+    /// There is no protection yet for images in use by sandboxes: removing
+    /// one deletes the layer directories under a running overlay mount. The
+    /// caller (the node) must not remove images its sandboxes use.
+    pub fn remove(&self, reference: &str) -> Result<(), ImageError> {
+        let _lock = self.lock(FlockArg::LockExclusive)?;
+        let refs = self.read_refs()?;
+        let (hex, name) = self.lookup(reference, &refs)?;
+        let untag: Vec<ImageName> = match name {
+            Some(name) => vec![name],
+            None => refs
+                .iter()
+                .filter(|(_, id)| **id == hex)
+                .map(|(name, _)| name.clone())
+                .collect(),
+        };
+        let refs_dir = self.root.join(REFS_DIR);
+        for name in &untag {
+            remove_file_if_exists(&refs_dir.join(name.ref_file_name()))?;
+        }
+        fsync_dir(&refs_dir).map_err(|e| write_err(&refs_dir, e))?;
+        let still_named = refs
+            .iter()
+            .any(|(name, id)| *id == hex && !untag.contains(name));
+        if still_named {
+            tracing::info!(id = %format!("{SHA256_PREFIX}{hex}"), "untagged image");
+            return Ok(());
+        }
+
+        let record = self.read_record(&hex)?;
+        let images_dir = self.root.join(IMAGES_DIR);
+        remove_file_if_exists(&images_dir.join(format!("{hex}.json")))?;
+        fsync_dir(&images_dir).map_err(|e| write_err(&images_dir, e))?;
+
+        let mut layers_in_use = HashSet::new();
+        for other in self.image_hexes()? {
+            layers_in_use.extend(self.read_record(&other)?.layers);
+        }
+        let mut removed_blobs = Vec::new();
+        for diff_id in record.layers.iter().filter(|l| !layers_in_use.contains(*l)) {
+            let Some(diff_hex) = parse_sha256_digest(diff_id) else {
+                continue;
+            };
+            if let Some(blob) = self.remove_layer(diff_hex)? {
+                removed_blobs.push(blob);
+            }
+        }
+        if !removed_blobs.is_empty() {
+            let blobs_in_use = self.blobs_in_use()?;
+            for blob in removed_blobs {
+                if let Some(blob_hex) = parse_sha256_digest(&blob) {
+                    if !blobs_in_use.contains(&blob) {
+                        remove_file_if_exists(&self.blob_path(blob_hex))?;
+                    }
+                }
+            }
+        }
+        tracing::info!(id = %format!("{SHA256_PREFIX}{hex}"), "removed image");
+        Ok(())
+    }
+
+    /// Builds (idempotently) and returns the built-in `host` image. The
+    /// skeleton is regenerated from the host on every call; identical
+    /// content gives the same id, and `host` is moved to a new id when the
+    /// host changed (the old image stays, untagged, until removed).
+    pub fn host_image(&self) -> Result<Image, ImageError> {
+        let skeleton = host::build(&self.host_root)?;
+        let _lock = self.lock(FlockArg::LockShared)?;
+        let diff_hex = sha256_hex(&skeleton.tar);
+        if !self.layer_is_complete(&diff_hex) {
+            let work = self.work_dir()?;
+            let path = work.path().join("blob");
+            let mut file = create_new(&path)?;
+            file.write_all(&skeleton.tar)
+                .and_then(|()| file.sync_all())
+                .map_err(|e| write_err(&path, e))?;
+            let blob = SpooledBlob {
+                path,
+                hex: diff_hex.clone(),
+                size: skeleton.tar.len() as u64,
+                compression: Compression::None,
+            };
+            self.ensure_layer(&work, &blob)?;
+        }
+        self.commit_image(
+            &[diff_hex],
+            skeleton.binds,
+            host::host_config(),
+            Some(&ImageName::host()),
+        )
+    }
+
+    // ---- layers -------------------------------------------------------
+
+    fn layer_dir(&self, diff_hex: &str) -> PathBuf {
+        self.root.join(LAYERS_DIR).join(diff_hex)
+    }
+
+    fn blob_path(&self, hex: &str) -> PathBuf {
+        self.root.join(BLOBS_DIR).join(hex)
+    }
+
+    fn layer_is_complete(&self, diff_hex: &str) -> bool {
+        self.layer_dir(diff_hex).join(LAYER_RECORD_FILE).is_file()
+    }
+
+    /// Makes sure the layer of `blob` is unpacked under `layers/` and
+    /// returns its diff id (hex). The unpack happens in `work` and is
+    /// renamed into place only when complete.
+    fn ensure_layer(&self, work: &TempDir, blob: &SpooledBlob) -> Result<String, ImageError> {
+        let (diff_hex, tar_size) = match blob.compression {
+            Compression::None => (blob.hex.clone(), blob.size),
+            Compression::Gzip => {
+                hash_reader(MultiGzDecoder::new(BufReader::new(open_file(&blob.path)?)))
+                    .map_err(|source| ImageError::ReadArchive { source })?
+            }
+        };
+        let layer_dir = self.layer_dir(&diff_hex);
+        if self.layer_is_complete(&diff_hex) {
+            tracing::debug!(diff_id = %diff_hex, "layer already present");
+            return Ok(diff_hex);
+        }
+        if layer_dir.exists() {
+            // Not produced by this code (layers appear by atomic rename, with
+            // layer.json inside); move it out of the way.
+            tracing::warn!(path = %layer_dir.display(), "replacing incomplete layer directory");
+            fs::rename(&layer_dir, work.path().join("stale-layer"))
+                .map_err(|e| write_err(&layer_dir, e))?;
+        }
+
+        let staging = work.path().join("layer");
+        let fs_dir = staging.join(LAYER_FS_DIR);
+        fs::create_dir(&staging).map_err(|e| write_err(&staging, e))?;
+        fs::create_dir(&fs_dir).map_err(|e| write_err(&fs_dir, e))?;
+        fs::set_permissions(&fs_dir, fs::Permissions::from_mode(0o755))
+            .map_err(|e| write_err(&fs_dir, e))?;
+        let file = BufReader::new(open_file(&blob.path)?);
+        let reader: Box<dyn Read> = match blob.compression {
+            Compression::None => Box::new(file),
+            Compression::Gzip => Box::new(MultiGzDecoder::new(file)),
+        };
+        let options = UnpackOptions {
+            preserve_owners: self.preserve_owners,
+        };
+        let stats = unpack(reader, &fs_dir, &options)?;
+
+        let record = LayerRecord {
+            schema_version: LAYER_RECORD_VERSION,
+            diff_id: format!("{SHA256_PREFIX}{diff_hex}"),
+            size: tar_size,
+            blob: BlobRef {
+                digest: format!("{SHA256_PREFIX}{}", blob.hex),
+                media_type: blob.compression.media_type().to_owned(),
+                size: blob.size,
+            },
+        };
+        let record_path = staging.join(LAYER_RECORD_FILE);
+        let bytes = to_json(&record, &record_path)?;
+        fs::write(&record_path, bytes).map_err(|e| write_err(&record_path, e))?;
+
+        // Blob first, so that a complete layer always has its blob.
+        let blob_target = self.blob_path(&blob.hex);
+        if !blob_target.exists() {
+            fs::rename(&blob.path, &blob_target).map_err(|e| write_err(&blob_target, e))?;
+            let blobs_dir = self.root.join(BLOBS_DIR);
+            fsync_dir(&blobs_dir).map_err(|e| write_err(&blobs_dir, e))?;
+        }
+        // Everything unpacked must be durable before the layer appears.
+        let staging_dir = open_file(&staging)?;
+        nix::unistd::syncfs(&staging_dir).map_err(|e| write_err(&staging, e.into()))?;
+        match fs::rename(&staging, &layer_dir) {
+            Ok(()) => {
+                let layers_dir = self.root.join(LAYERS_DIR);
+                fsync_dir(&layers_dir).map_err(|e| write_err(&layers_dir, e))?;
+                tracing::info!(diff_id = %diff_hex, entries = stats.entries, "unpacked layer");
+            }
+            Err(e)
+                if matches!(
+                    e.raw_os_error().map(Errno::from_raw),
+                    Some(Errno::ENOTEMPTY | Errno::EEXIST)
+                ) =>
+            {
+                tracing::debug!(diff_id = %diff_hex, "layer unpacked concurrently; reusing it");
+            }
+            Err(e) => return Err(write_err(&layer_dir, e)),
+        }
+        Ok(diff_hex)
+    }
+
+    /// Removes a layer directory (atomically from the store's point of
+    /// view: it is first renamed into `tmp/`). Returns the digest of the
+    /// blob it came from, if known.
+    fn remove_layer(&self, diff_hex: &str) -> Result<Option<String>, ImageError> {
+        let layer_dir = self.layer_dir(diff_hex);
+        let blob = self
+            .read_layer_record(diff_hex)
+            .ok()
+            .map(|record| record.blob.digest);
+        let trash = self.work_dir()?;
+        match fs::rename(&layer_dir, trash.path().join("layer")) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(blob),
+            Err(source) => {
+                return Err(ImageError::RemoveStore {
+                    path: layer_dir,
+                    source,
+                })
+            }
+        }
+        let layers_dir = self.root.join(LAYERS_DIR);
+        fsync_dir(&layers_dir).map_err(|e| write_err(&layers_dir, e))?;
+        let trash_path = trash.path().to_path_buf();
+        if let Err(e) = trash.close() {
+            // Harmless: the next `open` removes leftovers in tmp/.
+            tracing::warn!(path = %trash_path.display(), error = %e, "could not delete removed layer");
+        }
+        tracing::debug!(diff_id = %diff_hex, "removed layer");
+        Ok(blob)
+    }
+
+    fn read_layer_record(&self, diff_hex: &str) -> Result<LayerRecord, ImageError> {
+        let path = self.layer_dir(diff_hex).join(LAYER_RECORD_FILE);
+        let bytes = read_file(&path)?;
+        serde_json::from_slice(&bytes).map_err(|source| ImageError::CorruptRecord { path, source })
+    }
+
+    /// Blob digests of every layer on disk.
+    fn blobs_in_use(&self) -> Result<HashSet<String>, ImageError> {
+        let mut blobs = HashSet::new();
+        for name in list_dir(&self.root.join(LAYERS_DIR))? {
+            if is_sha256_hex(&name) {
+                if let Ok(record) = self.read_layer_record(&name) {
+                    blobs.insert(record.blob.digest);
+                }
+            }
+        }
+        Ok(blobs)
+    }
+
+    // ---- images and refs ----------------------------------------------
+
+    /// Writes the image record (if new) and the ref, and loads the image.
+    fn commit_image(
+        &self,
+        layers: &[String],
+        binds: Vec<HostBind>,
+        config: ImageConfig,
+        name: Option<&ImageName>,
+    ) -> Result<Image, ImageError> {
+        let record = ImageRecord {
+            schema_version: IMAGE_RECORD_VERSION,
+            layers: layers
+                .iter()
+                .map(|hex| format!("{SHA256_PREFIX}{hex}"))
+                .collect(),
+            binds,
+            config,
+        };
+        let path_for = |hex: &str| self.root.join(IMAGES_DIR).join(format!("{hex}.json"));
+        let bytes = to_json(&record, &self.root.join(IMAGES_DIR))?;
+        let hex = sha256_hex(&bytes);
+        let path = path_for(&hex);
+        if !path.is_file() {
+            atomic_write(&self.root.join(TMP_DIR), &path, &bytes)?;
+        }
+        if let Some(name) = name {
+            let ref_path = self.root.join(REFS_DIR).join(name.ref_file_name());
+            let content = format!("{SHA256_PREFIX}{hex}\n");
+            let current = fs::read(&ref_path).ok();
+            if current.as_deref() != Some(content.as_bytes()) {
+                atomic_write(&self.root.join(TMP_DIR), &ref_path, content.as_bytes())?;
+            }
+        }
+        let refs = self.read_refs()?;
+        self.load_image(&hex, &refs)
+    }
+
+    /// Finds the image a reference means: (id hex, the name used if any).
+    fn lookup(
+        &self,
+        reference: &str,
+        refs: &BTreeMap<ImageName, String>,
+    ) -> Result<(String, Option<ImageName>), ImageError> {
+        if let Some(hex) = reference.strip_prefix(SHA256_PREFIX) {
+            return Ok((self.find_id(reference, hex)?, None));
+        }
+        match ImageName::parse(reference) {
+            Ok(name) => match refs.get(&name) {
+                Some(hex) => Ok((hex.clone(), Some(name))),
+                None if is_lower_hex(reference) && reference.len() >= MIN_ID_PREFIX_LEN => {
+                    Ok((self.find_id(reference, reference)?, None))
+                }
+                None => Err(ImageError::NotFound {
+                    reference: reference.to_owned(),
+                }),
+            },
+            Err(_) if is_lower_hex(reference) => Ok((self.find_id(reference, reference)?, None)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Finds the unique image whose id starts with `prefix`.
+    fn find_id(&self, reference: &str, prefix: &str) -> Result<String, ImageError> {
+        let invalid = |reason| ImageError::InvalidReference {
+            reference: reference.to_owned(),
+            reason,
+        };
+        if !is_lower_hex(prefix) {
+            return Err(invalid("image id must be lowercase hex"));
+        }
+        if prefix.len() > SHA256_HEX_LEN {
+            return Err(invalid("image id is longer than 64 hex digits"));
+        }
+        if prefix.len() < MIN_ID_PREFIX_LEN {
+            return Err(invalid("image id prefix must have at least 12 hex digits"));
+        }
+        let mut matches = self
+            .image_hexes()?
+            .into_iter()
+            .filter(|hex| hex.starts_with(prefix));
+        match (matches.next(), matches.next()) {
+            (Some(hex), None) => Ok(hex),
+            (None, _) => Err(ImageError::NotFound {
+                reference: reference.to_owned(),
+            }),
+            (Some(_), Some(_)) => Err(ImageError::AmbiguousReference {
+                reference: reference.to_owned(),
+            }),
+        }
+    }
+
+    /// Hex ids of every image record, sorted.
+    fn image_hexes(&self) -> Result<Vec<String>, ImageError> {
+        let mut hexes: Vec<String> = list_dir(&self.root.join(IMAGES_DIR))?
+            .into_iter()
+            .filter_map(|name| name.strip_suffix(".json").map(str::to_owned))
+            .filter(|hex| is_sha256_hex(hex))
+            .collect();
+        hexes.sort();
+        Ok(hexes)
+    }
+
+    /// Every ref: name → image id hex.
+    fn read_refs(&self) -> Result<BTreeMap<ImageName, String>, ImageError> {
+        let dir = self.root.join(REFS_DIR);
+        let mut refs = BTreeMap::new();
+        for file_name in list_dir(&dir)? {
+            let Some(name) = ImageName::from_ref_file_name(&file_name) else {
+                tracing::warn!(file = %file_name, "ignoring unexpected file in refs/");
+                continue;
+            };
+            let path = dir.join(&file_name);
+            let content = match fs::read_to_string(&path) {
+                Ok(content) => content,
+                // Removed concurrently.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(source) => return Err(ImageError::ReadStore { path, source }),
+            };
+            let hex = parse_sha256_digest(content.trim()).ok_or(ImageError::CorruptStore {
+                path: path.clone(),
+                reason: "a ref must hold one sha256 image id",
+            })?;
+            refs.insert(name, hex.to_owned());
+        }
+        Ok(refs)
+    }
+
+    /// Reads and verifies `images/<hex>.json`.
+    fn read_record(&self, hex: &str) -> Result<ImageRecord, ImageError> {
+        let path = self.root.join(IMAGES_DIR).join(format!("{hex}.json"));
+        let bytes = match fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(ImageError::NotFound {
+                    reference: format!("{SHA256_PREFIX}{hex}"),
+                })
+            }
+            Err(source) => return Err(ImageError::ReadStore { path, source }),
+        };
+        if sha256_hex(&bytes) != hex {
+            return Err(ImageError::CorruptStore {
+                path,
+                reason: "content does not match its digest",
+            });
+        }
+        serde_json::from_slice(&bytes).map_err(|source| ImageError::CorruptRecord { path, source })
+    }
+
+    fn load_image(
+        &self,
+        hex: &str,
+        refs: &BTreeMap<ImageName, String>,
+    ) -> Result<Image, ImageError> {
+        let record = self.read_record(hex)?;
+        let id = format!("{SHA256_PREFIX}{hex}");
+        let mut layers = Vec::with_capacity(record.layers.len());
+        for diff_id in &record.layers {
+            let diff_hex =
+                parse_sha256_digest(diff_id).ok_or_else(|| ImageError::CorruptStore {
+                    path: self.root.join(IMAGES_DIR).join(format!("{hex}.json")),
+                    reason: "layer is not a sha256 digest",
+                })?;
+            if !self.layer_is_complete(diff_hex) {
+                return Err(ImageError::MissingLayer {
+                    id,
+                    diff_id: diff_id.clone(),
+                });
+            }
+            layers.push(self.layer_dir(diff_hex).join(LAYER_FS_DIR));
+        }
+        let names = refs
+            .iter()
+            .filter(|(_, target)| target.as_str() == hex)
+            .map(|(name, _)| name.to_string())
+            .collect();
+        Ok(Image {
+            id,
+            names,
+            layers,
+            binds: record.binds,
+            config: record.config,
+        })
+    }
+
+    // ---- locking and temporary space ----------------------------------
+
+    /// Takes the store lock. Imports and reads hold it shared; `remove`
+    /// and tmp cleanup hold it exclusively.
+    fn lock(&self, arg: FlockArg) -> Result<StoreLock, ImageError> {
+        let path = self.root.join(LOCK_FILE);
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|source| ImageError::LockStore {
+                path: path.clone(),
+                source,
+            })?;
+        Flock::lock(file, arg).map_err(|(_, errno)| ImageError::LockStore {
+            path,
+            source: errno.into(),
+        })
+    }
+
+    /// A fresh private directory under `tmp/`, removed on drop.
+    fn work_dir(&self) -> Result<TempDir, ImageError> {
+        let tmp = self.root.join(TMP_DIR);
+        tempfile::Builder::new()
+            .prefix("work-")
+            .tempdir_in(&tmp)
+            .map_err(|e| write_err(&tmp, e))
+    }
+
+    /// Removes everything in `tmp/` if nobody else holds the store lock.
+    fn clean_tmp(&self) -> Result<(), ImageError> {
+        let _lock = match self.lock(FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => lock,
+            Err(ImageError::LockStore { source, .. })
+                if source.raw_os_error() == Some(Errno::EWOULDBLOCK as i32) =>
+            {
+                tracing::debug!("image store in use; not cleaning tmp/");
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        let tmp = self.root.join(TMP_DIR);
+        let mut removed = 0usize;
+        for name in list_dir(&tmp)? {
+            let path = tmp.join(&name);
+            let result = match fs::symlink_metadata(&path) {
+                Ok(meta) if meta.is_dir() => fs::remove_dir_all(&path),
+                Ok(_) => fs::remove_file(&path),
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(()) => removed += 1,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(source) => return Err(ImageError::RemoveStore { path, source }),
+            }
+        }
+        if removed > 0 {
+            tracing::info!(
+                removed,
+                "removed stale temporary entries from the image store"
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Whether `reference` means the built-in host image.
+fn is_host_reference(reference: &str) -> bool {
+    matches!(ImageName::parse(reference), Ok(name) if name.is_host() && name.tag() == DEFAULT_TAG)
+}
+
+/// Copies `reader` into a new file at `path`, hashing it and detecting its
+/// compression from the first bytes.
+fn spool(mut reader: impl Read, path: PathBuf) -> Result<SpooledBlob, ImageError> {
+    let read_err = |source| ImageError::ReadArchive { source };
+    let mut head = [0u8; 6];
+    let mut filled = 0;
+    while filled < head.len() {
+        match reader.read(&mut head[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(read_err(e)),
+        }
+    }
+    if filled == 0 {
+        return Err(read_err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "layer archive is empty",
+        )));
+    }
+    let compression = Compression::detect(&head[..filled])?;
+    let file = create_new(&path)?;
+    let mut writer = HashingWriter::new(BufWriter::new(file));
+    writer
+        .write_all(&head[..filled])
+        .map_err(|e| write_err(&path, e))?;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(read_err(e)),
+        };
+        writer
+            .write_all(&buf[..n])
+            .map_err(|e| write_err(&path, e))?;
+    }
+    let (buffered, hex, size) = writer.finish();
+    let file = buffered
+        .into_inner()
+        .map_err(|e| write_err(&path, e.into_error()))?;
+    file.sync_all().map_err(|e| write_err(&path, e))?;
+    Ok(SpooledBlob {
+        path,
+        hex,
+        size,
+        compression,
+    })
+}
+
+fn write_err(path: &Path, source: io::Error) -> ImageError {
+    ImageError::WriteStore {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn create_new(path: &Path) -> Result<File, ImageError> {
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| write_err(path, e))
+}
+
+fn open_file(path: &Path) -> Result<File, ImageError> {
+    File::open(path).map_err(|source| ImageError::ReadStore {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn read_file(path: &Path) -> Result<Vec<u8>, ImageError> {
+    fs::read(path).map_err(|source| ImageError::ReadStore {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn to_json(value: &impl serde::Serialize, path: &Path) -> Result<Vec<u8>, ImageError> {
+    serde_json::to_vec(value).map_err(|e| write_err(path, io::Error::other(e)))
+}
+
+fn remove_file_if_exists(path: &Path) -> Result<(), ImageError> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(ImageError::RemoveStore {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// UTF-8 entry names of a store directory (others are not ours; skipped).
+fn list_dir(dir: &Path) -> Result<Vec<String>, ImageError> {
+    let read_err = |source| ImageError::ReadStore {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let mut names = Vec::new();
+    for entry in fs::read_dir(dir).map_err(read_err)? {
+        let entry = entry.map_err(read_err)?;
+        if let Ok(name) = entry.file_name().into_string() {
+            names.push(name);
+        }
+    }
+    names.sort();
+    Ok(names)
+}

@@ -1,0 +1,681 @@
+//! Unpacking an untrusted layer tar into a fresh, empty directory.
+//!
+//! This runs as host root on tenant-supplied archives, so every entry is
+//! created relative to directory file descriptors opened with
+//! `O_NOFOLLOW | O_DIRECTORY`, one path component at a time; no path is
+//! ever resolved by the kernel from a concatenated string. Rules:
+//!
+//! - Entry paths are relative; `.` components and empty components are
+//!   dropped. Absolute paths, `..` components, NUL bytes and paths longer
+//!   than 4096 bytes are refused ([`ImageError::UnsafeEntry`]).
+//! - A parent component that is a symlink is refused, whoever created it:
+//!   nothing is ever written through a symlink (the symlink-then-write
+//!   trick). Missing parents are created as `0755 root:root`, mtime 0.
+//! - An entry replaces whatever an earlier entry left at its path (unlinked
+//!   first, recursively for directories, never followed), except that a
+//!   directory entry over an existing directory only updates its metadata.
+//!   Regular files are created with `O_CREAT | O_EXCL | O_NOFOLLOW`.
+//! - Hard links must name an earlier non-directory entry of the same layer,
+//!   found by the same no-symlink walk; `linkat` is called without
+//!   `AT_SYMLINK_FOLLOW`, so a link to a symlink links the symlink itself.
+//! - Character device 0/0 (an overlayfs whiteout) is skipped; any other
+//!   device node is refused. FIFOs are created. GNU (old-format) sparse
+//!   files are written out in full; pax-format sparse files and unknown
+//!   entry types are refused as unsupported.
+//! - Modes (including setuid, setgid and sticky bits), numeric owners (not
+//!   shifted: the runtime maps them with idmapped mounts), and mtimes
+//!   (including pax sub-second mtimes) are preserved. Owners are applied
+//!   only when running as root. Directory owners, modes and mtimes are
+//!   applied after all entries, children first, so that later entries
+//!   neither fail on read-only directories nor bump their mtimes.
+//! - Extended attributes from pax `SCHILY.xattr.*` records are preserved for
+//!   `user.*` and `security.capability` on regular files and directories;
+//!   all others (`trusted.*`, `security.selinux`, ACLs) are dropped.
+
+use std::collections::BTreeMap;
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use nix::errno::Errno;
+use nix::fcntl::{openat, AtFlags, OFlag};
+use nix::sys::stat::{fchmod, futimens, mkdirat, mknodat, utimensat, Mode, SFlag, UtimensatFlags};
+use nix::sys::time::TimeSpec;
+use nix::unistd::{fchown, fchownat, linkat, symlinkat, Gid, Uid};
+use tar::EntryType;
+use xattr::FileExt as _;
+
+use crate::error::ImageError;
+use crate::fsutil::{lstat_at, open_dir_at, remove_at, Kind, DIR_NOFOLLOW};
+
+/// Longest entry path accepted (Linux `PATH_MAX`).
+pub const MAX_PATH_BYTES: usize = 4096;
+
+/// Extended attributes carried from layer archives onto disk.
+pub fn xattr_is_preserved(name: &[u8]) -> bool {
+    name.starts_with(b"user.") || name == b"security.capability"
+}
+
+/// The pax record prefix for extended attributes.
+pub const PAX_XATTR_PREFIX: &str = "SCHILY.xattr.";
+
+/// How to unpack.
+#[derive(Debug, Clone)]
+pub struct UnpackOptions {
+    /// Apply the archive's numeric owners (requires `CAP_CHOWN`).
+    pub preserve_owners: bool,
+}
+
+/// What an unpack did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct UnpackStats {
+    pub entries: u64,
+    pub whiteouts_skipped: u64,
+}
+
+/// Unpacks the tar stream `reader` into the existing, empty directory
+/// `dest`, which must not be reachable by anyone else while this runs.
+pub fn unpack(
+    reader: impl Read,
+    dest: &Path,
+    options: &UnpackOptions,
+) -> Result<UnpackStats, ImageError> {
+    let root = nix::fcntl::open(dest, DIR_NOFOLLOW, Mode::empty()).map_err(|e| {
+        ImageError::UnpackLayer {
+            path: ".".into(),
+            source: e.into(),
+        }
+    })?;
+    let mut unpacker = Unpacker {
+        root,
+        options,
+        dirs: BTreeMap::new(),
+        stats: UnpackStats::default(),
+    };
+    let mut archive = tar::Archive::new(reader);
+    let read_err = |source| ImageError::ReadArchive { source };
+    for entry in archive.entries().map_err(read_err)? {
+        let entry = entry.map_err(read_err)?;
+        unpacker.entry(entry)?;
+    }
+    unpacker.finish_dirs()?;
+    tracing::debug!(
+        entries = unpacker.stats.entries,
+        whiteouts_skipped = unpacker.stats.whiteouts_skipped,
+        "unpacked layer"
+    );
+    Ok(unpacker.stats)
+}
+
+/// Splits an archive path into safe components, or says why it is unsafe.
+/// An empty result is the layer root.
+pub fn entry_components(raw: &[u8]) -> Result<Vec<OsString>, &'static str> {
+    if raw.is_empty() {
+        return Err("empty path");
+    }
+    if raw.len() > MAX_PATH_BYTES {
+        return Err("path is longer than 4096 bytes");
+    }
+    if raw.contains(&0) {
+        return Err("path contains a NUL byte");
+    }
+    if raw[0] == b'/' {
+        return Err("absolute paths are not allowed");
+    }
+    let mut components = Vec::new();
+    for component in raw.split(|&b| b == b'/') {
+        match component {
+            b"" | b"." => {}
+            b".." => return Err("'..' path components are not allowed"),
+            _ => components.push(OsStr::from_bytes(component).to_owned()),
+        }
+    }
+    Ok(components)
+}
+
+/// Metadata of one entry.
+#[derive(Debug, Clone)]
+struct Meta {
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    mtime: TimeSpec,
+    xattrs: Vec<(OsString, Vec<u8>)>,
+}
+
+impl Meta {
+    /// Metadata of a directory created because an entry needed a parent.
+    fn implicit_dir() -> Self {
+        Self {
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+            mtime: TimeSpec::new(0, 0),
+            xattrs: Vec::new(),
+        }
+    }
+}
+
+/// Result of walking a component path with no symlinks.
+enum Walk {
+    Found(OwnedFd),
+    Missing,
+    Symlink,
+    NotDir,
+}
+
+struct Unpacker<'a> {
+    root: OwnedFd,
+    options: &'a UnpackOptions,
+    /// Directories whose owner/mode/mtime are applied at the end.
+    dirs: BTreeMap<Vec<OsString>, Meta>,
+    stats: UnpackStats,
+}
+
+impl Unpacker<'_> {
+    fn entry<R: Read>(&mut self, mut entry: tar::Entry<'_, R>) -> Result<(), ImageError> {
+        let mut kind = entry.header().entry_type();
+        if kind.is_pax_global_extensions() {
+            return Ok(());
+        }
+        let raw = entry.path_bytes().into_owned();
+        let shown = String::from_utf8_lossy(&raw).into_owned();
+        let components = entry_components(&raw).map_err(|reason| ImageError::UnsafeEntry {
+            path: shown.clone(),
+            reason,
+        })?;
+        // Old (v7) archives mark directories only by a trailing slash.
+        if kind == EntryType::Regular && raw.ends_with(b"/") {
+            kind = EntryType::Directory;
+        }
+        let meta = read_meta(&mut entry, &shown)?;
+        self.stats.entries += 1;
+        let ctx = Ctx { shown: &shown };
+
+        match kind {
+            EntryType::Directory => self.directory(&ctx, components, meta),
+            // The tar crate expands GNU sparse entries into their full
+            // content (holes become zeros on disk).
+            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
+                let (parent, name) = self.parent_of(&ctx, &components)?;
+                ctx.io(remove_at(&parent, name))?;
+                let fd = ctx.io(openat(
+                    &parent,
+                    name,
+                    OFlag::O_WRONLY
+                        | OFlag::O_CREAT
+                        | OFlag::O_EXCL
+                        | OFlag::O_NOFOLLOW
+                        | OFlag::O_CLOEXEC,
+                    Mode::from_bits_truncate(0o600),
+                )
+                .map_err(io::Error::from))?;
+                let mut file = File::from(fd);
+                ctx.io(io::copy(&mut entry, &mut file))?;
+                self.apply_fd_meta(&ctx, &file, &meta, true)
+            }
+            EntryType::Symlink => {
+                let target = entry
+                    .link_name_bytes()
+                    .map(|t| t.into_owned())
+                    .unwrap_or_default();
+                if target.is_empty() || target.contains(&0) {
+                    return Err(ctx.unsupported("symlink has an empty or invalid target"));
+                }
+                let (parent, name) = self.parent_of(&ctx, &components)?;
+                ctx.io(remove_at(&parent, name))?;
+                ctx.nix(symlinkat(OsStr::from_bytes(&target), &parent, name))?;
+                if self.options.preserve_owners {
+                    ctx.nix(fchownat(
+                        &parent,
+                        name,
+                        Some(Uid::from_raw(meta.uid)),
+                        Some(Gid::from_raw(meta.gid)),
+                        AtFlags::AT_SYMLINK_NOFOLLOW,
+                    ))?;
+                }
+                ctx.nix(utimensat(
+                    &parent,
+                    name,
+                    &meta.mtime,
+                    &meta.mtime,
+                    UtimensatFlags::NoFollowSymlink,
+                ))
+            }
+            EntryType::Link => {
+                let target = entry
+                    .link_name_bytes()
+                    .map(|t| t.into_owned())
+                    .unwrap_or_default();
+                self.hard_link(&ctx, &components, &target)
+            }
+            EntryType::Char => {
+                let major = entry.header().device_major().map_err(ctx.read())?;
+                let minor = entry.header().device_minor().map_err(ctx.read())?;
+                if major.unwrap_or(0) == 0 && minor.unwrap_or(0) == 0 {
+                    tracing::debug!(path = %shown, "skipping overlay whiteout");
+                    self.stats.whiteouts_skipped += 1;
+                    Ok(())
+                } else {
+                    Err(ctx.unsafe_entry("device nodes are not allowed"))
+                }
+            }
+            EntryType::Block => Err(ctx.unsafe_entry("device nodes are not allowed")),
+            EntryType::Fifo => {
+                let (parent, name) = self.parent_of(&ctx, &components)?;
+                ctx.io(remove_at(&parent, name))?;
+                ctx.nix(mknodat(
+                    &parent,
+                    name,
+                    SFlag::S_IFIFO,
+                    Mode::from_bits_truncate(0o600),
+                    0,
+                ))?;
+                // O_NONBLOCK: opening the read side of a FIFO does not wait
+                // for a writer.
+                let fd = ctx.nix(openat(
+                    &parent,
+                    name,
+                    OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                    Mode::empty(),
+                ))?;
+                self.apply_fd_meta(&ctx, &File::from(fd), &meta, false)
+            }
+            _ => Err(ctx.unsupported("unknown entry type")),
+        }
+    }
+
+    fn directory(
+        &mut self,
+        ctx: &Ctx<'_>,
+        components: Vec<OsString>,
+        meta: Meta,
+    ) -> Result<(), ImageError> {
+        let dir = if components.is_empty() {
+            ctx.io(self.root.try_clone())?
+        } else {
+            let (parent, name) = self.parent_of(ctx, &components)?;
+            match ctx.io(lstat_at(&parent, name))? {
+                Some(st) if Kind::of(&st) == Some(Kind::Dir) => {}
+                Some(_) => {
+                    ctx.io(remove_at(&parent, name))?;
+                    ctx.nix(mkdirat(&parent, name, Mode::from_bits_truncate(0o700)))?;
+                }
+                None => ctx.nix(mkdirat(&parent, name, Mode::from_bits_truncate(0o700)))?,
+            }
+            ctx.nix(open_dir_at(&parent, name))?
+        };
+        if !meta.xattrs.is_empty() {
+            set_xattrs(ctx, &File::from(dir), &meta.xattrs)?;
+        }
+        self.dirs.insert(components, meta);
+        Ok(())
+    }
+
+    fn hard_link(
+        &mut self,
+        ctx: &Ctx<'_>,
+        components: &[OsString],
+        raw_target: &[u8],
+    ) -> Result<(), ImageError> {
+        let target = entry_components(raw_target)
+            .map_err(|_| ctx.unsafe_entry("hard link target is outside the layer"))?;
+        let Some((target_name, target_dirs)) = target.split_last() else {
+            return Err(ctx.unsafe_entry("hard link target is the layer root"));
+        };
+        if target == components {
+            return Ok(());
+        }
+        let target_parent = match ctx.io(self.walk(target_dirs, false))? {
+            Walk::Found(fd) => fd,
+            Walk::Symlink => {
+                return Err(ctx.unsafe_entry("hard link target path traverses a symlink"))
+            }
+            Walk::Missing | Walk::NotDir => {
+                return Err(
+                    ctx.unsafe_entry("hard link target is not an earlier entry of this layer")
+                )
+            }
+        };
+        match ctx.io(lstat_at(&target_parent, target_name))? {
+            None => {
+                return Err(
+                    ctx.unsafe_entry("hard link target is not an earlier entry of this layer")
+                )
+            }
+            Some(st) if Kind::of(&st) == Some(Kind::Dir) => {
+                return Err(ctx.unsafe_entry("hard link target is a directory"))
+            }
+            Some(_) => {}
+        }
+        let (parent, name) = self.parent_of(ctx, components)?;
+        ctx.io(remove_at(&parent, name))?;
+        ctx.nix(linkat(
+            &target_parent,
+            target_name.as_os_str(),
+            &parent,
+            name,
+            AtFlags::empty(),
+        ))
+    }
+
+    /// Opens (creating missing directories) the parent of `components` and
+    /// returns it with the final name. Refuses the layer root.
+    fn parent_of<'c>(
+        &mut self,
+        ctx: &Ctx<'_>,
+        components: &'c [OsString],
+    ) -> Result<(OwnedFd, &'c OsStr), ImageError> {
+        let Some((name, dirs)) = components.split_last() else {
+            return Err(ctx.unsafe_entry("only a directory may replace the layer root"));
+        };
+        match ctx.io(self.walk(dirs, true))? {
+            Walk::Found(fd) => Ok((fd, name.as_os_str())),
+            Walk::Symlink => Err(ctx.unsafe_entry("path traverses a symlink")),
+            Walk::NotDir => Err(ctx.unsafe_entry("a parent path component is not a directory")),
+            Walk::Missing => Err(ImageError::UnpackLayer {
+                path: ctx.shown.to_owned(),
+                source: io::Error::from(Errno::ENOENT),
+            }),
+        }
+    }
+
+    /// Opens the directory at `components` below the root, one component
+    /// at a time with `O_NOFOLLOW`. With `create`, missing directories are
+    /// made (and recorded for the final metadata pass).
+    fn walk(&mut self, components: &[OsString], create: bool) -> io::Result<Walk> {
+        let mut current = self.root.try_clone()?;
+        for (i, component) in components.iter().enumerate() {
+            match open_dir_at(&current, component) {
+                Ok(fd) => current = fd,
+                Err(Errno::ENOENT) if create => {
+                    match mkdirat(
+                        &current,
+                        component.as_os_str(),
+                        Mode::from_bits_truncate(0o700),
+                    ) {
+                        Ok(()) | Err(Errno::EEXIST) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                    self.dirs
+                        .insert(components[..=i].to_vec(), Meta::implicit_dir());
+                    match open_dir_at(&current, component) {
+                        Ok(fd) => current = fd,
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                Err(Errno::ENOENT) => return Ok(Walk::Missing),
+                Err(Errno::ELOOP | Errno::ENOTDIR) => {
+                    let st = lstat_at(&current, component)?;
+                    return Ok(match st.as_ref().and_then(Kind::of) {
+                        Some(Kind::Symlink) => Walk::Symlink,
+                        None if st.is_none() => Walk::Missing,
+                        _ => Walk::NotDir,
+                    });
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(Walk::Found(current))
+    }
+
+    /// Applies owner, mode, xattrs and mtime to an open file, in the order
+    /// that keeps them all (chown clears setuid bits and capabilities).
+    fn apply_fd_meta(
+        &self,
+        ctx: &Ctx<'_>,
+        file: &File,
+        meta: &Meta,
+        with_xattrs: bool,
+    ) -> Result<(), ImageError> {
+        if self.options.preserve_owners {
+            ctx.nix(fchown(
+                file.as_fd(),
+                Some(Uid::from_raw(meta.uid)),
+                Some(Gid::from_raw(meta.gid)),
+            ))?;
+        }
+        ctx.nix(fchmod(
+            file.as_fd(),
+            Mode::from_bits_truncate(meta.mode & 0o7777),
+        ))?;
+        if with_xattrs {
+            set_xattrs(ctx, file, &meta.xattrs)?;
+        }
+        ctx.nix(futimens(file.as_fd(), &meta.mtime, &meta.mtime))
+    }
+
+    /// Applies deferred directory metadata, deepest first. Directories that
+    /// a later entry replaced are skipped.
+    fn finish_dirs(&mut self) -> Result<(), ImageError> {
+        let dirs = std::mem::take(&mut self.dirs);
+        for (components, meta) in dirs.iter().rev() {
+            let shown = components
+                .iter()
+                .map(|c| c.to_string_lossy())
+                .collect::<Vec<_>>()
+                .join("/");
+            let ctx = Ctx { shown: &shown };
+            let fd = match ctx.io(self.walk(components, false))? {
+                Walk::Found(fd) => fd,
+                Walk::Missing | Walk::Symlink | Walk::NotDir => continue,
+            };
+            self.apply_fd_meta(&ctx, &File::from(fd), meta, false)?;
+        }
+        Ok(())
+    }
+}
+
+/// Error context for one entry.
+struct Ctx<'a> {
+    shown: &'a str,
+}
+
+impl Ctx<'_> {
+    fn unsafe_entry(&self, reason: &'static str) -> ImageError {
+        ImageError::UnsafeEntry {
+            path: self.shown.to_owned(),
+            reason,
+        }
+    }
+
+    fn unsupported(&self, reason: &'static str) -> ImageError {
+        ImageError::UnsupportedEntry {
+            path: self.shown.to_owned(),
+            reason,
+        }
+    }
+
+    fn read(&self) -> impl Fn(io::Error) -> ImageError {
+        |source| ImageError::ReadArchive { source }
+    }
+
+    fn io<T>(&self, result: io::Result<T>) -> Result<T, ImageError> {
+        result.map_err(|source| ImageError::UnpackLayer {
+            path: self.shown.to_owned(),
+            source,
+        })
+    }
+
+    fn nix<T>(&self, result: nix::Result<T>) -> Result<T, ImageError> {
+        self.io(result.map_err(io::Error::from))
+    }
+}
+
+fn set_xattrs(
+    ctx: &Ctx<'_>,
+    file: &File,
+    xattrs: &[(OsString, Vec<u8>)],
+) -> Result<(), ImageError> {
+    for (name, value) in xattrs {
+        match file.set_xattr(name, value) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+                tracing::debug!(path = %ctx.shown, "filesystem does not support xattrs; dropped");
+            }
+            Err(e) => ctx.io(Err(e))?,
+        }
+    }
+    Ok(())
+}
+
+/// Reads mode, owners, mtime and preserved xattrs, with pax overrides.
+fn read_meta<R: Read>(entry: &mut tar::Entry<'_, R>, shown: &str) -> Result<Meta, ImageError> {
+    let read_err = |source| ImageError::ReadArchive { source };
+    let header = entry.header();
+    let mode = header.mode().map_err(read_err)? & 0o7777;
+    let mut uid = header.uid().map_err(read_err)?;
+    let mut gid = header.gid().map_err(read_err)?;
+    let mut mtime = TimeSpec::new(
+        i64::try_from(header.mtime().map_err(read_err)?).unwrap_or(i64::MAX),
+        0,
+    );
+    let mut xattrs = Vec::new();
+    let bad_pax = |key: &str| ImageError::ReadArchive {
+        source: io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("invalid pax {key} record"),
+        ),
+    };
+    if let Some(extensions) = entry.pax_extensions().map_err(read_err)? {
+        for extension in extensions {
+            let extension = extension.map_err(read_err)?;
+            let key = extension.key_bytes();
+            let value = extension.value_bytes();
+            match key {
+                b"uid" => uid = parse_decimal(value).ok_or_else(|| bad_pax("uid"))?,
+                b"gid" => gid = parse_decimal(value).ok_or_else(|| bad_pax("gid"))?,
+                b"mtime" => mtime = parse_pax_time(value).ok_or_else(|| bad_pax("mtime"))?,
+                _ if key.starts_with(b"GNU.sparse.") => {
+                    // Readers without pax sparse support would silently
+                    // write the sparse map into a renamed file.
+                    return Err(ImageError::UnsupportedEntry {
+                        path: shown.to_owned(),
+                        reason: "pax (GNU 1.0) sparse files are not supported",
+                    });
+                }
+                _ => {
+                    if let Some(name) = key.strip_prefix(PAX_XATTR_PREFIX.as_bytes()) {
+                        if xattr_is_preserved(name) {
+                            xattrs.push((OsStr::from_bytes(name).to_owned(), value.to_vec()));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let unsupported = |reason| ImageError::UnsupportedEntry {
+        path: shown.to_owned(),
+        reason,
+    };
+    Ok(Meta {
+        mode,
+        uid: u32::try_from(uid).map_err(|_| unsupported("uid does not fit in 32 bits"))?,
+        gid: u32::try_from(gid).map_err(|_| unsupported("gid does not fit in 32 bits"))?,
+        mtime,
+        xattrs,
+    })
+}
+
+fn parse_decimal(value: &[u8]) -> Option<u64> {
+    std::str::from_utf8(value).ok()?.parse().ok()
+}
+
+/// Parses a pax time (`"1700000000"`, `"1700000000.25"`, `"-1.5"`).
+fn parse_pax_time(value: &[u8]) -> Option<TimeSpec> {
+    let text = std::str::from_utf8(value).ok()?;
+    let (secs, frac) = text.split_once('.').unwrap_or((text, ""));
+    let secs: i64 = secs.parse().ok()?;
+    if !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let mut nanos: i64 = 0;
+    for (i, digit) in frac.bytes().take(9).enumerate() {
+        nanos += i64::from(digit - b'0') * 10_i64.pow(8 - i as u32);
+    }
+    if text.starts_with('-') {
+        // Sub-second precision before the epoch is not worth the sign dance.
+        nanos = 0;
+    }
+    Some(TimeSpec::new(secs, nanos))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entry_components_normalize_and_refuse() {
+        let ok = |raw: &str| {
+            entry_components(raw.as_bytes())
+                .unwrap()
+                .iter()
+                .map(|c| c.to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(ok("a/b"), ["a", "b"]);
+        assert_eq!(ok("./a//b/./"), ["a", "b"]);
+        assert_eq!(ok("./"), Vec::<String>::new());
+        assert_eq!(ok("a..b/..c"), ["a..b", "..c"]);
+        for bad in [
+            "",
+            "/etc/passwd",
+            "../x",
+            "a/../../x",
+            "a/..",
+            "//x",
+            "a\0b",
+        ] {
+            assert!(entry_components(bad.as_bytes()).is_err(), "{bad:?}");
+        }
+        let long = "a/".repeat(MAX_PATH_BYTES);
+        assert!(entry_components(long.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn entry_components_never_yield_dot_dot_or_slashes() {
+        // A small exhaustive check over a hostile alphabet.
+        let alphabet: [&[u8]; 5] = [b"/", b".", b"..", b"a", b"./"];
+        let mut inputs: Vec<Vec<u8>> = vec![Vec::new()];
+        for _ in 0..4 {
+            let mut next = Vec::new();
+            for prefix in &inputs {
+                for piece in alphabet {
+                    let mut v = prefix.clone();
+                    v.extend_from_slice(piece);
+                    next.push(v);
+                }
+            }
+            inputs.extend(next);
+        }
+        for input in inputs {
+            if let Ok(components) = entry_components(&input) {
+                assert!(!input.starts_with(b"/"));
+                for c in components {
+                    let bytes = c.as_bytes();
+                    assert!(!bytes.is_empty() && bytes != b"." && bytes != b"..");
+                    assert!(!bytes.contains(&b'/'));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn pax_times_parse() {
+        assert_eq!(parse_pax_time(b"12"), Some(TimeSpec::new(12, 0)));
+        assert_eq!(
+            parse_pax_time(b"12.25"),
+            Some(TimeSpec::new(12, 250_000_000))
+        );
+        assert_eq!(
+            parse_pax_time(b"1.1234567891"),
+            Some(TimeSpec::new(1, 123_456_789))
+        );
+        assert_eq!(parse_pax_time(b"-3.5"), Some(TimeSpec::new(-3, 0)));
+        assert_eq!(parse_pax_time(b"x"), None);
+        assert_eq!(parse_pax_time(b"1.x"), None);
+    }
+}

@@ -1,0 +1,443 @@
+//! Init's main: bootstrap, then a single-threaded poll loop over the control
+//! listener, the control connections and a signalfd.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{kill, SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+use warren_proto::{
+    decode, encode, Bootstrap, BootstrapReply, ExitStatus, MainResult, Reply, Request,
+    BOOTSTRAP_FD, INIT_PROTOCOL_VERSION, MAX_MESSAGE_BYTES,
+};
+use warren_sys::socket::{recv_with_fds, send_with_fds};
+
+use crate::{setup, spawn};
+
+/// Signals init forwards to the main command.
+const FORWARDED: &[Signal] = &[
+    Signal::SIGTERM,
+    Signal::SIGINT,
+    Signal::SIGHUP,
+    Signal::SIGQUIT,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+];
+
+/// Most simultaneous control connections; more are refused at accept.
+const MAX_CONNECTIONS: usize = 4096;
+
+pub fn main() -> i32 {
+    run().unwrap_or(1)
+}
+
+fn run() -> Result<i32, ()> {
+    // Descriptor hygiene: 0-2 to /dev/null, nothing above the bootstrap fd.
+    let _ = warren_sys::fd::stdio_to_dev_null();
+    let _ = warren_sys::fd::close_from(BOOTSTRAP_FD as u32 + 1);
+    let boot = warren_sys::fd::adopt_inherited(BOOTSTRAP_FD).map_err(|_| ())?;
+
+    let mut mask = SigSet::empty();
+    mask.add(Signal::SIGCHLD);
+    for s in FORWARDED {
+        mask.add(*s);
+    }
+    // Blocked signals are never ignored, even for a PID 1; they queue for the
+    // signalfd below.
+    mask.thread_set_mask().map_err(|_| ())?;
+    let sigfd = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+        .map_err(|_| ())?;
+
+    let mut buf = vec![0u8; MAX_MESSAGE_BYTES];
+    let (n, mut fds) = recv_with_fds(boot.as_fd(), &mut buf).map_err(|_| ())?;
+    let fail = |step: &str, errno: Option<i32>, message: String| {
+        let reply = BootstrapReply::Failed {
+            step: step.to_string(),
+            errno,
+            message,
+        };
+        if let Ok(b) = encode(&reply) {
+            let _ = send_with_fds(boot.as_fd(), &b, &[]);
+        }
+    };
+    let b: Bootstrap = match decode(&buf[..n]) {
+        Ok(b) => b,
+        Err(e) => {
+            fail("decode", None, e.to_string());
+            return Err(());
+        }
+    };
+    if b.version != INIT_PROTOCOL_VERSION {
+        fail(
+            "version",
+            None,
+            format!(
+                "init speaks protocol {INIT_PROTOCOL_VERSION}, node sent {}",
+                b.version
+            ),
+        );
+        return Err(());
+    }
+    let stdio_count = b.main.as_ref().map(|m| m.stdio.count()).unwrap_or(0);
+    if fds.len() != 3 + stdio_count {
+        fail(
+            "fds",
+            None,
+            format!(
+                "expected {} descriptors, got {}",
+                3 + stdio_count,
+                fds.len()
+            ),
+        );
+        return Err(());
+    }
+    let main_stdio: Vec<OwnedFd> = fds.split_off(3);
+    let result_file = fds.pop().expect("length checked above");
+    let listener = fds.pop().expect("length checked above");
+    let userns = fds.pop().expect("length checked above");
+
+    if let Err(e) = setup::build(&b, &userns) {
+        fail(e.step, e.errno, e.message);
+        return Err(());
+    }
+    drop(userns);
+
+    let mut init = Init {
+        listener,
+        sigfd,
+        result_file: std::fs::File::from(result_file),
+        conns: HashMap::new(),
+        next_conn: 1,
+        execs: HashMap::new(),
+        main_pid: None,
+        buf,
+    };
+    if let Some(main) = &b.main {
+        match spawn::spawn(main, main_stdio) {
+            Ok(s) => init.main_pid = Some(s.pid),
+            Err(e) => {
+                fail(e.code, e.errno, e.message);
+                return Err(());
+            }
+        }
+    }
+    let ready = BootstrapReply::Ready {
+        main_pid: init.main_pid,
+    };
+    let bytes = encode(&ready).map_err(|_| ())?;
+    send_with_fds(boot.as_fd(), &bytes, &[]).map_err(|_| ())?;
+    drop(boot);
+    Ok(init.serve())
+}
+
+struct Conn {
+    sock: OwnedFd,
+    /// The exec this connection started, if any.
+    exec: Option<i32>,
+}
+
+struct ExecState {
+    conn: Option<u64>,
+    deadline: Option<Instant>,
+    timed_out: bool,
+}
+
+struct Init {
+    listener: OwnedFd,
+    sigfd: SignalFd,
+    result_file: std::fs::File,
+    conns: HashMap<u64, Conn>,
+    next_conn: u64,
+    execs: HashMap<i32, ExecState>,
+    main_pid: Option<i32>,
+    buf: Vec<u8>,
+}
+
+enum Source {
+    Signals,
+    Listener,
+    Conn(u64),
+}
+
+impl Init {
+    fn serve(&mut self) -> i32 {
+        loop {
+            let timeout = self.next_timeout();
+            let mut sources = vec![Source::Signals, Source::Listener];
+            let ready: Vec<bool> = {
+                let mut pfds = vec![
+                    PollFd::new(self.sigfd.as_fd(), PollFlags::POLLIN),
+                    PollFd::new(self.listener.as_fd(), PollFlags::POLLIN),
+                ];
+                for (id, c) in &self.conns {
+                    sources.push(Source::Conn(*id));
+                    pfds.push(PollFd::new(c.sock.as_fd(), PollFlags::POLLIN));
+                }
+                match poll(&mut pfds, timeout) {
+                    Ok(_) => pfds
+                        .iter()
+                        .map(|p| {
+                            p.revents().is_some_and(|r| {
+                                r.intersects(
+                                    PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR,
+                                )
+                            })
+                        })
+                        .collect(),
+                    Err(Errno::EINTR) => continue,
+                    Err(_) => return 1,
+                }
+            };
+            self.enforce_deadlines();
+            for (src, is_ready) in sources.into_iter().zip(ready) {
+                if !is_ready {
+                    continue;
+                }
+                match src {
+                    Source::Signals => {
+                        if let Some(code) = self.on_signals() {
+                            return code;
+                        }
+                    }
+                    Source::Listener => self.on_accept(),
+                    Source::Conn(id) => self.on_conn(id),
+                }
+            }
+        }
+    }
+
+    fn next_timeout(&self) -> PollTimeout {
+        let now = Instant::now();
+        let next = self.execs.values().filter_map(|e| e.deadline).min();
+        match next {
+            None => PollTimeout::NONE,
+            Some(d) => {
+                let ms = d.saturating_duration_since(now).as_millis().min(60_000) as u16;
+                PollTimeout::from(ms.max(1))
+            }
+        }
+    }
+
+    fn enforce_deadlines(&mut self) {
+        let now = Instant::now();
+        for (pid, e) in self.execs.iter_mut() {
+            if let Some(d) = e.deadline {
+                if d <= now && !e.timed_out {
+                    e.timed_out = true;
+                    e.deadline = None;
+                    let _ = kill(Pid::from_raw(-*pid), Signal::SIGKILL);
+                    let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
+                }
+            }
+        }
+    }
+
+    /// Handles queued signals; returns an exit code when init must exit.
+    fn on_signals(&mut self) -> Option<i32> {
+        let mut reap = false;
+        while let Ok(Some(info)) = self.sigfd.read_signal() {
+            let sig = info.ssi_signo as i32;
+            if sig == libc::SIGCHLD {
+                reap = true;
+                continue;
+            }
+            match (self.main_pid, Signal::try_from(sig)) {
+                (Some(pid), Ok(s)) => {
+                    let _ = kill(Pid::from_raw(pid), s);
+                }
+                // An idle sandbox ends on SIGTERM or SIGINT.
+                (None, Ok(Signal::SIGTERM)) | (None, Ok(Signal::SIGINT)) => {
+                    return Some(128 + sig);
+                }
+                _ => {}
+            }
+        }
+        if reap {
+            return self.reap();
+        }
+        None
+    }
+
+    fn reap(&mut self) -> Option<i32> {
+        loop {
+            let status = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) => (pid.as_raw(), ExitStatus::Code(code)),
+                Ok(WaitStatus::Signaled(pid, sig, _)) => {
+                    (pid.as_raw(), ExitStatus::Signal(sig as i32))
+                }
+                Ok(WaitStatus::StillAlive) | Err(_) => return None,
+                Ok(_) => continue,
+            };
+            let (pid, status) = status;
+            if Some(pid) == self.main_pid {
+                let result = MainResult { status };
+                if let Ok(bytes) = encode(&result) {
+                    let _ = self.result_file.write_all(&bytes);
+                }
+                return Some(status.as_shell_code());
+            }
+            if let Some(e) = self.execs.remove(&pid) {
+                if let Some(conn) = e.conn {
+                    let reply = Reply::Exited {
+                        status,
+                        timed_out: e.timed_out,
+                    };
+                    self.send(conn, &reply, None);
+                }
+            }
+        }
+    }
+
+    fn on_accept(&mut self) {
+        if let Ok(sock) = warren_sys::socket::accept_cloexec(self.listener.as_fd()) {
+            if self.conns.len() >= MAX_CONNECTIONS {
+                return;
+            }
+            let id = self.next_conn;
+            self.next_conn += 1;
+            self.conns.insert(id, Conn { sock, exec: None });
+        }
+    }
+
+    fn on_conn(&mut self, id: u64) {
+        let Some(conn) = self.conns.get(&id) else {
+            return;
+        };
+        let res = recv_with_fds(conn.sock.as_fd(), &mut self.buf);
+        let (n, fds) = match res {
+            Ok((0, _)) | Err(_) => {
+                self.close(id);
+                return;
+            }
+            Ok(v) => v,
+        };
+        let req: Request = match decode(&self.buf[..n]) {
+            Ok(r) => r,
+            Err(e) => {
+                self.send(id, &error("bad_request", None, e.to_string()), None);
+                return;
+            }
+        };
+        match req {
+            Request::Ping {} => self.send(id, &Reply::Pong {}, None),
+            Request::Exec { process } => {
+                if self.conns.get(&id).and_then(|c| c.exec).is_some() {
+                    self.send(
+                        id,
+                        &error("bad_request", None, "one exec per connection".into()),
+                        None,
+                    );
+                    return;
+                }
+                if process.tty.is_none() && fds.len() != process.stdio.count() {
+                    self.send(
+                        id,
+                        &error("bad_request", None, "stdio descriptors do not match".into()),
+                        None,
+                    );
+                    return;
+                }
+                match spawn::spawn(&process, fds) {
+                    Ok(started) => {
+                        let deadline = process
+                            .timeout_ms
+                            .map(|ms| Instant::now() + Duration::from_millis(ms));
+                        self.execs.insert(
+                            started.pid,
+                            ExecState {
+                                conn: Some(id),
+                                deadline,
+                                timed_out: false,
+                            },
+                        );
+                        if let Some(c) = self.conns.get_mut(&id) {
+                            c.exec = Some(started.pid);
+                        }
+                        let reply = Reply::Started { pid: started.pid };
+                        self.send(id, &reply, started.pty_master.as_ref().map(|m| m.as_fd()));
+                    }
+                    Err(e) => self.send(id, &error(e.code, e.errno, e.message), None),
+                }
+            }
+            Request::Signal { signal } => {
+                let target = self.conns.get(&id).and_then(|c| c.exec);
+                match (target, Signal::try_from(signal)) {
+                    (Some(pid), Ok(s)) => {
+                        // The exec leads its own session and process group.
+                        if kill(Pid::from_raw(-pid), s).is_err() {
+                            let _ = kill(Pid::from_raw(pid), s);
+                        }
+                    }
+                    (None, _) => self.send(
+                        id,
+                        &error("bad_request", None, "no exec on this connection".into()),
+                        None,
+                    ),
+                    (_, Err(_)) => self.send(
+                        id,
+                        &error("bad_request", None, format!("bad signal {signal}")),
+                        None,
+                    ),
+                }
+            }
+            Request::SignalMain { signal } => match (self.main_pid, Signal::try_from(signal)) {
+                (Some(pid), Ok(s)) => {
+                    let _ = kill(Pid::from_raw(pid), s);
+                    self.send(id, &Reply::Pong {}, None);
+                }
+                (None, _) => self.send(
+                    id,
+                    &error(
+                        "no_main_process",
+                        None,
+                        "the sandbox has no main command".into(),
+                    ),
+                    None,
+                ),
+                (_, Err(_)) => self.send(
+                    id,
+                    &error("bad_request", None, format!("bad signal {signal}")),
+                    None,
+                ),
+            },
+        }
+    }
+
+    fn send(&mut self, id: u64, reply: &Reply, fd: Option<BorrowedFd<'_>>) {
+        let Some(conn) = self.conns.get(&id) else {
+            return;
+        };
+        let Ok(bytes) = encode(reply) else {
+            return;
+        };
+        let fds: Vec<BorrowedFd<'_>> = fd.into_iter().collect();
+        if send_with_fds(conn.sock.as_fd(), &bytes, &fds).is_err() {
+            self.close(id);
+        }
+    }
+
+    fn close(&mut self, id: u64) {
+        if let Some(c) = self.conns.remove(&id) {
+            // The exec keeps running without a listener (a background exec).
+            if let Some(pid) = c.exec {
+                if let Some(e) = self.execs.get_mut(&pid) {
+                    e.conn = None;
+                }
+            }
+        }
+    }
+}
+
+fn error(code: &str, errno: Option<i32>, message: String) -> Reply {
+    Reply::Error {
+        code: code.to_string(),
+        errno,
+        message,
+    }
+}

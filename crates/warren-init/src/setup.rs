@@ -1,0 +1,262 @@
+//! Builds the sandbox from the bootstrap message. Runs as host root inside
+//! the fresh (host-owned) namespaces, and ends by dropping into the sandbox's
+//! user namespace.
+
+use std::fs;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sched::{setns, unshare, CloneFlags};
+use nix::sys::stat::{mknod, Mode, SFlag};
+use nix::unistd::{chdir, chown, pivot_root, sethostname, Gid, Uid};
+use warren_proto::Bootstrap;
+use warren_sys::mount::{bind_with_attrs, TreeAttrs};
+
+/// A failed setup step: the step's stable name, the errno and a message.
+#[derive(Debug)]
+pub struct SetupError {
+    pub step: &'static str,
+    pub errno: Option<i32>,
+    pub message: String,
+}
+
+impl SetupError {
+    fn new(step: &'static str, errno: Errno, what: impl std::fmt::Display) -> Self {
+        SetupError {
+            step,
+            errno: Some(errno as i32),
+            message: format!("{what}: {}", errno.desc()),
+        }
+    }
+}
+
+trait Step<T> {
+    fn step(self, step: &'static str, what: impl std::fmt::Display) -> Result<T, SetupError>;
+}
+
+impl<T> Step<T> for Result<T, Errno> {
+    fn step(self, step: &'static str, what: impl std::fmt::Display) -> Result<T, SetupError> {
+        self.map_err(|e| SetupError::new(step, e, what))
+    }
+}
+
+impl<T> Step<T> for std::io::Result<T> {
+    fn step(self, step: &'static str, what: impl std::fmt::Display) -> Result<T, SetupError> {
+        self.map_err(|e| {
+            SetupError::new(
+                step,
+                Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+                what,
+            )
+        })
+    }
+}
+
+/// Builds the sandbox and switches into its user namespace.
+pub fn build(b: &Bootstrap, userns: &OwnedFd) -> Result<(), SetupError> {
+    for p in &b.cgroup_procs {
+        fs::write(p, "0").step("join_cgroup", p)?;
+    }
+    unshare(CloneFlags::CLONE_NEWCGROUP).step("unshare_cgroup", "unshare(CLONE_NEWCGROUP)")?;
+    // Init should survive the sandbox's own OOM kills so that it can report
+    // them; its children reset this to 0 before exec. Lowering the score
+    // needs CAP_SYS_RESOURCE, which some hosts withhold; then init stays
+    // killable and the node reports an OOM-killed init as `oom_killed`.
+    let _ = fs::write("/proc/self/oom_score_adj", "-1000");
+
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .step("mount_private", "make / rprivate")?;
+
+    let state = PathBuf::from(&b.state_dir);
+    chdir(&state).step("chdir_state", &b.state_dir)?;
+    let idmap = TreeAttrs {
+        readonly: true,
+        nosuid: false,
+        nodev: true,
+        idmap: Some(userns.as_fd()),
+    };
+    let mut lowers = Vec::with_capacity(b.layers.len());
+    // overlayfs lists the uppermost lower first.
+    for (i, layer) in b.layers.iter().enumerate().rev() {
+        let target = format!("lower/{i}");
+        bind_with_attrs(Path::new(layer), Path::new(&target), idmap, false)
+            .step("mount_layer", layer)?;
+        lowers.push(target);
+    }
+    let opts = format!("lowerdir={},upperdir=upper,workdir=work", lowers.join(":"));
+    mount(
+        Some("overlay"),
+        "rootfs",
+        Some("overlay"),
+        MsFlags::empty(),
+        Some(opts.as_str()),
+    )
+    .step("mount_overlay", "overlay rootfs")?;
+    let root = state.join("rootfs");
+    let base = b.id_base;
+
+    for bind in &b.binds {
+        let target = root.join(bind.target.trim_start_matches('/'));
+        let attrs = TreeAttrs {
+            readonly: bind.readonly,
+            nosuid: true,
+            nodev: true,
+            idmap: Some(userns.as_fd()),
+        };
+        bind_with_attrs(Path::new(&bind.source), &target, attrs, true)
+            .step("mount_bind", &bind.target)?;
+    }
+
+    mount_proc(&root)?;
+    mount_dev(&root, base)?;
+    if root.join("sys").is_dir() {
+        let ro = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+        mount(
+            Some("sysfs"),
+            &root.join("sys"),
+            Some("sysfs"),
+            ro,
+            None::<&str>,
+        )
+        .step("mount_sys", "sysfs")?;
+    }
+    let tmp = root.join("tmp");
+    ensure_dir(&tmp, 0o1777, base).step("mount_tmp", "/tmp")?;
+    let mut tmp_opts = format!("mode=1777,uid={base},gid={base}");
+    if let Some(size) = b.tmp_size_bytes {
+        tmp_opts.push_str(&format!(",size={size}"));
+    }
+    mount(
+        Some("tmpfs"),
+        &tmp,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(tmp_opts.as_str()),
+    )
+    .step("mount_tmp", "tmpfs /tmp")?;
+
+    chdir(&root).step("pivot_root", "chdir rootfs")?;
+    pivot_root(".", ".").step("pivot_root", "pivot_root")?;
+    umount2(".", MntFlags::MNT_DETACH).step("pivot_root", "detach old root")?;
+    chdir("/").step("pivot_root", "chdir /")?;
+
+    sethostname(&b.hostname).step("hostname", "sethostname")?;
+    warren_sys::net::loopback_up().step("loopback", "lo up")?;
+
+    setns(userns, CloneFlags::CLONE_NEWUSER).step("enter_userns", "setns(user)")?;
+    nix::unistd::setgroups(&[]).step("enter_userns", "setgroups")?;
+    let zero_g = Gid::from_raw(0);
+    let zero_u = Uid::from_raw(0);
+    nix::unistd::setresgid(zero_g, zero_g, zero_g).step("enter_userns", "setresgid")?;
+    nix::unistd::setresuid(zero_u, zero_u, zero_u).step("enter_userns", "setresuid")?;
+    // Non-dumpable, and its mm belongs to the host user namespace (it was
+    // exec'd there): nothing in the sandbox can ptrace init or open its
+    // /proc/1/{mem,exe,fd}.
+    nix::sys::prctl::set_dumpable(false).step("dumpable", "prctl(PR_SET_DUMPABLE)")?;
+    Ok(())
+}
+
+fn ensure_dir(p: &Path, mode: u32, owner: u32) -> std::io::Result<()> {
+    match fs::create_dir(p) {
+        Ok(()) => {
+            fs::set_permissions(p, fs::Permissions::from_mode(mode))?;
+            chown(p, Some(Uid::from_raw(owner)), Some(Gid::from_raw(owner)))?;
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+fn mount_proc(root: &Path) -> Result<(), SetupError> {
+    let p = root.join("proc");
+    fs::create_dir_all(&p).step("mount_proc", "/proc")?;
+    mount(
+        Some("proc"),
+        &p,
+        Some("proc"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
+    .step("mount_proc", "proc")
+}
+
+/// The device nodes every sandbox gets: (name, major, minor).
+const DEVICES: &[(&str, u64, u64)] = &[
+    ("null", 1, 3),
+    ("zero", 1, 5),
+    ("full", 1, 7),
+    ("random", 1, 8),
+    ("urandom", 1, 9),
+    ("tty", 5, 0),
+];
+
+fn mount_dev(root: &Path, base: u32) -> Result<(), SetupError> {
+    let dev = root.join("dev");
+    fs::create_dir_all(&dev).step("mount_dev", "/dev")?;
+    let opts = format!("mode=755,size=65536,nr_inodes=1024,uid={base},gid={base}");
+    mount(
+        Some("tmpfs"),
+        &dev,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some(opts.as_str()),
+    )
+    .step("mount_dev", "tmpfs /dev")?;
+    let owner = (Some(Uid::from_raw(base)), Some(Gid::from_raw(base)));
+    for (name, major, minor) in DEVICES {
+        let p = dev.join(name);
+        mknod(
+            &p,
+            SFlag::S_IFCHR,
+            Mode::from_bits_truncate(0o666),
+            nix::sys::stat::makedev(*major, *minor),
+        )
+        .step("mount_dev", name)?;
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o666)).step("mount_dev", name)?;
+        chown(&p, owner.0, owner.1).step("mount_dev", name)?;
+    }
+    let pts = dev.join("pts");
+    ensure_dir(&pts, 0o755, base).step("mount_dev", "/dev/pts")?;
+    let pts_opts = format!("newinstance,ptmxmode=0666,mode=0620,gid={}", base + 5);
+    mount(
+        Some("devpts"),
+        &pts,
+        Some("devpts"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some(pts_opts.as_str()),
+    )
+    .step("mount_dev", "devpts")?;
+    let shm = dev.join("shm");
+    ensure_dir(&shm, 0o1777, base).step("mount_dev", "/dev/shm")?;
+    let shm_opts = format!("mode=1777,uid={base},gid={base}");
+    mount(
+        Some("shm"),
+        &shm,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some(shm_opts.as_str()),
+    )
+    .step("mount_dev", "tmpfs /dev/shm")?;
+    for (link, target) in [
+        ("ptmx", "pts/ptmx"),
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        let p = dev.join(link);
+        std::os::unix::fs::symlink(target, &p).step("mount_dev", link)?;
+        std::os::unix::fs::lchown(&p, Some(base), Some(base)).step("mount_dev", link)?;
+    }
+    Ok(())
+}

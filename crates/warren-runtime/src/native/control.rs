@@ -1,0 +1,356 @@
+//! The node's side of the init protocol: sockets, exec and signals.
+
+use std::fs::File;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::sys::socket::{
+    bind, connect, listen as sys_listen, socket, socketpair, AddressFamily, Backlog, SockFlag,
+    SockType, UnixAddr,
+};
+use warren_cgroup::Cgroup;
+use warren_proto::{ProcessSpec, Reply, Request, StdioFds, TtySize};
+
+use crate::{Exec, ExecExit, ExecIo, ExecSpec, RuntimeError};
+
+/// Longest wait for init to answer a control request (not an exec's run time).
+const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Largest reply init sends (replies are small JSON documents).
+const MAX_REPLY_BYTES: usize = 64 * 1024;
+
+fn seqpacket() -> Result<OwnedFd, RuntimeError> {
+    socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(RuntimeError::sys("socket"))
+}
+
+/// Runs `f` with an address for `path`, going through `/proc/self/fd/N` when
+/// the path is longer than a socket address allows.
+fn with_addr<T>(
+    path: &Path,
+    f: impl FnOnce(&UnixAddr) -> Result<T, RuntimeError>,
+) -> Result<T, RuntimeError> {
+    if let Ok(addr) = UnixAddr::new(path) {
+        if path.as_os_str().len() < 100 {
+            return f(&addr);
+        }
+    }
+    let parent = path.parent().ok_or(RuntimeError::InvalidSpec {
+        field: "path",
+        reason: "socket path has no parent".into(),
+    })?;
+    let name = path.file_name().ok_or(RuntimeError::InvalidSpec {
+        field: "path",
+        reason: "socket path has no file name".into(),
+    })?;
+    let dir = nix::fcntl::open(
+        parent,
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(RuntimeError::sys("open socket dir"))?;
+    let short = Path::new("/proc/self/fd")
+        .join(dir.as_raw_fd().to_string())
+        .join(name);
+    let addr = UnixAddr::new(&short).map_err(RuntimeError::sys("socket address"))?;
+    let r = f(&addr);
+    drop(dir);
+    r
+}
+
+/// Creates init's control listener at `path` (mode 0600).
+pub(crate) fn listen(path: &Path) -> Result<OwnedFd, RuntimeError> {
+    let s = seqpacket()?;
+    with_addr(path, |a| {
+        bind(s.as_raw_fd(), a).map_err(RuntimeError::sys("bind control socket"))
+    })?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(RuntimeError::prepare(path))?;
+    sys_listen(&s, Backlog::new(1024).unwrap_or(Backlog::MAXCONN))
+        .map_err(RuntimeError::sys("listen"))?;
+    Ok(s)
+}
+
+pub(crate) fn seqpacket_pair() -> Result<(OwnedFd, OwnedFd), RuntimeError> {
+    socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(RuntimeError::sys("socketpair"))
+}
+
+pub(crate) fn send(
+    sock: BorrowedFd<'_>,
+    msg: &[u8],
+    fds: &[BorrowedFd<'_>],
+) -> Result<(), RuntimeError> {
+    if msg.len() > 200 * 1024 {
+        warren_sys::socket::force_send_buffer(sock, msg.len() * 2 + 64 * 1024)
+            .map_err(RuntimeError::sys("enlarge send buffer"))?;
+    }
+    warren_sys::socket::send_with_fds(sock, msg, fds).map_err(|e| match e {
+        nix::errno::Errno::EPIPE | nix::errno::Errno::ECONNRESET => RuntimeError::InitGone,
+        e => RuntimeError::Sys {
+            op: "send to init",
+            source: e,
+        },
+    })
+}
+
+/// One received message and the descriptors that came with it.
+pub(crate) type Message = (Vec<u8>, Vec<OwnedFd>);
+
+/// Receives one message; `Ok(None)` on timeout, `InitGone` when init closed.
+pub(crate) fn recv(
+    sock: BorrowedFd<'_>,
+    timeout: Option<Duration>,
+) -> Result<Option<Message>, RuntimeError> {
+    if let Some(t) = timeout {
+        let ms = t.as_millis().min(i32::MAX as u128) as i32;
+        let mut pfd = [nix::poll::PollFd::new(sock, nix::poll::PollFlags::POLLIN)];
+        loop {
+            match nix::poll::poll(
+                &mut pfd,
+                nix::poll::PollTimeout::try_from(ms).unwrap_or(nix::poll::PollTimeout::MAX),
+            ) {
+                Ok(0) => return Ok(None),
+                Ok(_) => break,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => {
+                    return Err(RuntimeError::Sys {
+                        op: "poll init",
+                        source: e,
+                    })
+                }
+            }
+        }
+    }
+    let mut buf = vec![0u8; MAX_REPLY_BYTES];
+    match warren_sys::socket::recv_with_fds(sock, &mut buf) {
+        Ok((0, _)) => Err(RuntimeError::InitGone),
+        Ok((n, fds)) => {
+            buf.truncate(n);
+            Ok(Some((buf, fds)))
+        }
+        Err(nix::errno::Errno::ECONNRESET) => Err(RuntimeError::InitGone),
+        Err(e) => Err(RuntimeError::Sys {
+            op: "receive from init",
+            source: e,
+        }),
+    }
+}
+
+fn connect_init(dir: &Path) -> Result<OwnedFd, RuntimeError> {
+    let s = seqpacket()?;
+    with_addr(&dir.join("init.sock"), |a| {
+        connect(s.as_raw_fd(), a).map_err(|e| match e {
+            nix::errno::Errno::ECONNREFUSED | nix::errno::Errno::ENOENT => RuntimeError::InitGone,
+            e => RuntimeError::Sys {
+                op: "connect to init",
+                source: e,
+            },
+        })
+    })?;
+    Ok(s)
+}
+
+fn request(
+    sock: BorrowedFd<'_>,
+    req: &Request,
+    fds: &[BorrowedFd<'_>],
+) -> Result<(Reply, Vec<OwnedFd>), RuntimeError> {
+    let msg = warren_proto::encode(req)?;
+    send(sock, &msg, fds)?;
+    let (bytes, fds) = recv(sock, Some(REPLY_TIMEOUT))?.ok_or(RuntimeError::InitTimeout {
+        secs: REPLY_TIMEOUT.as_secs(),
+    })?;
+    Ok((warren_proto::decode(&bytes)?, fds))
+}
+
+fn unexpected(reply: Reply) -> RuntimeError {
+    match reply {
+        Reply::Error {
+            code,
+            errno,
+            message,
+        } => RuntimeError::Exec {
+            code,
+            errno,
+            message,
+        },
+        other => RuntimeError::Exec {
+            code: "protocol_error".into(),
+            errno: None,
+            message: format!("unexpected reply {other:?}"),
+        },
+    }
+}
+
+/// Checks that init answers on its control socket.
+pub(crate) fn ping(dir: &Path) -> Result<(), RuntimeError> {
+    let s = connect_init(dir)?;
+    match request(s.as_fd(), &Request::Ping {}, &[])?.0 {
+        Reply::Pong {} => Ok(()),
+        other => Err(unexpected(other)),
+    }
+}
+
+pub(crate) fn signal_main(dir: &Path, signal: i32) -> Result<(), RuntimeError> {
+    let s = connect_init(dir)?;
+    match request(s.as_fd(), &Request::SignalMain { signal }, &[])?.0 {
+        Reply::Pong {} => Ok(()),
+        other => Err(unexpected(other)),
+    }
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd), RuntimeError> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(RuntimeError::sys("pipe"))
+}
+
+/// Starts an exec through init.
+pub(crate) fn start_exec(
+    dir: &Path,
+    cgroup: Arc<Cgroup>,
+    spec: &ExecSpec,
+    io: ExecIo,
+) -> Result<Exec, RuntimeError> {
+    let oom_before = cgroup.oom_kills().unwrap_or(0);
+    let mut stdio = StdioFds::default();
+    let mut send_fds: Vec<OwnedFd> = Vec::new();
+    let (mut stdin, mut stdout, mut stderr) = (None, None, None);
+    let mut tty = None;
+    match io {
+        ExecIo::Null => {}
+        ExecIo::Pipes { stdin: want_stdin } => {
+            if want_stdin {
+                let (r, w) = pipe()?;
+                stdio.stdin = true;
+                send_fds.push(r);
+                stdin = Some(File::from(w));
+            }
+            let (r, w) = pipe()?;
+            stdio.stdout = true;
+            send_fds.push(w);
+            stdout = Some(File::from(r));
+            let (r, w) = pipe()?;
+            stdio.stderr = true;
+            send_fds.push(w);
+            stderr = Some(File::from(r));
+        }
+        ExecIo::Fds {
+            stdin: i,
+            stdout: o,
+            stderr: e,
+        } => {
+            stdio = StdioFds {
+                stdin: i.is_some(),
+                stdout: o.is_some(),
+                stderr: e.is_some(),
+            };
+            send_fds.extend([i, o, e].into_iter().flatten());
+        }
+        ExecIo::Pty { rows, cols } => tty = Some(TtySize { rows, cols }),
+    }
+    let process = ProcessSpec {
+        argv: spec.argv.clone(),
+        env: spec.env.clone(),
+        cwd: spec.workdir.clone(),
+        uid: spec.user.uid,
+        gid: spec.user.gid,
+        groups: spec.user.groups.clone(),
+        tty,
+        stdio,
+        timeout_ms: spec
+            .timeout
+            .map(|t| t.as_millis().min(u64::MAX as u128) as u64),
+    };
+    let sock = connect_init(dir)?;
+    let borrowed: Vec<BorrowedFd<'_>> = send_fds.iter().map(|f| f.as_fd()).collect();
+    let (reply, mut fds) = request(sock.as_fd(), &Request::Exec { process }, &borrowed)?;
+    drop(borrowed);
+    drop(send_fds);
+    match reply {
+        Reply::Started { pid } => {
+            let pty = if tty.is_some() {
+                Some(File::from(fds.pop().ok_or_else(|| RuntimeError::Exec {
+                    code: "protocol_error".into(),
+                    errno: None,
+                    message: "init sent no terminal".into(),
+                })?))
+            } else {
+                None
+            };
+            Ok(Exec {
+                pid,
+                stdin,
+                stdout,
+                stderr,
+                pty,
+                inner: ExecControl {
+                    sock,
+                    cgroup,
+                    oom_before,
+                    exit: None,
+                },
+            })
+        }
+        other => Err(unexpected(other)),
+    }
+}
+
+/// The node's end of one exec's control connection.
+pub(crate) struct ExecControl {
+    sock: OwnedFd,
+    cgroup: Arc<Cgroup>,
+    oom_before: u64,
+    exit: Option<ExecExit>,
+}
+
+impl ExecControl {
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.sock.as_fd()
+    }
+
+    pub(crate) fn wait(
+        &mut self,
+        timeout: Option<Duration>,
+    ) -> Result<Option<ExecExit>, RuntimeError> {
+        if let Some(e) = self.exit {
+            return Ok(Some(e));
+        }
+        let (bytes, _) = match recv(self.sock.as_fd(), timeout)? {
+            None => return Ok(None),
+            Some(m) => m,
+        };
+        match warren_proto::decode::<Reply>(&bytes)? {
+            Reply::Exited { status, timed_out } => {
+                let oom_killed = status == warren_proto::ExitStatus::Signal(libc::SIGKILL)
+                    && !timed_out
+                    && self.cgroup.oom_kills().unwrap_or(0) > self.oom_before;
+                let e = ExecExit {
+                    status,
+                    timed_out,
+                    oom_killed,
+                };
+                self.exit = Some(e);
+                Ok(Some(e))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub(crate) fn signal(&self, signal: i32) -> Result<(), RuntimeError> {
+        let msg = warren_proto::encode(&Request::Signal { signal })?;
+        send(self.sock.as_fd(), &msg, &[])
+    }
+}

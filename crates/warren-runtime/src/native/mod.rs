@@ -1,0 +1,751 @@
+//! The native Linux backend.
+//!
+//! Per sandbox, under `<data_dir>/sandboxes/<id>/`:
+//! - `record.json`: what a restarted node needs to re-adopt the sandbox;
+//! - `init.sock`: init's control socket (host path, unreachable from inside);
+//! - `result`: init writes the main command's exit status here;
+//! - `upper/`, `work/`: the overlay's writable layer;
+//! - `rootfs/`, `lower/N/`: mount points used inside the sandbox's own mount
+//!   namespace (nothing is ever mounted in the host's namespace).
+//!
+//! Host ids: sandbox slot `n` maps container ids `0..65536` to host ids
+//! `id_base + n * 65536 ..`, a different range per live sandbox.
+
+mod control;
+mod ids;
+mod record;
+
+use std::collections::HashMap;
+use std::ffi::{CStr, CString};
+use std::fs;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use tracing::{debug, info_span, warn};
+use warren_cgroup::{Cgroup, CgroupLimits, CgroupManager};
+use warren_proto::{
+    BindSpec, Bootstrap, BootstrapFds, BootstrapReply, MainResult, ProcessSpec, StdioFds,
+    BOOTSTRAP_FD, INIT_ARGV0, INIT_ENV_MARKER, INIT_PROTOCOL_VERSION,
+};
+use warren_sys::clone::Namespaces;
+
+pub(crate) use control::ExecControl;
+
+use crate::spec::validate_process;
+use crate::{
+    Exec, ExecIo, ExecSpec, ExitStatus, MainIo, Recovered, Runtime, RuntimeError, SandboxExit,
+    SandboxId, SandboxInfo, SandboxSpec,
+};
+
+/// Size of each sandbox's host id range.
+pub const IDS_PER_SANDBOX: u32 = 65536;
+
+/// Configuration of the native backend.
+#[derive(Debug, Clone)]
+pub struct NativeConfig {
+    /// Root of all per-sandbox state.
+    pub data_dir: PathBuf,
+    /// The binary to run as init (re-executed from a sealed memfd copy).
+    /// `None` = the current executable, which must call
+    /// `warren_init::run_if_init()` first thing in `main`.
+    pub init_binary: Option<PathBuf>,
+    /// Where cgroup hierarchies are mounted.
+    pub cgroup_root: PathBuf,
+    /// The cgroup sub-tree Warren owns.
+    pub cgroup_parent: String,
+    /// First host id of the first sandbox's range.
+    pub id_base: u32,
+    /// How many id ranges (so, live sandboxes) there are.
+    pub id_slots: u32,
+    /// Longest wait for init to finish setting a sandbox up.
+    pub setup_timeout: Duration,
+}
+
+impl NativeConfig {
+    /// Defaults: cgroups under `/sys/fs/cgroup/**/warren`, host ids from
+    /// 2^30 in 16,384 ranges of 65,536.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        NativeConfig {
+            data_dir: data_dir.into(),
+            init_binary: None,
+            cgroup_root: PathBuf::from("/sys/fs/cgroup"),
+            cgroup_parent: "warren".into(),
+            id_base: 1 << 30,
+            id_slots: 16384,
+            setup_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+struct Sandbox {
+    id: SandboxId,
+    dir: PathBuf,
+    slot: u32,
+    init_pid: i32,
+    pidfd: OwnedFd,
+    /// Whether init is our child (so we must reap it).
+    is_child: bool,
+    cgroup: Arc<Cgroup>,
+    exit: Mutex<Option<SandboxExit>>,
+    destroying: std::sync::atomic::AtomicBool,
+}
+
+/// The native Linux backend. Thread-safe; share it behind an `Arc`.
+pub struct NativeRuntime {
+    cfg: NativeConfig,
+    sandboxes_dir: PathBuf,
+    trash_dir: PathBuf,
+    cgroups: CgroupManager,
+    init_exe: OwnedFd,
+    ids: Mutex<ids::IdAllocator>,
+    sandboxes: RwLock<HashMap<SandboxId, Arc<Sandbox>>>,
+}
+
+impl NativeRuntime {
+    /// Prepares the data directory, detects cgroups and seals the init binary.
+    pub fn new(cfg: NativeConfig) -> Result<Self, RuntimeError> {
+        let sandboxes_dir = cfg.data_dir.join("sandboxes");
+        let trash_dir = cfg.data_dir.join("trash");
+        for d in [&cfg.data_dir, &sandboxes_dir, &trash_dir] {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(d)
+                .map_err(RuntimeError::prepare(d))?;
+        }
+        // Any earlier process's half-removed sandboxes.
+        empty_dir(&trash_dir).map_err(RuntimeError::prepare(&trash_dir))?;
+        let cgroups = CgroupManager::detect(&cfg.cgroup_root, &cfg.cgroup_parent)?;
+        let exe = match &cfg.init_binary {
+            Some(p) => p.clone(),
+            None => std::env::current_exe().map_err(RuntimeError::prepare("/proc/self/exe"))?,
+        };
+        let init_exe = warren_sys::fd::sealed_memfd_copy(c"warren-init", &exe)
+            .map_err(RuntimeError::sys("seal init binary"))?;
+        let max_id = u64::from(cfg.id_base) + u64::from(cfg.id_slots) * u64::from(IDS_PER_SANDBOX);
+        if cfg.id_slots == 0 || max_id > u64::from(u32::MAX) {
+            return Err(RuntimeError::InvalidSpec {
+                field: "id_slots",
+                reason: "id ranges must fit below 2^32".into(),
+            });
+        }
+        Ok(NativeRuntime {
+            ids: Mutex::new(ids::IdAllocator::new(cfg.id_slots)),
+            cfg,
+            sandboxes_dir,
+            trash_dir,
+            cgroups,
+            init_exe,
+            sandboxes: RwLock::new(HashMap::new()),
+        })
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &NativeConfig {
+        &self.cfg
+    }
+
+    fn get(&self, id: &SandboxId) -> Result<Arc<Sandbox>, RuntimeError> {
+        self.sandboxes
+            .read()
+            .expect("sandbox map lock poisoned")
+            .get(id)
+            .cloned()
+            .ok_or_else(|| RuntimeError::NotFound { id: id.to_string() })
+    }
+
+    fn host_id_base(&self, slot: u32) -> u32 {
+        self.cfg.id_base + slot * IDS_PER_SANDBOX
+    }
+
+    fn create_inner(
+        &self,
+        spec: &SandboxSpec,
+        io: MainIo,
+        dir: &Path,
+        slot: u32,
+    ) -> Result<(Sandbox, Option<i32>), RuntimeError> {
+        let base = self.host_id_base(slot);
+        prepare_dirs(dir, spec.rootfs.layers.len(), base)?;
+
+        let limits = CgroupLimits {
+            cpu_millis: spec.limits.cpu_millis,
+            memory_bytes: spec.limits.memory_bytes,
+            pids_max: spec.limits.pids,
+        };
+        let cgroup = Arc::new(self.cgroups.create(spec.id.as_str(), &limits)?);
+
+        let userns = warren_sys::clone::create_user_namespace(0, base, IDS_PER_SANDBOX, true)
+            .map_err(RuntimeError::sys("create user namespace"))?;
+        let listener = control::listen(&dir.join("init.sock"))?;
+        let result = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(dir.join("result"))
+            .map_err(RuntimeError::prepare(dir.join("result")))?;
+
+        let main = match &spec.command {
+            None => None,
+            Some(argv) => Some(ProcessSpec {
+                argv: argv.clone(),
+                env: spec.env.clone(),
+                cwd: spec.workdir.clone(),
+                uid: spec.user.uid,
+                gid: spec.user.gid,
+                groups: spec.user.groups.clone(),
+                tty: None,
+                stdio: StdioFds {
+                    stdin: io.stdin.is_some(),
+                    stdout: io.stdout.is_some(),
+                    stderr: io.stderr.is_some(),
+                },
+                timeout_ms: None,
+            }),
+        };
+        let boot = Bootstrap {
+            version: INIT_PROTOCOL_VERSION,
+            sandbox_id: spec.id.to_string(),
+            hostname: spec.hostname.clone(),
+            state_dir: path_str(dir)?,
+            layers: spec
+                .rootfs
+                .layers
+                .iter()
+                .map(|p| path_str(p))
+                .collect::<Result<_, _>>()?,
+            binds: spec
+                .rootfs
+                .binds
+                .iter()
+                .map(|b| {
+                    Ok(BindSpec {
+                        source: path_str(&b.source)?,
+                        target: b.target.clone(),
+                        readonly: b.readonly,
+                    })
+                })
+                .collect::<Result<_, RuntimeError>>()?,
+            id_base: base,
+            id_count: IDS_PER_SANDBOX,
+            cgroup_procs: cgroup
+                .procs_files()
+                .iter()
+                .map(|p| path_str(p))
+                .collect::<Result<_, _>>()?,
+            tmp_size_bytes: spec.limits.memory_bytes,
+            main,
+            fds: BootstrapFds::UsernsListenerResultStdio,
+        };
+        let msg = warren_proto::encode(&boot)?;
+
+        let (ours, theirs) = control::seqpacket_pair()?;
+        let argv0 = CString::new(INIT_ARGV0).expect("constant has no NUL");
+        let env = [
+            CString::new(format!("{INIT_ENV_MARKER}={INIT_PROTOCOL_VERSION}"))
+                .expect("constant has no NUL"),
+        ];
+        let argv: [&CStr; 1] = [&argv0];
+        let ns = Namespaces {
+            mount: true,
+            pid: true,
+            uts: true,
+            ipc: true,
+            net: true,
+            cgroup: false, // init unshares it after joining its cgroups
+            user: false,   // init enters the prepared user namespace last
+        };
+        let spawned = warren_sys::clone::spawn_exec_fd(
+            self.init_exe.as_fd(),
+            &argv,
+            &env,
+            &[(theirs.as_fd(), BOOTSTRAP_FD)],
+            ns,
+        )
+        .map_err(RuntimeError::sys("clone sandbox init"))?;
+        drop(theirs);
+        let sandbox = Sandbox {
+            id: spec.id.clone(),
+            dir: dir.to_path_buf(),
+            slot,
+            init_pid: spawned.pid,
+            pidfd: spawned.pidfd,
+            is_child: true,
+            cgroup,
+            exit: Mutex::new(None),
+            destroying: false.into(),
+        };
+
+        let mut fds = vec![userns.as_fd(), listener.as_fd(), result.as_fd()];
+        for f in [&io.stdin, &io.stdout, &io.stderr].into_iter().flatten() {
+            fds.push(f.as_fd());
+        }
+        let sent = control::send(ours.as_fd(), &msg, &fds);
+        drop(fds);
+        drop((userns, listener, result, io));
+        if let Err(e) = sent {
+            // Init died before reading, or the message was refused.
+            return Err(self.abandon(sandbox, e));
+        }
+        let reply: BootstrapReply = match control::recv(ours.as_fd(), Some(self.cfg.setup_timeout))
+        {
+            Ok(Some((bytes, _))) => match warren_proto::decode(&bytes) {
+                Ok(r) => r,
+                Err(e) => return Err(self.abandon(sandbox, e.into())),
+            },
+            Ok(None) => {
+                return Err(self.abandon(
+                    sandbox,
+                    RuntimeError::InitTimeout {
+                        secs: self.cfg.setup_timeout.as_secs(),
+                    },
+                ))
+            }
+            Err(e) => return Err(self.abandon(sandbox, e)),
+        };
+        match reply {
+            BootstrapReply::Ready { main_pid } => Ok((sandbox, main_pid)),
+            // The main command could not start: report it like an exec.
+            BootstrapReply::Failed {
+                step,
+                errno,
+                message,
+            } if step.starts_with("exec_") || step.starts_with("workdir_") => Err(self.abandon(
+                sandbox,
+                RuntimeError::Exec {
+                    code: step,
+                    errno,
+                    message,
+                },
+            )),
+            BootstrapReply::Failed {
+                step,
+                errno,
+                message,
+            } => Err(self.abandon(
+                sandbox,
+                RuntimeError::InitSetup {
+                    step,
+                    errno,
+                    message,
+                },
+            )),
+        }
+    }
+
+    /// Kills and reaps a half-created sandbox's init; returns `err`.
+    fn abandon(&self, sb: Sandbox, err: RuntimeError) -> RuntimeError {
+        let already =
+            warren_sys::pidfd::poll_exit(sb.pidfd.as_fd(), Some(Duration::ZERO)).unwrap_or(false);
+        let _ = warren_sys::pidfd::send_signal(sb.pidfd.as_fd(), libc::SIGKILL);
+        let status = warren_sys::pidfd::wait_exit(sb.pidfd.as_fd());
+        debug!(?status, already, "sandbox init abandoned during setup");
+        err
+    }
+
+    /// Releases everything a sandbox id holds on the host: processes (via its
+    /// cgroup), cgroups, state directory. Safe to call for ids that hold
+    /// nothing.
+    fn release(&self, id: &SandboxId, slot: Option<u32>) -> Result<(), RuntimeError> {
+        if let Some(cg) = self.cgroups.open(id.as_str())? {
+            cg.kill_all()?;
+            cg.destroy()?;
+        }
+        let dir = self.sandboxes_dir.join(id.as_str());
+        if dir.exists() {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0);
+            let trash = self.trash_dir.join(format!("{id}.{nanos}"));
+            fs::rename(&dir, &trash).map_err(|source| RuntimeError::Cleanup {
+                path: dir.clone(),
+                source,
+            })?;
+            fs::remove_dir_all(&trash).map_err(|source| RuntimeError::Cleanup {
+                path: trash.clone(),
+                source,
+            })?;
+        }
+        if let Some(slot) = slot {
+            self.ids.lock().expect("id lock poisoned").release(slot);
+        }
+        Ok(())
+    }
+
+    /// Works out how a sandbox whose init has exited ended; reaps init.
+    fn settle(&self, sb: &Sandbox) -> SandboxExit {
+        let mut guard = sb.exit.lock().expect("exit lock poisoned");
+        if let Some(e) = guard.as_ref() {
+            return e.clone();
+        }
+        let init_status = if sb.is_child {
+            warren_sys::pidfd::wait_exit(sb.pidfd.as_fd()).ok()
+        } else {
+            None
+        };
+        let exit = if sb.destroying.load(std::sync::atomic::Ordering::SeqCst) {
+            SandboxExit::Destroyed
+        } else {
+            classify(&sb.dir, &sb.cgroup, init_status)
+        };
+        *guard = Some(exit.clone());
+        exit
+    }
+}
+
+/// Turns the result file, the cgroup's OOM count and init's own status into
+/// a typed exit.
+fn classify(
+    dir: &Path,
+    cgroup: &Cgroup,
+    init_status: Option<warren_sys::pidfd::WaitStatus>,
+) -> SandboxExit {
+    let ooms = cgroup.oom_kills().unwrap_or(0);
+    let recorded = fs::read(dir.join("result"))
+        .ok()
+        .filter(|b| !b.is_empty())
+        .and_then(|b| warren_proto::decode::<MainResult>(&b).ok());
+    match recorded {
+        Some(MainResult {
+            status: ExitStatus::Code(code),
+        }) => SandboxExit::Exited { code },
+        Some(MainResult {
+            status: ExitStatus::Signal(sig),
+        }) => {
+            if sig == libc::SIGKILL && ooms > 0 {
+                SandboxExit::OomKilled
+            } else {
+                SandboxExit::Signaled { signal: sig }
+            }
+        }
+        None => match init_status {
+            Some(warren_sys::pidfd::WaitStatus::Signaled(libc::SIGKILL)) if ooms > 0 => {
+                SandboxExit::OomKilled
+            }
+            Some(warren_sys::pidfd::WaitStatus::Exited(code)) if code > 128 => {
+                // An idle sandbox that received a termination signal.
+                SandboxExit::Signaled { signal: code - 128 }
+            }
+            Some(s) => SandboxExit::Lost {
+                detail: format!("init ended without a result ({s:?})"),
+            },
+            None => SandboxExit::Lost {
+                detail: "init ended without a result".into(),
+            },
+        },
+    }
+}
+
+impl Runtime for NativeRuntime {
+    fn create(&self, spec: &SandboxSpec, io: MainIo) -> Result<SandboxInfo, RuntimeError> {
+        let _span = info_span!("create", sandbox_id = %spec.id).entered();
+        let started = Instant::now();
+        if let Some(argv) = &spec.command {
+            validate_process(argv, &spec.env, &spec.workdir)?;
+        }
+        validate_hostname(&spec.hostname)?;
+        for b in &spec.rootfs.binds {
+            if !b.target.starts_with('/') || b.target.split('/').any(|c| c == "..") {
+                return Err(RuntimeError::InvalidSpec {
+                    field: "binds",
+                    reason: format!("bind target {:?} must be absolute without '..'", b.target),
+                });
+            }
+        }
+        if spec.rootfs.layers.is_empty() {
+            return Err(RuntimeError::InvalidSpec {
+                field: "rootfs",
+                reason: "at least one image layer is required".into(),
+            });
+        }
+        let dir = self.sandboxes_dir.join(spec.id.as_str());
+        {
+            let map = self.sandboxes.read().expect("sandbox map lock poisoned");
+            if map.contains_key(&spec.id) || dir.exists() {
+                return Err(RuntimeError::AlreadyExists {
+                    id: spec.id.to_string(),
+                });
+            }
+        }
+        let slot = self
+            .ids
+            .lock()
+            .expect("id lock poisoned")
+            .allocate()
+            .ok_or(RuntimeError::IdRangesExhausted {
+                slots: self.cfg.id_slots,
+            })?;
+        // Claim the directory atomically: a concurrent create of the same id
+        // fails here.
+        if let Err(e) = fs::DirBuilder::new().mode(0o700).create(&dir) {
+            self.ids.lock().expect("id lock poisoned").release(slot);
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                return Err(RuntimeError::AlreadyExists {
+                    id: spec.id.to_string(),
+                });
+            }
+            return Err(RuntimeError::prepare(&dir)(e));
+        }
+        match self.create_inner(spec, io, &dir, slot) {
+            Ok((sb, main_pid)) => {
+                let info = SandboxInfo {
+                    id: sb.id.clone(),
+                    init_pid: sb.init_pid,
+                    main_pid,
+                    host_id_base: self.host_id_base(slot),
+                };
+                record::write(
+                    &dir,
+                    &record::Record {
+                        id: sb.id.clone(),
+                        slot,
+                        init_pid: sb.init_pid,
+                    },
+                )
+                .map_err(RuntimeError::prepare(&dir))?;
+                self.sandboxes
+                    .write()
+                    .expect("sandbox map lock poisoned")
+                    .insert(sb.id.clone(), Arc::new(sb));
+                debug!(
+                    elapsed_us = started.elapsed().as_micros() as u64,
+                    "sandbox created"
+                );
+                Ok(info)
+            }
+            Err(e) => {
+                warn!(error = %e, "create failed; cleaning up");
+                if let Err(cleanup) = self.release(&spec.id, Some(slot)) {
+                    warn!(error = %cleanup, "cleanup after failed create");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn exec(&self, id: &SandboxId, spec: &ExecSpec, io: ExecIo) -> Result<Exec, RuntimeError> {
+        let sb = self.get(id)?;
+        validate_process(&spec.argv, &spec.env, &spec.workdir)?;
+        if sb.exit.lock().expect("exit lock poisoned").is_some() {
+            return Err(RuntimeError::NotRunning { id: id.to_string() });
+        }
+        control::start_exec(&sb.dir, sb.cgroup.clone(), spec, io).map_err(|e| match e {
+            RuntimeError::InitGone => RuntimeError::NotRunning { id: id.to_string() },
+            e => e,
+        })
+    }
+
+    fn signal(&self, id: &SandboxId, signal: i32) -> Result<(), RuntimeError> {
+        let sb = self.get(id)?;
+        control::signal_main(&sb.dir, signal).map_err(|e| match e {
+            RuntimeError::InitGone => RuntimeError::NotRunning { id: id.to_string() },
+            e => e,
+        })
+    }
+
+    fn wait(
+        &self,
+        id: &SandboxId,
+        timeout: Option<Duration>,
+    ) -> Result<Option<SandboxExit>, RuntimeError> {
+        let sb = self.get(id)?;
+        if let Some(e) = sb.exit.lock().expect("exit lock poisoned").as_ref() {
+            return Ok(Some(e.clone()));
+        }
+        let done = warren_sys::pidfd::poll_exit(sb.pidfd.as_fd(), timeout)
+            .map_err(RuntimeError::sys("wait for sandbox"))?;
+        if !done {
+            return Ok(None);
+        }
+        Ok(Some(self.settle(&sb)))
+    }
+
+    fn exit_fd(&self, id: &SandboxId) -> Result<OwnedFd, RuntimeError> {
+        let sb = self.get(id)?;
+        sb.pidfd
+            .try_clone()
+            .map_err(|e| RuntimeError::prepare(&sb.dir)(e))
+    }
+
+    fn destroy(&self, id: &SandboxId) -> Result<(), RuntimeError> {
+        let _span = info_span!("destroy", sandbox_id = %id).entered();
+        let sb = self
+            .sandboxes
+            .write()
+            .expect("sandbox map lock poisoned")
+            .remove(id);
+        let slot = match &sb {
+            Some(sb) => {
+                sb.destroying
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
+                let _ = warren_sys::pidfd::send_signal(sb.pidfd.as_fd(), libc::SIGKILL);
+                let gone =
+                    warren_sys::pidfd::poll_exit(sb.pidfd.as_fd(), Some(Duration::from_secs(10)))
+                        .unwrap_or(false);
+                if !gone {
+                    warn!(pid = sb.init_pid, "init did not exit within 10s of SIGKILL");
+                }
+                self.settle(sb);
+                Some(sb.slot)
+            }
+            None => None,
+        };
+        self.release(id, slot)
+    }
+
+    fn recover(&self) -> Result<Vec<Recovered>, RuntimeError> {
+        let mut out = Vec::new();
+        let entries = fs::read_dir(&self.sandboxes_dir)
+            .map_err(RuntimeError::prepare(&self.sandboxes_dir))?;
+        let mut seen = std::collections::HashSet::new();
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Ok(id) = SandboxId::new(name.clone()) else {
+                warn!(entry = %name, "unexpected entry in sandboxes dir; leaving it");
+                continue;
+            };
+            seen.insert(id.to_string());
+            if self.sandboxes.read().expect("lock").contains_key(&id) {
+                continue;
+            }
+            let dir = entry.path();
+            let rec = record::read(&dir);
+            let cgroup = self.cgroups.open(id.as_str())?;
+            let alive = match (&rec, &cgroup) {
+                (Some(r), Some(cg)) => {
+                    // The pid must still be init of this sandbox: it must sit
+                    // in the sandbox's cgroup (guards against pid reuse).
+                    cg.procs().unwrap_or_default().contains(&r.init_pid)
+                        && warren_sys::pidfd::open(r.init_pid)
+                            .ok()
+                            .map(|fd| (r, fd))
+                            .is_some()
+                        && control::ping(&dir).is_ok()
+                }
+                _ => false,
+            };
+            if let (true, Some(r), Some(cg)) = (alive, &rec, cgroup) {
+                let pidfd =
+                    warren_sys::pidfd::open(r.init_pid).map_err(RuntimeError::sys("pidfd_open"))?;
+                self.ids.lock().expect("id lock poisoned").claim(r.slot);
+                let sb = Sandbox {
+                    id: id.clone(),
+                    dir,
+                    slot: r.slot,
+                    init_pid: r.init_pid,
+                    pidfd,
+                    is_child: false,
+                    cgroup: Arc::new(cg),
+                    exit: Mutex::new(None),
+                    destroying: false.into(),
+                };
+                self.sandboxes
+                    .write()
+                    .expect("sandbox map lock poisoned")
+                    .insert(id.clone(), Arc::new(sb));
+                out.push(Recovered::Running(id));
+                continue;
+            }
+            let exit = match self.cgroups.open(id.as_str())? {
+                Some(cg) if rec.is_some() => classify(&dir, &cg, None),
+                _ => SandboxExit::Lost {
+                    detail: "no usable record of the sandbox survived".into(),
+                },
+            };
+            self.release(&id, None)?;
+            out.push(Recovered::Ended(id, exit));
+        }
+        // Cgroups without a state directory: leftovers of a crash mid-create.
+        for name in self.cgroups.list()? {
+            if seen.contains(&name) {
+                continue;
+            }
+            if let Some(cg) = self.cgroups.open(&name)? {
+                warn!(cgroup = %name, "removing orphaned sandbox cgroup");
+                cg.kill_all()?;
+                cg.destroy()?;
+            }
+        }
+        Ok(out)
+    }
+
+    fn list(&self) -> Vec<SandboxId> {
+        let mut v: Vec<SandboxId> = self
+            .sandboxes
+            .read()
+            .expect("sandbox map lock poisoned")
+            .keys()
+            .cloned()
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+fn validate_hostname(h: &str) -> Result<(), RuntimeError> {
+    let ok = !h.is_empty()
+        && h.len() <= 63
+        && h.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        && !h.starts_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(RuntimeError::InvalidSpec {
+            field: "hostname",
+            reason: "must be 1-63 characters of [A-Za-z0-9.-]".into(),
+        })
+    }
+}
+
+fn path_str(p: &Path) -> Result<String, RuntimeError> {
+    p.to_str()
+        .map(str::to_string)
+        .ok_or_else(|| RuntimeError::InvalidSpec {
+            field: "path",
+            reason: format!("{} is not valid UTF-8", p.display()),
+        })
+}
+
+/// Creates the per-sandbox directories. `upper/` belongs to the sandbox's
+/// root so the root of its filesystem is its own.
+fn prepare_dirs(dir: &Path, layers: usize, base: u32) -> Result<(), RuntimeError> {
+    let mk = |p: PathBuf, mode: u32| -> Result<(), RuntimeError> {
+        fs::DirBuilder::new()
+            .mode(mode)
+            .create(&p)
+            .map_err(RuntimeError::prepare(&p))
+    };
+    mk(dir.join("upper"), 0o755)?;
+    mk(dir.join("work"), 0o700)?;
+    mk(dir.join("rootfs"), 0o755)?;
+    mk(dir.join("lower"), 0o700)?;
+    for i in 0..layers {
+        mk(dir.join("lower").join(i.to_string()), 0o755)?;
+    }
+    let upper = dir.join("upper");
+    std::os::unix::fs::chown(&upper, Some(base), Some(base))
+        .map_err(RuntimeError::prepare(&upper))?;
+    fs::set_permissions(&upper, fs::Permissions::from_mode(0o755))
+        .map_err(RuntimeError::prepare(&upper))?;
+    Ok(())
+}
+
+fn empty_dir(dir: &Path) -> std::io::Result<()> {
+    for e in fs::read_dir(dir)? {
+        let p = e?.path();
+        if p.is_dir() {
+            fs::remove_dir_all(&p)?;
+        } else {
+            fs::remove_file(&p)?;
+        }
+    }
+    Ok(())
+}
+
+use std::os::unix::fs::OpenOptionsExt;

@@ -1,0 +1,127 @@
+//! warren-testkit: shared test helpers (a dev-dependency only).
+//!
+//! - [`require_root`] / [`require`]: capability checks that print
+//!   `SKIP <test>: <reason>` when something is missing, and fail instead of
+//!   skipping under `CI=true`, so CI can never pass by skipping.
+//! - [`wait_until`]: bounded polling instead of bare sleeps.
+//! - [`leaks`]: what Warren may have left on the host (mounts, cgroups,
+//!   processes), for the leak check that ends every suite.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// True when running under CI (`CI=true`).
+pub fn in_ci() -> bool {
+    std::env::var("CI")
+        .map(|v| v == "true" || v == "1")
+        .unwrap_or(false)
+}
+
+/// Checks a capability: returns true if present. If absent, prints
+/// `SKIP <test>: <reason>` and returns false, or panics under CI.
+pub fn require(test: &str, present: bool, reason: &str) -> bool {
+    if present {
+        return true;
+    }
+    if in_ci() {
+        panic!("{test}: required capability missing under CI: {reason}");
+    }
+    eprintln!("SKIP {test}: {reason}");
+    false
+}
+
+/// Requires running as root (namespaces, mounts, cgroups).
+pub fn require_root(test: &str) -> bool {
+    // SAFETY-free: geteuid has no preconditions; std exposes it through libc.
+    let euid = unsafe_free_euid();
+    require(test, euid == 0, "needs root (namespaces, mounts, cgroups)")
+}
+
+fn unsafe_free_euid() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(u32::MAX)
+}
+
+/// Polls `cond` every few milliseconds until it is true or `timeout` passes.
+/// Returns whether it became true.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(1);
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(50));
+    }
+}
+
+/// Things Warren left behind on the host whose names contain `marker`:
+/// mounts in the host's mount table, cgroup directories, and processes
+/// running a sealed `warren-init` memfd. Empty means clean.
+pub fn leaks(marker: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Ok(m) = std::fs::read_to_string("/proc/self/mountinfo") {
+        for line in m.lines().filter(|l| l.contains(marker)) {
+            out.push(format!("mount: {line}"));
+        }
+    }
+    for root in ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"] {
+        let Ok(entries) = std::fs::read_dir(root) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let ctl = e.path();
+            if !ctl.is_dir() {
+                continue;
+            }
+            let candidates = [ctl.clone()];
+            for c in candidates {
+                if let Ok(sub) = std::fs::read_dir(&c) {
+                    for s in sub.flatten() {
+                        let name = s.file_name().to_string_lossy().into_owned();
+                        if name.contains(marker) && s.path().is_dir() {
+                            out.push(format!("cgroup: {}", s.path().display()));
+                        }
+                    }
+                }
+            }
+        }
+        if Path::new(root).join("cgroup.controllers").exists() {
+            if let Ok(sub) = std::fs::read_dir(root) {
+                for s in sub.flatten() {
+                    let name = s.file_name().to_string_lossy().into_owned();
+                    if name.contains(marker) && s.path().is_dir() {
+                        out.push(format!("cgroup: {}", s.path().display()));
+                    }
+                }
+            }
+        }
+    }
+    if let Ok(procs) = std::fs::read_dir("/proc") {
+        for p in procs.flatten() {
+            let name = p.file_name().to_string_lossy().into_owned();
+            if !name.bytes().all(|b| b.is_ascii_digit()) {
+                continue;
+            }
+            if let Ok(exe) = std::fs::read_link(p.path().join("exe")) {
+                if exe.to_string_lossy().contains("memfd:warren-init") {
+                    out.push(format!("process: pid {name} runs warren-init"));
+                }
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Install the Debian packages that Warren's tests and benchmarks need.
+#
+# Idempotent: packages that are already installed are left alone, and
+# `apt-get update` runs only when something is missing. Meant for a fresh
+# Debian 12 machine as root; CI runs it with CI=true before the tests.
+#
+# Usage: scripts/install-deps.sh
+set -euo pipefail
+
+log() { printf 'install-deps: %s\n' "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+trap 'die "failed at line $LINENO (exit $?)"' ERR
+
+# package -> why we need it. Keep this list sorted by purpose, not by name.
+packages=(
+    crun           # peer runtime for bench/run create|exec
+    runc           # peer runtime; also `runc spec` writes the bench's OCI config
+    bubblewrap     # peer runtime (bwrap)
+    busybox-static # the static busybox that test and bench rootfs images are built from
+    iproute2       # ip netns / veth / bridge for networking tests
+    nftables       # nft, for sandbox egress rules
+    procps         # ps, pgrep: leak checks
+    psmisc         # fuser, pstree: leak checks and debugging
+    util-linux     # unshare, nsenter, mount, losetup
+    e2fsprogs      # mkfs.ext4, for loop-device disk limits
+    python3        # helper scripts in tests
+)
+
+# Commands that must work afterwards; checked so a broken install fails here
+# rather than as a confusing test failure later.
+commands=(crun runc bwrap busybox ip nft ps fuser unshare nsenter losetup mkfs.ext4 python3)
+
+[[ $(id -u) -eq 0 ]] || die "must run as root (try: sudo $0)"
+command -v apt-get >/dev/null || die "apt-get not found: this script supports Debian only"
+
+missing=()
+for pkg in "${packages[@]}"; do
+    status=$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)
+    [[ $status == "install ok installed" ]] || missing+=("$pkg")
+done
+
+if ((${#missing[@]} == 0)); then
+    log "all ${#packages[@]} packages already installed"
+else
+    log "installing: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    log "installed: ${missing[*]}"
+fi
+
+for cmd in "${commands[@]}"; do
+    command -v "$cmd" >/dev/null || die "command '$cmd' is still missing after install"
+done
+
+# busybox must be the static build: test and bench rootfs images contain only
+# bin/busybox and no shared libraries.
+busybox_path=$(command -v busybox)
+if ldd "$busybox_path" >/dev/null 2>&1; then
+    die "$busybox_path is dynamically linked; the busybox-static package should provide it"
+fi
+
+log "ok"
