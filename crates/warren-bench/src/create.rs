@@ -176,6 +176,9 @@ pub fn run(args: &CreateArgs, data: &Path, shutdown: &Shutdown) -> Result<()> {
             c.step(i, false)?;
         }
     }
+    if let Some(w) = &warren {
+        w.reset_phases();
+    }
     for round in 0..args.runs {
         for j in 0..k {
             shutdown.check()?;
@@ -186,6 +189,9 @@ pub fn run(args: &CreateArgs, data: &Path, shutdown: &Shutdown) -> Result<()> {
         }
     }
 
+    if let Some(w) = &warren {
+        w.print_phases();
+    }
     report(args.runs, &contenders);
     Ok(())
 }

@@ -24,6 +24,8 @@ pub struct Warren {
     id_slots: u32,
     // Kept open for as long as sandboxes use its layers.
     _store: ImageStore,
+    /// Per-phase samples (µs) of measured echo cycles, in phase order.
+    phases: std::sync::Mutex<Vec<(String, Vec<u64>)>>,
 }
 
 impl Warren {
@@ -56,6 +58,7 @@ impl Warren {
             rt,
             rootfs,
             env: img.config.env.clone(),
+            phases: std::sync::Mutex::new(Vec::new()),
             id_slots,
             _store: store,
         })
@@ -86,24 +89,64 @@ impl Warren {
                 },
             )
             .context("create")
-            .and_then(|_| {
+            .and_then(|info| {
+                let mut phases = info.phases;
+                let created = t0.elapsed();
                 let mut out = File::from(r);
                 let byte = read_first_byte(&mut out, FIRST_BYTE_TIMEOUT)?;
                 let first_byte = t0.elapsed();
                 ensure!(byte == b'h', "unexpected first byte {byte:#04x}");
                 let exit = self.rt.wait(&id, Some(EXIT_TIMEOUT)).context("wait")?;
                 let exit = exit.with_context(|| format!("did not exit within {EXIT_TIMEOUT:?}"))?;
+                let exited = t0.elapsed();
                 ensure!(exit.code() == Some(0), "echo ended with {exit:?}");
                 self.rt.destroy(&id).context("destroy")?;
-                Ok(Timing {
-                    first_byte,
-                    cycle: t0.elapsed(),
-                })
+                let cycle = t0.elapsed();
+                let us = |d: Duration| d.as_micros() as u64;
+                phases.push(("after:first_byte".into(), us(first_byte - created)));
+                phases.push(("after:exit_seen".into(), us(exited - first_byte)));
+                phases.push(("after:destroy".into(), us(cycle - exited)));
+                self.record_phases(phases);
+                Ok(Timing { first_byte, cycle })
             });
         if res.is_err() {
             let _ = self.rt.destroy(&id);
         }
         res.with_context(|| format!("warren sandbox {name}"))
+    }
+
+    fn record_phases(&self, phases: Vec<(String, u64)>) {
+        let mut all = self.phases.lock().expect("phase lock");
+        for (name, us) in phases {
+            match all.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, v)) => v.push(us),
+                None => all.push((name, vec![us])),
+            }
+        }
+    }
+
+    /// Forgets phase samples (after warm-up).
+    pub fn reset_phases(&self) {
+        self.phases.lock().expect("phase lock").clear();
+    }
+
+    /// Prints where a create → first byte → exit → destroy cycle spends its
+    /// time: the runtime's own phases (`node:*`, `init:*`) and what follows.
+    pub fn print_phases(&self) {
+        let all = self.phases.lock().expect("phase lock");
+        if all.is_empty() {
+            return;
+        }
+        println!();
+        println!("warren cycle breakdown (µs; node:* = host side, init:* = inside init, after:* = after create returned)");
+        println!("{:<22} {:>8} {:>8}", "phase", "p50", "mean");
+        for (name, v) in all.iter() {
+            let mut s = v.clone();
+            s.sort_unstable();
+            let p50 = s[s.len() / 2];
+            let mean = s.iter().sum::<u64>() / s.len() as u64;
+            println!("{name:<22} {p50:>8} {mean:>8}");
+        }
     }
 
     /// Creates a long-lived sandbox (idle when `command` is `None`), owned by

@@ -156,6 +156,11 @@ impl Cgroup {
     /// reused between listing and killing; every host Warren supports has
     /// one.
     pub fn kill_all(&self) -> Result<(), CgroupError> {
+        // Fast path: nothing to kill (the common case when a sandbox's init
+        // has already exited and taken its pid namespace with it).
+        if self.procs()?.is_empty() {
+            return Ok(());
+        }
         let deadline = Instant::now() + self.timeouts.kill;
         if self.version == CgroupVersion::V2 {
             let kill_file = self.primary().join("cgroup.kill");

@@ -38,6 +38,7 @@ pub fn main() -> i32 {
 }
 
 fn run() -> Result<i32, ()> {
+    let mut timer = setup::Timer::new();
     // Descriptor hygiene: 0-2 to /dev/null, nothing above the bootstrap fd.
     let _ = warren_sys::fd::stdio_to_dev_null();
     let _ = warren_sys::fd::close_from(BOOTSTRAP_FD as u32 + 1);
@@ -85,28 +86,30 @@ fn run() -> Result<i32, ()> {
         return Err(());
     }
     let stdio_count = b.main.as_ref().map(|m| m.stdio.count()).unwrap_or(0);
-    if fds.len() != 3 + stdio_count {
+    if fds.len() != 4 + stdio_count {
         fail(
             "fds",
             None,
             format!(
                 "expected {} descriptors, got {}",
-                3 + stdio_count,
+                4 + stdio_count,
                 fds.len()
             ),
         );
         return Err(());
     }
-    let main_stdio: Vec<OwnedFd> = fds.split_off(3);
+    let main_stdio: Vec<OwnedFd> = fds.split_off(4);
+    let netns = fds.pop().expect("length checked above");
     let result_file = fds.pop().expect("length checked above");
     let listener = fds.pop().expect("length checked above");
     let userns = fds.pop().expect("length checked above");
 
-    if let Err(e) = setup::build(&b, &userns) {
+    timer.mark("bootstrap");
+    if let Err(e) = setup::build(&b, &userns, &netns, &mut timer) {
         fail(e.step, e.errno, e.message);
         return Err(());
     }
-    drop(userns);
+    drop((userns, netns));
 
     let mut init = Init {
         listener,
@@ -127,8 +130,10 @@ fn run() -> Result<i32, ()> {
             }
         }
     }
+    timer.mark("main");
     let ready = BootstrapReply::Ready {
         main_pid: init.main_pid,
+        timings: timer.phases,
     };
     let bytes = encode(&ready).map_err(|_| ())?;
     send_with_fds(boot.as_fd(), &bytes, &[]).map_err(|_| ())?;

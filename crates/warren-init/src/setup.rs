@@ -55,8 +55,39 @@ impl<T> Step<T> for std::io::Result<T> {
     }
 }
 
+/// Records how long each setup phase takes.
+pub struct Timer {
+    last: std::time::Instant,
+    pub phases: Vec<warren_proto::PhaseTiming>,
+}
+
+impl Timer {
+    pub fn new() -> Self {
+        Timer {
+            last: std::time::Instant::now(),
+            phases: Vec::new(),
+        }
+    }
+
+    pub fn mark(&mut self, phase: &str) {
+        let now = std::time::Instant::now();
+        self.phases.push(warren_proto::PhaseTiming {
+            phase: phase.to_string(),
+            micros: now.duration_since(self.last).as_micros() as u64,
+        });
+        self.last = now;
+    }
+}
+
 /// Builds the sandbox and switches into its user namespace.
-pub fn build(b: &Bootstrap, userns: &OwnedFd) -> Result<(), SetupError> {
+pub fn build(
+    b: &Bootstrap,
+    userns: &OwnedFd,
+    netns: &OwnedFd,
+    t: &mut Timer,
+) -> Result<(), SetupError> {
+    // First, so that /sys below shows the sandbox's own network devices.
+    setns(netns, CloneFlags::CLONE_NEWNET).step("join_netns", "setns(net)")?;
     for p in &b.cgroup_procs {
         fs::write(p, "0").step("join_cgroup", p)?;
     }
@@ -66,6 +97,7 @@ pub fn build(b: &Bootstrap, userns: &OwnedFd) -> Result<(), SetupError> {
     // needs CAP_SYS_RESOURCE, which some hosts withhold; then init stays
     // killable and the node reports an OOM-killed init as `oom_killed`.
     let _ = fs::write("/proc/self/oom_score_adj", "-1000");
+    t.mark("cgroup");
 
     mount(
         None::<&str>,
@@ -101,6 +133,7 @@ pub fn build(b: &Bootstrap, userns: &OwnedFd) -> Result<(), SetupError> {
         Some(opts.as_str()),
     )
     .step("mount_overlay", "overlay rootfs")?;
+    t.mark("rootfs");
     let root = state.join("rootfs");
     let base = b.id_base;
 
@@ -116,8 +149,11 @@ pub fn build(b: &Bootstrap, userns: &OwnedFd) -> Result<(), SetupError> {
             .step("mount_bind", &bind.target)?;
     }
 
+    t.mark("binds");
     mount_proc(&root)?;
+    t.mark("proc");
     mount_dev(&root, base)?;
+    t.mark("dev");
     if root.join("sys").is_dir() {
         let ro = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
         mount(
@@ -144,13 +180,16 @@ pub fn build(b: &Bootstrap, userns: &OwnedFd) -> Result<(), SetupError> {
     )
     .step("mount_tmp", "tmpfs /tmp")?;
 
+    t.mark("sys_tmp");
     chdir(&root).step("pivot_root", "chdir rootfs")?;
     pivot_root(".", ".").step("pivot_root", "pivot_root")?;
     umount2(".", MntFlags::MNT_DETACH).step("pivot_root", "detach old root")?;
     chdir("/").step("pivot_root", "chdir /")?;
 
     sethostname(&b.hostname).step("hostname", "sethostname")?;
+    t.mark("pivot_root");
     warren_sys::net::loopback_up().step("loopback", "lo up")?;
+    t.mark("hostname_lo");
 
     setns(userns, CloneFlags::CLONE_NEWUSER).step("enter_userns", "setns(user)")?;
     nix::unistd::setgroups(&[]).step("enter_userns", "setgroups")?;
@@ -162,6 +201,7 @@ pub fn build(b: &Bootstrap, userns: &OwnedFd) -> Result<(), SetupError> {
     // exec'd there): nothing in the sandbox can ptrace init or open its
     // /proc/1/{mem,exe,fd}.
     nix::sys::prctl::set_dumpable(false).step("dumpable", "prctl(PR_SET_DUMPABLE)")?;
+    t.mark("userns");
     Ok(())
 }
 

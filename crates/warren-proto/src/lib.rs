@@ -141,8 +141,9 @@ pub struct Bootstrap {
     pub tmp_size_bytes: Option<u64>,
     /// The main command; `None` = idle until terminated.
     pub main: Option<ProcessSpec>,
-    /// Descriptor order: user namespace, control listener, result file, then
-    /// the main command's stdio as flagged in `main.stdio`.
+    /// Descriptor order: user namespace, control listener, result file,
+    /// network namespace, then the main command's stdio as flagged in
+    /// `main.stdio`.
     pub fds: BootstrapFds,
 }
 
@@ -150,8 +151,8 @@ pub struct Bootstrap {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BootstrapFds {
-    /// `[userns, listener, result_file, stdin?, stdout?, stderr?]`
-    UsernsListenerResultStdio,
+    /// `[userns, listener, result_file, netns, stdin?, stdout?, stderr?]`
+    UsernsListenerResultNetnsStdio,
 }
 
 /// Init's answer to [`Bootstrap`].
@@ -159,13 +160,26 @@ pub enum BootstrapFds {
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum BootstrapReply {
     /// The sandbox is set up; the main command (if any) has started.
-    Ready { main_pid: Option<i32> },
+    /// `timings` says how long each setup phase took, for diagnostics.
+    Ready {
+        main_pid: Option<i32>,
+        #[serde(default)]
+        timings: Vec<PhaseTiming>,
+    },
     /// Setup failed at `step`; init exits after sending this.
     Failed {
         step: String,
         errno: Option<i32>,
         message: String,
     },
+}
+
+/// How long one phase of init's setup took.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PhaseTiming {
+    pub phase: String,
+    pub micros: u64,
 }
 
 /// Node → init on a control connection.

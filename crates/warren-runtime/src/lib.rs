@@ -94,6 +94,9 @@ pub struct SandboxInfo {
     pub main_pid: Option<i32>,
     /// Host uid/gid that the sandbox's root maps to.
     pub host_id_base: u32,
+    /// Where create spent its time: node-side phases (`node:*`) and init's
+    /// own setup phases (`init:*`), in order, in microseconds.
+    pub phases: Vec<(String, u64)>,
 }
 
 /// A sandbox backend.

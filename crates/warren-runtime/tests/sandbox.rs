@@ -818,6 +818,14 @@ fn main() {
         trial("init_binary_is_sealed", init_binary_is_sealed),
     ];
     let conclusion = libtest_mimic::run(&args, tests);
+    // The fixture lives in a static, which is never dropped: tear it down by
+    // hand so the suite's leak check sees nothing of ours.
+    if let Some(Ok(f)) = FIXTURE.get() {
+        for id in f.rt.list() {
+            let _ = f.rt.destroy(&id);
+        }
+        let _ = std::fs::remove_dir_all(f._data.path());
+    }
     // Remove this process's cgroup subtrees (empty by now).
     for sub in [
         format!("warren-test-{}", std::process::id()),

@@ -218,83 +218,91 @@ fn unsafe_sigset_empty() -> libc::sigset_t {
 }
 
 /// Creates a user namespace with the given single-range uid and gid maps and
-/// returns a descriptor for it. A short-lived helper child is cloned into the
-/// new namespace, the maps are written from here, the namespace file is
-/// opened, and the helper is killed and reaped.
+/// returns a descriptor for it. A helper child sharing our memory (so no page
+/// tables are copied) is cloned into the new namespace; the maps are written
+/// from here, the namespace file is opened, and the helper is killed and
+/// reaped.
 pub fn create_user_namespace(
     inside: u32,
     outside: u32,
     count: u32,
     allow_setgroups: bool,
 ) -> Result<OwnedFd> {
-    let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-    let mut stack = vec![0u8; 16 * 1024];
-    let top = (stack.as_mut_ptr() as usize + stack.len()) & !15usize;
-    extern "C" fn helper(arg: *mut libc::c_void) -> libc::c_int {
-        let fd = arg as usize as libc::c_int;
-        let mut b = 0u8;
-        // SAFETY: raw read on a pipe fd inherited from the parent; blocks until
-        // the parent closes the write end, then exits. No allocation.
-        unsafe {
-            libc::syscall(libc::SYS_read, fd, &mut b as *mut u8, 1usize);
-            libc::syscall(libc::SYS_exit, 0);
+    let map = format!("{inside} {outside} {count}\n");
+    namespace_via_helper(libc::CLONE_NEWUSER, "user", |pid| {
+        let base = format!("/proc/{pid}");
+        if !allow_setgroups {
+            std::fs::write(format!("{base}/setgroups"), "deny").map_err(io_errno)?;
         }
-        0
+        std::fs::write(format!("{base}/uid_map"), &map).map_err(io_errno)?;
+        std::fs::write(format!("{base}/gid_map"), &map).map_err(io_errno)?;
+        Ok(())
+    })
+}
+
+/// Creates a network namespace (owned by the caller's user namespace, with
+/// only a down `lo`) and returns a descriptor for it.
+pub fn create_net_namespace() -> Result<OwnedFd> {
+    namespace_via_helper(libc::CLONE_NEWNET, "net", |_| Ok(()))
+}
+
+/// Clones a helper into a new namespace of kind `flag`, lets `configure`
+/// work on it by pid, opens `/proc/<pid>/ns/<name>`, then kills and reaps it.
+fn namespace_via_helper(
+    flag: libc::c_int,
+    name: &str,
+    configure: impl FnOnce(libc::pid_t) -> Result<()>,
+) -> Result<OwnedFd> {
+    const HELPER_STACK: usize = 16 * 1024;
+    extern "C" fn helper(_arg: *mut libc::c_void) -> libc::c_int {
+        // SAFETY: only raw syscalls on the helper's own stack: wait until
+        // killed. pause(2) touches no shared memory.
+        unsafe {
+            loop {
+                libc::syscall(libc::SYS_pause);
+            }
+        }
     }
+    let mut stack = vec![0u8; HELPER_STACK];
+    let top = (stack.as_mut_ptr() as usize + HELPER_STACK) & !15usize;
     let mut pidfd: libc::c_int = -1;
     let all = unsafe_sigset_full();
     let mut old = unsafe_sigset_empty();
     // SAFETY: valid sigset pointers; see spawn_exec_fd.
     unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old) };
-    // SAFETY: `helper` runs only raw syscalls on its own private stack (no
-    // CLONE_VM, so it has its own copy of memory); `top` is aligned and inside
-    // `stack`; CLONE_PIDFD stores the pidfd into `pidfd`.
+    // SAFETY: `helper` runs only raw syscalls on `stack`, which stays alive
+    // until the helper has been killed and reaped below; CLONE_VM shares our
+    // memory but the helper never reads or writes it; CLONE_PIDFD stores the
+    // pidfd into `pidfd`.
     let pid = unsafe {
         libc::clone(
             helper,
             top as *mut libc::c_void,
-            libc::CLONE_NEWUSER | libc::CLONE_PIDFD | libc::SIGCHLD,
-            rd.as_raw_fd() as usize as *mut libc::c_void,
+            libc::CLONE_VM | flag | libc::CLONE_PIDFD | libc::SIGCHLD,
+            std::ptr::null_mut(),
             &mut pidfd as *mut libc::c_int,
         )
     };
     let err = Errno::last();
     // SAFETY: restores the saved mask.
     unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
-    drop(stack);
     if pid < 0 {
         return Err(err);
     }
     // SAFETY: CLONE_PIDFD stored a fresh owned pidfd.
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
-    let result = (|| {
-        let base = format!("/proc/{pid}");
-        if !allow_setgroups {
-            std::fs::write(format!("{base}/setgroups"), "deny").map_err(io_errno)?;
-        }
-        let map = format!("{inside} {outside} {count}\n");
-        std::fs::write(format!("{base}/uid_map"), &map).map_err(io_errno)?;
-        std::fs::write(format!("{base}/gid_map"), &map).map_err(io_errno)?;
-        let f = std::fs::File::open(format!("{base}/ns/user")).map_err(io_errno)?;
+    let result = configure(pid).and_then(|()| {
+        let f = std::fs::File::open(format!("/proc/{pid}/ns/{name}")).map_err(io_errno)?;
         Ok(OwnedFd::from(f))
-    })();
-    drop(wr); // lets the helper exit
-    let _ = crate::pidfd::send_signal(pidfd.as_fd_borrowed(), libc::SIGKILL);
-    let _ = crate::pidfd::wait_exit(pidfd.as_fd_borrowed());
-    drop(rd);
+    });
+    use std::os::fd::AsFd;
+    let _ = crate::pidfd::send_signal(pidfd.as_fd(), libc::SIGKILL);
+    let _ = crate::pidfd::wait_exit(pidfd.as_fd());
+    // Only now is the helper gone and its stack free to release.
+    drop(stack);
     result
 }
 
 pub(crate) fn io_errno(e: std::io::Error) -> Errno {
     Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
-}
-
-trait AsFdBorrowed {
-    fn as_fd_borrowed(&self) -> BorrowedFd<'_>;
-}
-impl AsFdBorrowed for OwnedFd {
-    fn as_fd_borrowed(&self) -> BorrowedFd<'_> {
-        use std::os::fd::AsFd;
-        self.as_fd()
-    }
 }

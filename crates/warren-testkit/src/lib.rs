@@ -7,7 +7,6 @@
 //! - [`leaks`]: what Warren may have left on the host (mounts, cgroups,
 //!   processes), for the leak check that ends every suite.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// True when running under CI (`CI=true`).
@@ -32,12 +31,15 @@ pub fn require(test: &str, present: bool, reason: &str) -> bool {
 
 /// Requires running as root (namespaces, mounts, cgroups).
 pub fn require_root(test: &str) -> bool {
-    // SAFETY-free: geteuid has no preconditions; std exposes it through libc.
-    let euid = unsafe_free_euid();
-    require(test, euid == 0, "needs root (namespaces, mounts, cgroups)")
+    require(
+        test,
+        euid() == 0,
+        "needs root (namespaces, mounts, cgroups)",
+    )
 }
 
-fn unsafe_free_euid() -> u32 {
+/// The effective uid, read from `/proc/self/status`.
+pub fn euid() -> u32 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
@@ -76,35 +78,19 @@ pub fn leaks(marker: &str) -> Vec<String> {
             out.push(format!("mount: {line}"));
         }
     }
-    for root in ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"] {
-        let Ok(entries) = std::fs::read_dir(root) else {
+    // Every cgroup hierarchy: v1 controller dirs under /sys/fs/cgroup, the
+    // hybrid unified dir, or a pure v2 root.
+    let mut roots = vec![std::path::PathBuf::from("/sys/fs/cgroup")];
+    if let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup") {
+        roots.extend(entries.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
+    }
+    for root in roots {
+        let Ok(sub) = std::fs::read_dir(&root) else {
             continue;
         };
-        for e in entries.flatten() {
-            let ctl = e.path();
-            if !ctl.is_dir() {
-                continue;
-            }
-            let candidates = [ctl.clone()];
-            for c in candidates {
-                if let Ok(sub) = std::fs::read_dir(&c) {
-                    for s in sub.flatten() {
-                        let name = s.file_name().to_string_lossy().into_owned();
-                        if name.contains(marker) && s.path().is_dir() {
-                            out.push(format!("cgroup: {}", s.path().display()));
-                        }
-                    }
-                }
-            }
-        }
-        if Path::new(root).join("cgroup.controllers").exists() {
-            if let Ok(sub) = std::fs::read_dir(root) {
-                for s in sub.flatten() {
-                    let name = s.file_name().to_string_lossy().into_owned();
-                    if name.contains(marker) && s.path().is_dir() {
-                        out.push(format!("cgroup: {}", s.path().display()));
-                    }
-                }
+        for s in sub.flatten() {
+            if s.file_name().to_string_lossy().contains(marker) && s.path().is_dir() {
+                out.push(format!("cgroup: {}", s.path().display()));
             }
         }
     }

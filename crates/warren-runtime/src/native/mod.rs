@@ -13,7 +13,9 @@
 
 mod control;
 mod ids;
+mod pool;
 mod record;
+mod trash;
 
 use std::collections::HashMap;
 use std::ffi::{CStr, CString};
@@ -49,7 +51,9 @@ pub struct NativeConfig {
     /// Root of all per-sandbox state.
     pub data_dir: PathBuf,
     /// The binary to run as init (re-executed from a sealed memfd copy).
-    /// `None` = the current executable, which must call
+    /// `None` = a `warren-init` binary next to the current executable if
+    /// there is one (smaller, so it starts faster and maps less memory per
+    /// sandbox), else the current executable itself, which must then call
     /// `warren_init::run_if_init()` first thing in `main`.
     pub init_binary: Option<PathBuf>,
     /// Where cgroup hierarchies are mounted.
@@ -62,6 +66,8 @@ pub struct NativeConfig {
     pub id_slots: u32,
     /// Longest wait for init to finish setting a sandbox up.
     pub setup_timeout: Duration,
+    /// Network namespaces kept ready ahead of creates (0 = none).
+    pub netns_pool: usize,
 }
 
 impl NativeConfig {
@@ -76,6 +82,7 @@ impl NativeConfig {
             id_base: 1 << 30,
             id_slots: 16384,
             setup_timeout: Duration::from_secs(20),
+            netns_pool: 8,
         }
     }
 }
@@ -102,6 +109,8 @@ pub struct NativeRuntime {
     init_exe: OwnedFd,
     ids: Mutex<ids::IdAllocator>,
     sandboxes: RwLock<HashMap<SandboxId, Arc<Sandbox>>>,
+    netns: pool::NetnsPool,
+    reaper: trash::Reaper,
 }
 
 impl NativeRuntime {
@@ -121,8 +130,18 @@ impl NativeRuntime {
         let cgroups = CgroupManager::detect(&cfg.cgroup_root, &cfg.cgroup_parent)?;
         let exe = match &cfg.init_binary {
             Some(p) => p.clone(),
-            None => std::env::current_exe().map_err(RuntimeError::prepare("/proc/self/exe"))?,
+            None => {
+                let me =
+                    std::env::current_exe().map_err(RuntimeError::prepare("/proc/self/exe"))?;
+                let sibling = me.with_file_name("warren-init");
+                if sibling.is_file() {
+                    sibling
+                } else {
+                    me
+                }
+            }
         };
+        debug!(init = %exe.display(), "sealing init binary");
         let init_exe = warren_sys::fd::sealed_memfd_copy(c"warren-init", &exe)
             .map_err(RuntimeError::sys("seal init binary"))?;
         let max_id = u64::from(cfg.id_base) + u64::from(cfg.id_slots) * u64::from(IDS_PER_SANDBOX);
@@ -133,6 +152,8 @@ impl NativeRuntime {
             });
         }
         Ok(NativeRuntime {
+            netns: pool::NetnsPool::start(cfg.netns_pool),
+            reaper: trash::Reaper::start(),
             ids: Mutex::new(ids::IdAllocator::new(cfg.id_slots)),
             cfg,
             sandboxes_dir,
@@ -146,6 +167,12 @@ impl NativeRuntime {
     /// The configuration in use.
     pub fn config(&self) -> &NativeConfig {
         &self.cfg
+    }
+
+    /// Waits until the directories of every sandbox destroyed so far have
+    /// been deleted from disk (`destroy` defers that work; see `trash`).
+    pub fn flush_trash(&self) {
+        self.reaper.flush();
     }
 
     fn get(&self, id: &SandboxId) -> Result<Arc<Sandbox>, RuntimeError> {
@@ -167,9 +194,11 @@ impl NativeRuntime {
         io: MainIo,
         dir: &Path,
         slot: u32,
-    ) -> Result<(Sandbox, Option<i32>), RuntimeError> {
+    ) -> Result<(Sandbox, Option<i32>, Phases), RuntimeError> {
         let base = self.host_id_base(slot);
+        let mut phases = Phases::new();
         prepare_dirs(dir, spec.rootfs.layers.len(), base)?;
+        phases.mark("node:dirs");
 
         let limits = CgroupLimits {
             cpu_millis: spec.limits.cpu_millis,
@@ -177,9 +206,16 @@ impl NativeRuntime {
             pids_max: spec.limits.pids,
         };
         let cgroup = Arc::new(self.cgroups.create(spec.id.as_str(), &limits)?);
+        phases.mark("node:cgroup");
 
         let userns = warren_sys::clone::create_user_namespace(0, base, IDS_PER_SANDBOX, true)
             .map_err(RuntimeError::sys("create user namespace"))?;
+        phases.mark("node:userns");
+        let netns = self
+            .netns
+            .take()
+            .map_err(RuntimeError::sys("create network namespace"))?;
+        phases.mark("node:netns");
         let listener = control::listen(&dir.join("init.sock"))?;
         let result = fs::OpenOptions::new()
             .write(true)
@@ -239,10 +275,11 @@ impl NativeRuntime {
                 .collect::<Result<_, _>>()?,
             tmp_size_bytes: spec.limits.memory_bytes,
             main,
-            fds: BootstrapFds::UsernsListenerResultStdio,
+            fds: BootstrapFds::UsernsListenerResultNetnsStdio,
         };
         let msg = warren_proto::encode(&boot)?;
 
+        phases.mark("node:sockets");
         let (ours, theirs) = control::seqpacket_pair()?;
         let argv0 = CString::new(INIT_ARGV0).expect("constant has no NUL");
         let env = [
@@ -255,7 +292,7 @@ impl NativeRuntime {
             pid: true,
             uts: true,
             ipc: true,
-            net: true,
+            net: false,    // init joins the prepared network namespace
             cgroup: false, // init unshares it after joining its cgroups
             user: false,   // init enters the prepared user namespace last
         };
@@ -268,6 +305,7 @@ impl NativeRuntime {
         )
         .map_err(RuntimeError::sys("clone sandbox init"))?;
         drop(theirs);
+        phases.mark("node:clone_exec");
         let sandbox = Sandbox {
             id: spec.id.clone(),
             dir: dir.to_path_buf(),
@@ -280,13 +318,18 @@ impl NativeRuntime {
             destroying: false.into(),
         };
 
-        let mut fds = vec![userns.as_fd(), listener.as_fd(), result.as_fd()];
+        let mut fds = vec![
+            userns.as_fd(),
+            listener.as_fd(),
+            result.as_fd(),
+            netns.as_fd(),
+        ];
         for f in [&io.stdin, &io.stdout, &io.stderr].into_iter().flatten() {
             fds.push(f.as_fd());
         }
         let sent = control::send(ours.as_fd(), &msg, &fds);
         drop(fds);
-        drop((userns, listener, result, io));
+        drop((userns, listener, result, netns, io));
         if let Err(e) = sent {
             // Init died before reading, or the message was refused.
             return Err(self.abandon(sandbox, e));
@@ -308,7 +351,13 @@ impl NativeRuntime {
             Err(e) => return Err(self.abandon(sandbox, e)),
         };
         match reply {
-            BootstrapReply::Ready { main_pid } => Ok((sandbox, main_pid)),
+            BootstrapReply::Ready { main_pid, timings } => {
+                phases.mark("node:init_total");
+                for t in timings {
+                    phases.list.push((format!("init:{}", t.phase), t.micros));
+                }
+                Ok((sandbox, main_pid, phases))
+            }
             // The main command could not start: report it like an exec.
             BootstrapReply::Failed {
                 step,
@@ -366,10 +415,7 @@ impl NativeRuntime {
                 path: dir.clone(),
                 source,
             })?;
-            fs::remove_dir_all(&trash).map_err(|source| RuntimeError::Cleanup {
-                path: trash.clone(),
-                source,
-            })?;
+            self.reaper.delete(trash);
         }
         if let Some(slot) = slot {
             self.ids.lock().expect("id lock poisoned").release(slot);
@@ -395,6 +441,30 @@ impl NativeRuntime {
         };
         *guard = Some(exit.clone());
         exit
+    }
+}
+
+/// Wall-clock phases of a create, in microseconds.
+struct Phases {
+    last: Instant,
+    list: Vec<(String, u64)>,
+}
+
+impl Phases {
+    fn new() -> Self {
+        Phases {
+            last: Instant::now(),
+            list: Vec::new(),
+        }
+    }
+
+    fn mark(&mut self, name: &str) {
+        let now = Instant::now();
+        self.list.push((
+            name.to_string(),
+            now.duration_since(self.last).as_micros() as u64,
+        ));
+        self.last = now;
     }
 }
 
@@ -492,13 +562,7 @@ impl Runtime for NativeRuntime {
             return Err(RuntimeError::prepare(&dir)(e));
         }
         match self.create_inner(spec, io, &dir, slot) {
-            Ok((sb, main_pid)) => {
-                let info = SandboxInfo {
-                    id: sb.id.clone(),
-                    init_pid: sb.init_pid,
-                    main_pid,
-                    host_id_base: self.host_id_base(slot),
-                };
+            Ok((sb, main_pid, mut phases)) => {
                 record::write(
                     &dir,
                     &record::Record {
@@ -508,6 +572,14 @@ impl Runtime for NativeRuntime {
                     },
                 )
                 .map_err(RuntimeError::prepare(&dir))?;
+                phases.mark("node:record");
+                let info = SandboxInfo {
+                    id: sb.id.clone(),
+                    init_pid: sb.init_pid,
+                    main_pid,
+                    host_id_base: self.host_id_base(slot),
+                    phases: phases.list,
+                };
                 self.sandboxes
                     .write()
                     .expect("sandbox map lock poisoned")
