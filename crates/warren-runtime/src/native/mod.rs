@@ -591,7 +591,7 @@ impl Runtime for NativeRuntime {
                 Ok(info)
             }
             Err(e) => {
-                warn!(error = %e, "create failed; cleaning up");
+                debug!(error = %e, "create failed; cleaning up");
                 if let Err(cleanup) = self.release(&spec.id, Some(slot)) {
                     warn!(error = %cleanup, "cleanup after failed create");
                 }
