@@ -14,6 +14,8 @@
 //!
 //! Must not: log, allocate between `clone` and `execveat`, or hold global state.
 
+#[cfg(feature = "tokio")]
+pub mod asyncfd;
 pub mod clone;
 pub mod fd;
 pub mod mount;

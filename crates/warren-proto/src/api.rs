@@ -1,0 +1,495 @@
+//! The public HTTP API (`/v1`): request and response bodies.
+//!
+//! JSON everywhere; times are RFC 3339 strings in UTC; ids are opaque
+//! strings. Errors are always `{"error": {"code": "...", "message": "..."}}`
+//! with a code from [`ErrorCode`].
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// Default sandbox lifetime when a create request gives none.
+pub const DEFAULT_TIMEOUT_SECS: u64 = 300;
+/// Longest sandbox lifetime a create request may ask for (one day).
+pub const MAX_TIMEOUT_SECS: u64 = 86_400;
+/// Most environment variables in one request.
+pub const MAX_ENV_VARS: usize = 512;
+/// Most bytes of keys plus values of a request's environment.
+pub const MAX_ENV_BYTES: usize = 256 * 1024;
+/// Most tags on one sandbox.
+pub const MAX_TAGS: usize = 64;
+/// Longest tag key and tag value.
+pub const MAX_TAG_KEY_LEN: usize = 128;
+pub const MAX_TAG_VALUE_LEN: usize = 256;
+/// Longest sandbox name.
+pub const MAX_NAME_LEN: usize = 63;
+
+/// Body of `POST /v1/sandboxes`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSandboxRequest {
+    /// Image reference; the server's default image (`host`) when absent.
+    #[serde(default)]
+    pub image: Option<String>,
+    /// The main command. Without one the sandbox idles until terminated or
+    /// timed out, and is used through `exec`.
+    #[serde(default)]
+    pub command: Option<Vec<String>>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Absolute working directory for the main command and default for execs.
+    #[serde(default)]
+    pub workdir: Option<String>,
+    /// Lifetime from creation; default 300, at most 86400.
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
+    /// End the sandbox after this long without activity (no exec running, no
+    /// stdin written, no tunnel connection open).
+    #[serde(default)]
+    pub idle_timeout_secs: Option<u64>,
+    /// CPU limit in cores (fractional).
+    #[serde(default)]
+    pub cpu: Option<f64>,
+    #[serde(default)]
+    pub memory_mib: Option<u64>,
+    #[serde(default)]
+    pub disk_mib: Option<u64>,
+    /// Unique among the workspace's live sandboxes: `[a-z0-9-]`, 1–63.
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+}
+
+/// Where a sandbox is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SandboxState {
+    Creating,
+    Running,
+    Terminating,
+    Terminated,
+}
+
+/// Why a sandbox ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TerminationReason {
+    /// The main command exited (`exit_code` says how).
+    Exited,
+    /// `timeout_secs` passed.
+    Timeout,
+    /// `idle_timeout_secs` passed without activity.
+    IdleTimeout,
+    /// The kernel's OOM killer ended it at its memory limit.
+    OomKilled,
+    /// Terminated through the API (`detail` says by which token).
+    Terminated,
+    /// The node restarted and could not re-adopt it.
+    NodeRestart,
+    /// Warren failed (`detail` has the message).
+    Error,
+}
+
+/// How a sandbox ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Termination {
+    pub reason: TerminationReason,
+    /// Shell-style code: the exit code, or 128 + signal.
+    pub exit_code: Option<i32>,
+    pub detail: Option<String>,
+}
+
+/// A sandbox as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Sandbox {
+    pub id: String,
+    pub name: Option<String>,
+    pub image: String,
+    pub command: Option<Vec<String>>,
+    pub workdir: String,
+    pub state: SandboxState,
+    pub tags: BTreeMap<String, String>,
+    pub timeout_secs: u64,
+    pub idle_timeout_secs: Option<u64>,
+    pub cpu: Option<f64>,
+    pub memory_mib: Option<u64>,
+    pub disk_mib: Option<u64>,
+    pub created_at: String,
+    pub started_at: Option<String>,
+    pub ended_at: Option<String>,
+    /// Present once the sandbox has ended.
+    pub termination: Option<Termination>,
+}
+
+/// `GET /v1/sandboxes`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SandboxList {
+    pub sandboxes: Vec<Sandbox>,
+    /// Pass as `cursor` to get the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// Body of `PUT /v1/sandboxes/{id}/tags`: replaces all tags.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetTagsRequest {
+    pub tags: BTreeMap<String, String>,
+}
+
+/// Body of `POST /v1/sandboxes/{id}/exec` (the simple, buffered mode).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExecRequest {
+    pub command: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub workdir: Option<String>,
+    /// Kill the command after this long; reported as `timed_out`.
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
+    /// Written to the command's stdin, then stdin is closed.
+    #[serde(default)]
+    pub stdin: Option<String>,
+}
+
+/// How an exec ended, with its buffered output.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ExecResult {
+    /// Shell-style: the exit code, or 128 + signal.
+    pub exit_code: i32,
+    /// The signal that killed it, if one did.
+    pub signal: Option<i32>,
+    pub timed_out: bool,
+    pub oom_killed: bool,
+    /// Output as UTF-8 (invalid bytes replaced); at most 1 MiB per stream
+    /// in the simple mode, `*_truncated` says when more was dropped.
+    pub stdout: String,
+    pub stderr: String,
+    pub stdout_truncated: bool,
+    pub stderr_truncated: bool,
+}
+
+/// A workspace: the unit of isolation between API users.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Workspace {
+    pub id: String,
+    pub name: String,
+    pub created_at: String,
+}
+
+/// Body of `POST /v1/workspaces` (admin tokens only).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateWorkspaceRequest {
+    pub name: String,
+}
+
+/// Body of `POST /v1/tokens`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTokenRequest {
+    pub name: String,
+    /// Workspace the token acts in; default: the caller's. Only admin tokens
+    /// may name another workspace or create admin tokens.
+    #[serde(default)]
+    pub workspace_id: Option<String>,
+    #[serde(default)]
+    pub admin: bool,
+}
+
+/// A token's metadata; `token` (the secret) is only returned at creation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Token {
+    pub id: String,
+    pub name: String,
+    pub workspace_id: String,
+    pub admin: bool,
+    pub created_at: String,
+    pub revoked_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+/// The error envelope every failed request returns.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable machine-readable code; see [`ErrorCode`].
+    pub code: String,
+    /// Human-readable explanation; may change between versions.
+    pub message: String,
+}
+
+/// Every error code the API returns, with its HTTP status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// 401: no or malformed `Authorization: Bearer` header, or unknown token.
+    Unauthenticated,
+    /// 403: the token may not do this (e.g. a non-admin creating workspaces).
+    Forbidden,
+    /// 400: a field failed validation; the message names it.
+    InvalidArgument,
+    /// 400: the body is not valid JSON for this endpoint (including unknown fields).
+    InvalidJson,
+    /// 404: no such sandbox in this workspace.
+    SandboxNotFound,
+    /// 404: no such image.
+    ImageNotFound,
+    /// 404: no such token or workspace.
+    NotFound,
+    /// 409: the name is taken by a live sandbox of this workspace.
+    NameConflict,
+    /// 409: the sandbox has ended.
+    SandboxTerminated,
+    /// 409: the sandbox is not running yet.
+    SandboxNotRunning,
+    /// 400: the exec's program does not exist.
+    ExecNotFound,
+    /// 400: the exec's program is not executable.
+    ExecPermissionDenied,
+    /// 400: the working directory does not exist or is not a directory.
+    WorkdirNotFound,
+    /// 503: the node has no capacity for another sandbox.
+    CapacityExhausted,
+    /// 500: Warren failed; details are in the server log.
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::Unauthenticated => "unauthenticated",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::InvalidArgument => "invalid_argument",
+            ErrorCode::InvalidJson => "invalid_json",
+            ErrorCode::SandboxNotFound => "sandbox_not_found",
+            ErrorCode::ImageNotFound => "image_not_found",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::NameConflict => "name_conflict",
+            ErrorCode::SandboxTerminated => "sandbox_terminated",
+            ErrorCode::SandboxNotRunning => "sandbox_not_running",
+            ErrorCode::ExecNotFound => "exec_not_found",
+            ErrorCode::ExecPermissionDenied => "exec_permission_denied",
+            ErrorCode::WorkdirNotFound => "workdir_not_found",
+            ErrorCode::CapacityExhausted => "capacity_exhausted",
+            ErrorCode::Internal => "internal",
+        }
+    }
+
+    pub fn http_status(self) -> u16 {
+        match self {
+            ErrorCode::Unauthenticated => 401,
+            ErrorCode::Forbidden => 403,
+            ErrorCode::InvalidArgument
+            | ErrorCode::InvalidJson
+            | ErrorCode::ExecNotFound
+            | ErrorCode::ExecPermissionDenied
+            | ErrorCode::WorkdirNotFound => 400,
+            ErrorCode::SandboxNotFound | ErrorCode::ImageNotFound | ErrorCode::NotFound => 404,
+            ErrorCode::NameConflict | ErrorCode::SandboxTerminated | ErrorCode::SandboxNotRunning => 409,
+            ErrorCode::CapacityExhausted => 503,
+            ErrorCode::Internal => 500,
+        }
+    }
+}
+
+/// Validates a create request; returns the first problem as a message that
+/// names the field.
+pub fn validate_create(req: &CreateSandboxRequest) -> Result<(), String> {
+    if let Some(t) = req.timeout_secs {
+        if t == 0 || t > MAX_TIMEOUT_SECS {
+            return Err(format!("timeout_secs must be between 1 and {MAX_TIMEOUT_SECS}"));
+        }
+    }
+    if let Some(t) = req.idle_timeout_secs {
+        if t == 0 || t > MAX_TIMEOUT_SECS {
+            return Err(format!("idle_timeout_secs must be between 1 and {MAX_TIMEOUT_SECS}"));
+        }
+    }
+    if let Some(cpu) = req.cpu {
+        if !(cpu.is_finite() && (0.01..=256.0).contains(&cpu)) {
+            return Err("cpu must be between 0.01 and 256 cores".into());
+        }
+    }
+    if let Some(m) = req.memory_mib {
+        if !(8..=1 << 20).contains(&m) {
+            return Err("memory_mib must be between 8 and 1048576".into());
+        }
+    }
+    if let Some(d) = req.disk_mib {
+        if !(1..=1 << 24).contains(&d) {
+            return Err("disk_mib must be between 1 and 16777216".into());
+        }
+    }
+    if let Some(name) = &req.name {
+        validate_name(name)?;
+    }
+    if let Some(cmd) = &req.command {
+        validate_command("command", cmd)?;
+    }
+    if let Some(w) = &req.workdir {
+        validate_workdir(w)?;
+    }
+    validate_env(&req.env)?;
+    validate_tags(&req.tags)?;
+    Ok(())
+}
+
+/// Validates an exec request.
+pub fn validate_exec(req: &ExecRequest) -> Result<(), String> {
+    validate_command("command", &req.command)?;
+    if let Some(w) = &req.workdir {
+        validate_workdir(w)?;
+    }
+    if let Some(t) = req.timeout_secs {
+        if t == 0 || t > MAX_TIMEOUT_SECS {
+            return Err(format!("timeout_secs must be between 1 and {MAX_TIMEOUT_SECS}"));
+        }
+    }
+    validate_env(&req.env)
+}
+
+pub fn validate_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && !name.starts_with('-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "name must be 1-{MAX_NAME_LEN} characters of [a-z0-9-], not starting with '-'"
+        ))
+    }
+}
+
+fn validate_command(field: &str, cmd: &[String]) -> Result<(), String> {
+    if cmd.is_empty() || cmd[0].is_empty() {
+        return Err(format!("{field} must not be empty"));
+    }
+    if cmd.iter().any(|a| a.contains('\0')) {
+        return Err(format!("{field} must not contain NUL bytes"));
+    }
+    let total: usize = cmd.iter().map(|a| a.len() + 1).sum();
+    if total > 1024 * 1024 {
+        return Err(format!("{field} is larger than 1 MiB"));
+    }
+    Ok(())
+}
+
+fn validate_workdir(w: &str) -> Result<(), String> {
+    if !w.starts_with('/') || w.contains('\0') || w.len() > 4096 {
+        return Err("workdir must be an absolute path".into());
+    }
+    Ok(())
+}
+
+fn validate_env(env: &BTreeMap<String, String>) -> Result<(), String> {
+    if env.len() > MAX_ENV_VARS {
+        return Err(format!("env has more than {MAX_ENV_VARS} variables"));
+    }
+    let mut bytes = 0;
+    for (k, v) in env {
+        let key_ok = !k.is_empty()
+            && !k.as_bytes()[0].is_ascii_digit()
+            && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !key_ok {
+            return Err(format!("env key {k:?} must match [A-Za-z_][A-Za-z0-9_]*"));
+        }
+        if v.contains('\0') {
+            return Err(format!("env value of {k} contains a NUL byte"));
+        }
+        bytes += k.len() + v.len();
+    }
+    if bytes > MAX_ENV_BYTES {
+        return Err(format!("env is larger than {} KiB", MAX_ENV_BYTES / 1024));
+    }
+    Ok(())
+}
+
+pub fn validate_tags(tags: &BTreeMap<String, String>) -> Result<(), String> {
+    if tags.len() > MAX_TAGS {
+        return Err(format!("at most {MAX_TAGS} tags"));
+    }
+    for (k, v) in tags {
+        if k.is_empty() || k.len() > MAX_TAG_KEY_LEN || k.chars().any(|c| c.is_control() || c == ':') {
+            return Err(format!(
+                "tag key {k:?} must be 1-{MAX_TAG_KEY_LEN} characters without ':' or control characters"
+            ));
+        }
+        if v.len() > MAX_TAG_VALUE_LEN || v.chars().any(char::is_control) {
+            return Err(format!(
+                "tag value of {k:?} must be at most {MAX_TAG_VALUE_LEN} characters without control characters"
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_validation() {
+        let ok = CreateSandboxRequest::default();
+        assert!(validate_create(&ok).is_ok());
+        let bad = |f: &dyn Fn(&mut CreateSandboxRequest)| {
+            let mut r = CreateSandboxRequest::default();
+            f(&mut r);
+            validate_create(&r).unwrap_err()
+        };
+        assert!(bad(&|r| r.timeout_secs = Some(0)).contains("timeout_secs"));
+        assert!(bad(&|r| r.timeout_secs = Some(MAX_TIMEOUT_SECS + 1)).contains("timeout_secs"));
+        assert!(bad(&|r| r.cpu = Some(f64::NAN)).contains("cpu"));
+        assert!(bad(&|r| r.cpu = Some(-1.0)).contains("cpu"));
+        assert!(bad(&|r| r.memory_mib = Some(1)).contains("memory_mib"));
+        assert!(bad(&|r| r.name = Some("Bad Name".into())).contains("name"));
+        assert!(bad(&|r| r.command = Some(vec![])).contains("command"));
+        assert!(bad(&|r| r.workdir = Some("rel".into())).contains("workdir"));
+        assert!(bad(&|r| {
+            r.env.insert("1X".into(), "v".into());
+        })
+        .contains("env key"));
+        assert!(bad(&|r| {
+            r.env.insert("BIG".into(), "x".repeat(MAX_ENV_BYTES));
+        })
+        .contains("env is larger"));
+        assert!(bad(&|r| {
+            for i in 0..=MAX_TAGS {
+                r.tags.insert(format!("k{i}"), "v".into());
+            }
+        })
+        .contains("tags"));
+        assert!(bad(&|r| {
+            r.tags.insert("a:b".into(), "v".into());
+        })
+        .contains("tag key"));
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let e = serde_json::from_str::<CreateSandboxRequest>(r#"{"imagee":"x"}"#);
+        assert!(e.is_err());
+        let r: CreateSandboxRequest = serde_json::from_str(r#"{"image":"x","tags":{"a":"b"}}"#).unwrap();
+        assert_eq!(r.image.as_deref(), Some("x"));
+    }
+
+    #[test]
+    fn error_codes_are_stable() {
+        let j = serde_json::to_string(&ErrorCode::SandboxNotFound).unwrap();
+        assert_eq!(j, "\"sandbox_not_found\"");
+        assert_eq!(ErrorCode::SandboxNotFound.as_str(), "sandbox_not_found");
+        assert_eq!(ErrorCode::NameConflict.http_status(), 409);
+    }
+}
