@@ -4,6 +4,7 @@
 mod image;
 mod local;
 mod run;
+mod serve;
 
 use clap::{Parser, Subcommand};
 
@@ -27,6 +28,8 @@ struct Cli {
 enum Command {
     /// Run a command in a new sandbox, stream its output, exit with its code.
     Run(run::RunArgs),
+    /// Serve the HTTP API with an embedded node and state.
+    Serve(serve::ServeArgs),
     /// Manage images.
     #[command(subcommand)]
     Image(image::ImageCommand),
@@ -47,6 +50,7 @@ fn main() {
     let result = match cli.command {
         Command::Run(args) => run::run(&cli.data_dir, args),
         Command::Image(cmd) => image::run(&cli.data_dir, cmd),
+        Command::Serve(args) => serve::run(&cli.data_dir, args),
     };
     match result {
         Ok(code) => std::process::exit(code),

@@ -63,7 +63,12 @@ pub(crate) async fn buffered(
         });
         let err = e.stderr.take();
         let err_reader = std::thread::spawn(move || err.map(read_bounded).transpose());
-        let (stdout, stdout_truncated) = e.stdout.take().map(read_bounded).transpose()?.unwrap_or_default();
+        let (stdout, stdout_truncated) = e
+            .stdout
+            .take()
+            .map(read_bounded)
+            .transpose()?
+            .unwrap_or_default();
         let (stderr, stderr_truncated) = err_reader
             .join()
             .map_err(|_| std::io::Error::other("stderr reader panicked"))??

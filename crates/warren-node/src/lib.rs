@@ -130,6 +130,19 @@ impl Node {
         .await?
     }
 
+    /// The environment an image's config sets (`KEY=VALUE` entries).
+    pub async fn image_env(&self, reference: &str) -> Result<Vec<String>, NodeError> {
+        let images = self.images.clone();
+        let reference = reference.to_string();
+        tokio::task::spawn_blocking(move || {
+            images
+                .resolve(&reference)
+                .map(|img| img.config.env)
+                .map_err(|source| NodeError::Image { reference, source })
+        })
+        .await?
+    }
+
     /// Waits (on the event loop, no thread) until the sandbox ends.
     pub async fn wait_exit(&self, id: &SandboxId) -> Result<SandboxExit, NodeError> {
         let fd = self.rt.exit_fd(id)?;
@@ -139,9 +152,7 @@ impl Node {
         let id = id.clone();
         let exit = tokio::task::spawn_blocking(move || rt.wait(&id, Some(Duration::from_secs(5))))
             .await??;
-        exit.ok_or_else(|| {
-            NodeError::Runtime(RuntimeError::InitTimeout { secs: 5 })
-        })
+        exit.ok_or_else(|| NodeError::Runtime(RuntimeError::InitTimeout { secs: 5 }))
     }
 
     /// Ends and removes the sandbox (idempotent).
@@ -159,7 +170,11 @@ impl Node {
     }
 
     /// Runs a command to completion, buffering (boundedly) its output.
-    pub async fn exec_buffered(&self, id: &SandboxId, req: BufferedExec) -> Result<ExecOutput, NodeError> {
+    pub async fn exec_buffered(
+        &self,
+        id: &SandboxId,
+        req: BufferedExec,
+    ) -> Result<ExecOutput, NodeError> {
         exec::buffered(self.rt.clone(), id.clone(), req).await
     }
 }

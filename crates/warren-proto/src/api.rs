@@ -294,7 +294,9 @@ impl ErrorCode {
             | ErrorCode::ExecPermissionDenied
             | ErrorCode::WorkdirNotFound => 400,
             ErrorCode::SandboxNotFound | ErrorCode::ImageNotFound | ErrorCode::NotFound => 404,
-            ErrorCode::NameConflict | ErrorCode::SandboxTerminated | ErrorCode::SandboxNotRunning => 409,
+            ErrorCode::NameConflict
+            | ErrorCode::SandboxTerminated
+            | ErrorCode::SandboxNotRunning => 409,
             ErrorCode::CapacityExhausted => 503,
             ErrorCode::Internal => 500,
         }
@@ -306,12 +308,16 @@ impl ErrorCode {
 pub fn validate_create(req: &CreateSandboxRequest) -> Result<(), String> {
     if let Some(t) = req.timeout_secs {
         if t == 0 || t > MAX_TIMEOUT_SECS {
-            return Err(format!("timeout_secs must be between 1 and {MAX_TIMEOUT_SECS}"));
+            return Err(format!(
+                "timeout_secs must be between 1 and {MAX_TIMEOUT_SECS}"
+            ));
         }
     }
     if let Some(t) = req.idle_timeout_secs {
         if t == 0 || t > MAX_TIMEOUT_SECS {
-            return Err(format!("idle_timeout_secs must be between 1 and {MAX_TIMEOUT_SECS}"));
+            return Err(format!(
+                "idle_timeout_secs must be between 1 and {MAX_TIMEOUT_SECS}"
+            ));
         }
     }
     if let Some(cpu) = req.cpu {
@@ -351,7 +357,9 @@ pub fn validate_exec(req: &ExecRequest) -> Result<(), String> {
     }
     if let Some(t) = req.timeout_secs {
         if t == 0 || t > MAX_TIMEOUT_SECS {
-            return Err(format!("timeout_secs must be between 1 and {MAX_TIMEOUT_SECS}"));
+            return Err(format!(
+                "timeout_secs must be between 1 and {MAX_TIMEOUT_SECS}"
+            ));
         }
     }
     validate_env(&req.env)
@@ -422,7 +430,10 @@ pub fn validate_tags(tags: &BTreeMap<String, String>) -> Result<(), String> {
         return Err(format!("at most {MAX_TAGS} tags"));
     }
     for (k, v) in tags {
-        if k.is_empty() || k.len() > MAX_TAG_KEY_LEN || k.chars().any(|c| c.is_control() || c == ':') {
+        if k.is_empty()
+            || k.len() > MAX_TAG_KEY_LEN
+            || k.chars().any(|c| c.is_control() || c == ':')
+        {
             return Err(format!(
                 "tag key {k:?} must be 1-{MAX_TAG_KEY_LEN} characters without ':' or control characters"
             ));
@@ -481,7 +492,8 @@ mod tests {
     fn unknown_fields_are_refused() {
         let e = serde_json::from_str::<CreateSandboxRequest>(r#"{"imagee":"x"}"#);
         assert!(e.is_err());
-        let r: CreateSandboxRequest = serde_json::from_str(r#"{"image":"x","tags":{"a":"b"}}"#).unwrap();
+        let r: CreateSandboxRequest =
+            serde_json::from_str(r#"{"image":"x","tags":{"a":"b"}}"#).unwrap();
         assert_eq!(r.image.as_deref(), Some("x"));
     }
 

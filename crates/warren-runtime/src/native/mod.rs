@@ -58,7 +58,9 @@ pub struct NativeConfig {
     pub init_binary: Option<PathBuf>,
     /// Where cgroup hierarchies are mounted.
     pub cgroup_root: PathBuf,
-    /// The cgroup sub-tree Warren owns.
+    /// The cgroup sub-tree this runtime owns. It must belong to exactly one
+    /// runtime (one data directory): `recover` removes cgroups under it that
+    /// have no state directory.
     pub cgroup_parent: String,
     /// First host id of the first sandbox's range.
     pub id_base: u32,

@@ -1,0 +1,31 @@
+//! `warren serve`: the API server, the node and (later) the relay in one
+//! process, with embedded state under the data directory.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use clap::Args;
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Address to serve the API on.
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    listen: SocketAddr,
+}
+
+pub fn run(data_dir: &Path, a: ServeArgs) -> Result<i32> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let cfg = warren_server::ServerConfig::new(a.listen, data_dir);
+    rt.block_on(async move {
+        let shutdown = async {
+            let _ = tokio::signal::ctrl_c().await;
+        };
+        warren_server::run(cfg, shutdown).await
+    })
+    .context("warren serve")?;
+    Ok(0)
+}

@@ -1,0 +1,94 @@
+//! `ApiError`: every failure a handler can return, mapped to a status and a
+//! stable code. Internal details are logged, never sent to clients.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use warren_proto::api::{ErrorBody, ErrorCode, ErrorDetail};
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ApiError {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn invalid(message: impl Into<String>) -> Self {
+        ApiError::new(ErrorCode::InvalidArgument, message)
+    }
+
+    pub fn not_found(id: &str) -> Self {
+        ApiError::new(
+            ErrorCode::SandboxNotFound,
+            format!("sandbox {id} not found"),
+        )
+    }
+
+    /// Logs `err` with its chain and returns an opaque internal error.
+    pub fn internal(context: &str, err: &dyn std::error::Error) -> Self {
+        let mut chain = err.to_string();
+        let mut src = err.source();
+        while let Some(s) = src {
+            chain.push_str(": ");
+            chain.push_str(&s.to_string());
+            src = s.source();
+        }
+        tracing::error!(error = %chain, "{context}");
+        ApiError::new(
+            ErrorCode::Internal,
+            format!("{context} failed; see the server log"),
+        )
+    }
+}
+
+impl From<warren_store::StoreError> for ApiError {
+    fn from(e: warren_store::StoreError) -> Self {
+        match e.code() {
+            "name_conflict" => ApiError::new(ErrorCode::NameConflict, e.to_string()),
+            "not_found" => ApiError::new(ErrorCode::NotFound, e.to_string()),
+            "invalid_argument" => ApiError::invalid(e.to_string()),
+            _ => ApiError::internal("state store", &e),
+        }
+    }
+}
+
+impl From<warren_node::NodeError> for ApiError {
+    fn from(e: warren_node::NodeError) -> Self {
+        let code = match e.code() {
+            "image_not_found" => ErrorCode::ImageNotFound,
+            "invalid_image_reference" | "invalid_image_name" | "invalid_argument" => {
+                ErrorCode::InvalidArgument
+            }
+            "exec_not_found" => ErrorCode::ExecNotFound,
+            "exec_permission_denied" | "exec_format_error" => ErrorCode::ExecPermissionDenied,
+            "workdir_not_found" | "workdir_not_directory" => ErrorCode::WorkdirNotFound,
+            "sandbox_not_found" | "sandbox_not_running" | "sandbox_unreachable" => {
+                ErrorCode::SandboxTerminated
+            }
+            "capacity_exhausted" => ErrorCode::CapacityExhausted,
+            _ => return ApiError::internal("sandbox operation", &e),
+        };
+        ApiError::new(code, e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.code.http_status())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.as_str().to_string(),
+                message: self.message,
+            },
+        };
+        (status, Json(body)).into_response()
+    }
+}

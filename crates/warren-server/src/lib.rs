@@ -1,0 +1,193 @@
+//! warren-server: the control plane behind `warren serve`.
+//!
+//! It serves the `/v1` HTTP API, authenticates bearer tokens against the
+//! state store, keeps every sandbox's record (state, typed termination
+//! reason) in the store, and drives the node. A supervisor task per sandbox
+//! turns its exit into a record; a sweeper enforces `timeout_secs` and
+//! `idle_timeout_secs`.
+//!
+//! Must not: reach into `warren-sys` or the runtime's internals (it talks to
+//! `warren-node`), leak internal error details to clients, or let another
+//! workspace learn that a sandbox exists (404, never 403).
+
+mod auth;
+mod error;
+mod openapi;
+mod sandboxes;
+mod supervisor;
+mod tokens;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::routing::{get, post, put};
+use axum::Router;
+use tokio::net::TcpListener;
+use tracing::{info, warn};
+use warren_node::Node;
+use warren_store::Store;
+
+pub use error::ApiError;
+
+/// How `warren serve` is configured.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// Image used when a create request names none.
+    pub default_image: String,
+    /// How often timeouts are checked.
+    pub sweep_interval: Duration,
+    /// The cgroup sub-tree this server's sandboxes live under.
+    pub cgroup_parent: String,
+}
+
+impl ServerConfig {
+    pub fn new(listen: SocketAddr, data_dir: impl Into<PathBuf>) -> Self {
+        ServerConfig {
+            listen,
+            data_dir: data_dir.into(),
+            default_image: "host".into(),
+            sweep_interval: Duration::from_millis(250),
+            cgroup_parent: "warren".into(),
+        }
+    }
+}
+
+/// Shared state of every handler.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub node: Node,
+    pub default_image: Arc<str>,
+    pub supervisor: supervisor::Supervisor,
+}
+
+/// Errors that stop the server from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("could not prepare the data directory {path}")]
+    DataDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("could not open the state store")]
+    Store(#[from] warren_store::StoreError),
+    #[error("could not open the image store")]
+    Images(#[from] warren_image::ImageError),
+    #[error("could not start the sandbox runtime")]
+    Runtime(#[from] warren_runtime::RuntimeError),
+    #[error("could not recover sandboxes")]
+    Recover(#[from] warren_node::NodeError),
+    #[error("could not listen on {addr}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the HTTP server failed")]
+    Serve(#[source] std::io::Error),
+}
+
+/// The API router over `state`.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/v1/openapi.json", get(openapi::serve))
+        .route(
+            "/v1/sandboxes",
+            post(sandboxes::create).get(sandboxes::list),
+        )
+        .route("/v1/sandboxes/{id}", get(sandboxes::get_one))
+        .route("/v1/sandboxes/{id}/tags", put(sandboxes::set_tags))
+        .route("/v1/sandboxes/{id}/terminate", post(sandboxes::terminate))
+        .route("/v1/sandboxes/{id}/wait", get(sandboxes::wait))
+        .route("/v1/sandboxes/{id}/exec", post(sandboxes::exec))
+        .route(
+            "/v1/workspaces",
+            post(tokens::create_workspace).get(tokens::list_workspaces),
+        )
+        .route(
+            "/v1/tokens",
+            post(tokens::create_token).get(tokens::list_tokens),
+        )
+        .route("/v1/tokens/{id}/revoke", post(tokens::revoke_token))
+        .with_state(state)
+}
+
+/// Opens the stores and the node, recovers sandboxes left by a previous
+/// process, and returns the application state. Writes the admin token on
+/// first start.
+pub async fn open(cfg: &ServerConfig) -> Result<AppState, ServeError> {
+    std::fs::create_dir_all(&cfg.data_dir).map_err(|source| ServeError::DataDir {
+        path: cfg.data_dir.clone(),
+        source,
+    })?;
+    let store = Store::open_sqlite(cfg.data_dir.join("warren.db")).await?;
+    if let Some(admin) = store.bootstrap_admin().await? {
+        let path = cfg.data_dir.join("admin-token");
+        write_secret(&path, &admin.plaintext).map_err(|source| ServeError::DataDir {
+            path: path.clone(),
+            source,
+        })?;
+        info!(path = %path.display(), "created the default workspace and wrote the admin token");
+    }
+    let images = warren_image::ImageStore::open(cfg.data_dir.join("images"))?;
+    let mut rt_cfg = warren_runtime::NativeConfig::new(cfg.data_dir.join("runtime"));
+    rt_cfg.cgroup_parent = cfg.cgroup_parent.clone();
+    let rt = warren_runtime::NativeRuntime::new(rt_cfg)?;
+    let node = Node::new(rt, images);
+    let supervisor = supervisor::Supervisor::new(store.clone(), node.clone());
+    let state = AppState {
+        store,
+        node,
+        default_image: cfg.default_image.as_str().into(),
+        supervisor,
+    };
+    state.supervisor.recover().await?;
+    Ok(state)
+}
+
+/// Runs the server until `shutdown` resolves. Sandboxes keep running after
+/// the server stops; a later `run` re-adopts them.
+pub async fn run(
+    cfg: ServerConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let state = open(&cfg).await?;
+    let sweeper = state.supervisor.spawn_sweeper(cfg.sweep_interval);
+    let listener = TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|source| ServeError::Listen {
+            addr: cfg.listen,
+            source,
+        })?;
+    info!(addr = %cfg.listen, "serving the Warren API");
+    let app = router(state);
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(ServeError::Serve);
+    sweeper.abort();
+    if let Err(e) = &result {
+        warn!(error = %e, "server stopped with an error");
+    }
+    result
+}
+
+fn write_secret(path: &std::path::Path, secret: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(secret.as_bytes())?;
+    f.write_all(b"\n")?;
+    f.sync_all()
+}

@@ -1,0 +1,365 @@
+//! `/v1/sandboxes`: create, list, get, tags, terminate, wait, exec.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::Json;
+use warren_node::{BufferedExec, CreateRequest};
+use warren_proto::api::{
+    self, CreateSandboxRequest, ErrorCode, ExecRequest, ExecResult, SandboxList, SetTagsRequest,
+};
+use warren_runtime::{Limits, SandboxId};
+use warren_store::{
+    ListFilter, NewSandbox, SandboxRecord, SandboxState, Termination, TerminationReason,
+};
+
+use crate::auth::Auth;
+use crate::{ApiError, AppState};
+
+/// Turns a JSON body rejection into the API's `invalid_json` error.
+pub fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
+    b.map(|Json(v)| v)
+        .map_err(|e| ApiError::new(ErrorCode::InvalidJson, e.body_text()))
+}
+
+pub fn to_iso(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let millis = ms.rem_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
+/// Days since 1970-01-01 to a (year, month, day) civil date.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+pub fn to_api(r: &SandboxRecord) -> api::Sandbox {
+    let state = match r.state {
+        SandboxState::Creating => api::SandboxState::Creating,
+        SandboxState::Running => api::SandboxState::Running,
+        SandboxState::Terminating => api::SandboxState::Terminating,
+        SandboxState::Terminated => api::SandboxState::Terminated,
+    };
+    let termination = match (r.state, r.reason) {
+        (SandboxState::Terminated, Some(reason)) => Some(api::Termination {
+            reason: match reason {
+                TerminationReason::Exited => api::TerminationReason::Exited,
+                TerminationReason::Timeout => api::TerminationReason::Timeout,
+                TerminationReason::IdleTimeout => api::TerminationReason::IdleTimeout,
+                TerminationReason::OomKilled => api::TerminationReason::OomKilled,
+                TerminationReason::Terminated => api::TerminationReason::Terminated,
+                TerminationReason::NodeRestart => api::TerminationReason::NodeRestart,
+                TerminationReason::Error => api::TerminationReason::Error,
+            },
+            exit_code: r.exit_code,
+            detail: r.reason_detail.clone(),
+        }),
+        _ => None,
+    };
+    api::Sandbox {
+        id: r.id.clone(),
+        name: r.name.clone(),
+        image: r.image.clone(),
+        command: (!r.spec.command.is_empty()).then(|| r.spec.command.clone()),
+        workdir: r.spec.workdir.clone().unwrap_or_else(|| "/".into()),
+        state,
+        tags: r.tags.clone(),
+        timeout_secs: r.spec.timeout_secs.unwrap_or(api::DEFAULT_TIMEOUT_SECS),
+        idle_timeout_secs: r.spec.idle_timeout_secs,
+        cpu: r.spec.cpu,
+        memory_mib: r.spec.memory_mib,
+        disk_mib: r.spec.disk_mib,
+        created_at: to_iso(r.created_at),
+        started_at: r.started_at.map(to_iso),
+        ended_at: r.ended_at.map(to_iso),
+        termination,
+    }
+}
+
+async fn load(state: &AppState, auth: &Auth, id: &str) -> Result<SandboxRecord, ApiError> {
+    state
+        .store
+        .get_sandbox(&auth.0.workspace_id, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(id))
+}
+
+fn env_list(env: &BTreeMap<String, String>) -> Vec<String> {
+    env.iter().map(|(k, v)| format!("{k}={v}")).collect()
+}
+
+/// `POST /v1/sandboxes`
+pub async fn create(
+    State(state): State<AppState>,
+    auth: Auth,
+    req: Result<Json<CreateSandboxRequest>, JsonRejection>,
+) -> Result<(StatusCode, Json<api::Sandbox>), ApiError> {
+    let req = body(req)?;
+    api::validate_create(&req).map_err(ApiError::invalid)?;
+    if req.disk_mib.is_some() {
+        // Accepted by the API, enforced once disk quotas land (issue 4).
+        tracing::debug!("disk_mib is recorded but not yet enforced");
+    }
+    let image = req
+        .image
+        .clone()
+        .unwrap_or_else(|| state.default_image.to_string());
+    let id = warren_store::new_sandbox_id();
+    let spec = warren_store::SandboxSpec {
+        command: req.command.clone().unwrap_or_default(),
+        env: req.env.clone(),
+        workdir: req.workdir.clone(),
+        cpu: req.cpu,
+        memory_mib: req.memory_mib,
+        disk_mib: req.disk_mib,
+        timeout_secs: Some(req.timeout_secs.unwrap_or(api::DEFAULT_TIMEOUT_SECS)),
+        idle_timeout_secs: req.idle_timeout_secs,
+    };
+    let rec = state
+        .store
+        .insert_sandbox(&NewSandbox {
+            id: id.clone(),
+            workspace_id: auth.0.workspace_id.clone(),
+            name: req.name.clone(),
+            image: image.clone(),
+            spec,
+            tags: req.tags.clone(),
+            node_id: warren_store::LOCAL_NODE_ID.into(),
+        })
+        .await?;
+    let sid = SandboxId::new(id.clone()).map_err(|e| ApiError::internal("sandbox id", &e))?;
+    let node_req = CreateRequest {
+        id: sid,
+        image,
+        command: req.command.clone(),
+        env: env_list(&req.env),
+        workdir: req.workdir.clone(),
+        limits: Limits {
+            cpu_millis: req.cpu.map(|c| (c * 1000.0).round() as u64),
+            memory_bytes: req.memory_mib.map(|m| m << 20),
+            pids: None,
+        },
+    };
+    state.supervisor.start(&rec, node_req).await?;
+    let rec = load(&state, &auth, &id).await?;
+    Ok((StatusCode::CREATED, Json(to_api(&rec))))
+}
+
+/// `GET /v1/sandboxes?tag=k=v&name=&state=&limit=&cursor=`
+pub async fn list(
+    State(state): State<AppState>,
+    auth: Auth,
+    Query(params): Query<Vec<(String, String)>>,
+) -> Result<Json<SandboxList>, ApiError> {
+    let mut filter = ListFilter::workspace(auth.0.workspace_id.clone());
+    for (k, v) in params {
+        match k.as_str() {
+            "tag" => {
+                let (tk, tv) = v
+                    .split_once('=')
+                    .ok_or_else(|| ApiError::invalid("tag filters are KEY=VALUE"))?;
+                filter.tags.insert(tk.to_string(), tv.to_string());
+            }
+            "name" => filter.name = Some(v),
+            "state" => {
+                filter.state = Some(v.parse().map_err(|_| {
+                    ApiError::invalid("state must be creating, running, terminating or terminated")
+                })?)
+            }
+            "limit" => {
+                filter.limit = Some(
+                    v.parse()
+                        .map_err(|_| ApiError::invalid("limit must be a number from 1 to 1000"))?,
+                )
+            }
+            "cursor" => filter.cursor = Some(v),
+            other => {
+                return Err(ApiError::invalid(format!(
+                    "unknown query parameter {other:?}"
+                )))
+            }
+        }
+    }
+    let page = state.store.list_sandboxes(&filter).await?;
+    Ok(Json(SandboxList {
+        sandboxes: page.items.iter().map(to_api).collect(),
+        next_cursor: page.next_cursor,
+    }))
+}
+
+/// `GET /v1/sandboxes/{id}`
+pub async fn get_one(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> Result<Json<api::Sandbox>, ApiError> {
+    Ok(Json(to_api(&load(&state, &auth, &id).await?)))
+}
+
+/// `PUT /v1/sandboxes/{id}/tags`
+pub async fn set_tags(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+    req: Result<Json<SetTagsRequest>, JsonRejection>,
+) -> Result<Json<api::Sandbox>, ApiError> {
+    let req = body(req)?;
+    api::validate_tags(&req.tags).map_err(ApiError::invalid)?;
+    load(&state, &auth, &id).await?;
+    state
+        .store
+        .set_tags(&auth.0.workspace_id, &id, &req.tags)
+        .await?;
+    Ok(Json(to_api(&load(&state, &auth, &id).await?)))
+}
+
+/// `POST /v1/sandboxes/{id}/terminate`
+pub async fn terminate(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> Result<Json<api::Sandbox>, ApiError> {
+    let rec = load(&state, &auth, &id).await?;
+    if rec.state != SandboxState::Terminated {
+        let t = Termination::new(TerminationReason::Terminated).with_detail(format!(
+            "terminated through the API by token {}",
+            auth.0.token_id
+        ));
+        state.supervisor.terminate(&id, t).await?;
+    }
+    Ok(Json(to_api(&load(&state, &auth, &id).await?)))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WaitQuery {
+    timeout_secs: Option<u64>,
+}
+
+/// Longest a single wait request holds the connection.
+const MAX_WAIT_SECS: u64 = 300;
+
+/// `GET /v1/sandboxes/{id}/wait?timeout_secs=N`: returns as soon as the
+/// sandbox has ended, or after the timeout with its current state.
+pub async fn wait(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+    Query(q): Query<WaitQuery>,
+) -> Result<Json<api::Sandbox>, ApiError> {
+    let secs = q.timeout_secs.unwrap_or(30);
+    if secs > MAX_WAIT_SECS {
+        return Err(ApiError::invalid(format!(
+            "timeout_secs must be at most {MAX_WAIT_SECS}"
+        )));
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let notified = state.supervisor.ended().notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let rec = load(&state, &auth, &id).await?;
+        if rec.state == SandboxState::Terminated {
+            return Ok(Json(to_api(&rec)));
+        }
+        if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            return Ok(Json(to_api(&load(&state, &auth, &id).await?)));
+        }
+    }
+}
+
+/// `POST /v1/sandboxes/{id}/exec`: runs a command to completion and returns
+/// its exit and (bounded) output.
+pub async fn exec(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+    req: Result<Json<ExecRequest>, JsonRejection>,
+) -> Result<Json<ExecResult>, ApiError> {
+    let req = body(req)?;
+    api::validate_exec(&req).map_err(ApiError::invalid)?;
+    let rec = load(&state, &auth, &id).await?;
+    match rec.state {
+        SandboxState::Running => {}
+        SandboxState::Creating => {
+            return Err(ApiError::new(
+                ErrorCode::SandboxNotRunning,
+                "the sandbox is still starting",
+            ))
+        }
+        _ => {
+            return Err(ApiError::new(
+                ErrorCode::SandboxTerminated,
+                format!("sandbox {id} has ended"),
+            ))
+        }
+    }
+    let sid = SandboxId::new(id.clone()).map_err(|e| ApiError::internal("sandbox id", &e))?;
+    let mut env = state.node.image_env(&rec.image).await.unwrap_or_default();
+    env = warren_node::merge_env(&env, &env_list(&rec.spec.env));
+    env = warren_node::merge_env(&env, &env_list(&req.env));
+    let _busy = state.supervisor.busy(&id);
+    let out = state
+        .node
+        .exec_buffered(
+            &sid,
+            BufferedExec {
+                argv: req.command.clone(),
+                env,
+                workdir: req
+                    .workdir
+                    .clone()
+                    .or(rec.spec.workdir.clone())
+                    .unwrap_or_else(|| "/".into()),
+                timeout: req.timeout_secs.map(Duration::from_secs),
+                stdin: req.stdin.map(String::into_bytes),
+            },
+        )
+        .await?;
+    let (exit_code, signal) = match out.exit.status {
+        warren_runtime::ExitStatus::Code(c) => (c, None),
+        warren_runtime::ExitStatus::Signal(s) => (128 + s, Some(s)),
+    };
+    Ok(Json(ExecResult {
+        exit_code,
+        signal,
+        timed_out: out.exit.timed_out,
+        oom_killed: out.exit.oom_killed,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        stdout_truncated: out.stdout_truncated,
+        stderr_truncated: out.stderr_truncated,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::to_iso as iso;
+
+    #[test]
+    fn rfc3339_times() {
+        assert_eq!(iso(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(iso(951_782_400_123), "2000-02-29T00:00:00.123Z");
+        assert_eq!(iso(1_798_416_000_000), "2026-12-28T00:00:00.000Z");
+    }
+}

@@ -1,0 +1,240 @@
+//! The sandbox lifecycle: start, watch for exits, enforce timeouts, end with
+//! exactly one typed reason, and re-adopt after a restart.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tracing::{info, warn, Instrument};
+use warren_node::{CreateRequest, Node};
+use warren_runtime::{Recovered, SandboxExit, SandboxId};
+use warren_store::{SandboxRecord, Store, Termination, TerminationReason};
+
+use crate::ApiError;
+
+#[derive(Clone)]
+pub struct Supervisor {
+    store: Store,
+    node: Node,
+    /// Execs running per sandbox: a sandbox with one is not idle.
+    active: Arc<Mutex<HashMap<String, usize>>>,
+    /// Woken whenever any sandbox ends (long-poll waiters re-check).
+    ended: Arc<Notify>,
+}
+
+/// Marks a sandbox busy while alive (an exec is running).
+pub struct ActivityGuard {
+    sup: Supervisor,
+    id: String,
+}
+
+impl Drop for ActivityGuard {
+    fn drop(&mut self) {
+        let mut m = self.sup.active.lock().expect("activity lock poisoned");
+        if let Some(n) = m.get_mut(&self.id) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.id);
+            }
+        }
+        let store = self.sup.store.clone();
+        let id = self.id.clone();
+        tokio::spawn(async move {
+            let _ = store.record_activity(&id).await;
+        });
+    }
+}
+
+/// The store's view of how a runtime exit ended a sandbox.
+fn termination_of(exit: &SandboxExit) -> Termination {
+    match exit {
+        SandboxExit::Exited { code } => {
+            Termination::new(TerminationReason::Exited).with_exit_code(*code)
+        }
+        SandboxExit::Signaled { signal } => Termination::new(TerminationReason::Exited)
+            .with_exit_code(128 + signal)
+            .with_detail(format!("killed by signal {signal}")),
+        SandboxExit::OomKilled => Termination::new(TerminationReason::OomKilled)
+            .with_exit_code(137)
+            .with_detail("killed by the kernel's OOM killer at the memory limit"),
+        // The terminating call recorded its own reason first; this only
+        // fills in what is still empty.
+        SandboxExit::Destroyed => Termination::new(TerminationReason::Terminated),
+        SandboxExit::Lost { detail } => {
+            Termination::new(TerminationReason::Error).with_detail(detail.clone())
+        }
+    }
+}
+
+impl Supervisor {
+    pub fn new(store: Store, node: Node) -> Self {
+        Supervisor {
+            store,
+            node,
+            active: Arc::default(),
+            ended: Arc::new(Notify::new()),
+        }
+    }
+
+    pub fn ended(&self) -> &Notify {
+        &self.ended
+    }
+
+    pub fn busy(&self, id: &str) -> ActivityGuard {
+        *self
+            .active
+            .lock()
+            .expect("activity lock poisoned")
+            .entry(id.to_string())
+            .or_default() += 1;
+        ActivityGuard {
+            sup: self.clone(),
+            id: id.to_string(),
+        }
+    }
+
+    fn is_busy(&self, id: &str) -> bool {
+        self.active
+            .lock()
+            .expect("activity lock poisoned")
+            .contains_key(id)
+    }
+
+    /// Creates the sandbox on the node and starts watching it. On failure the
+    /// record ends with reason `error` and the error is returned.
+    pub async fn start(&self, rec: &SandboxRecord, req: CreateRequest) -> Result<(), ApiError> {
+        let id = req.id.clone();
+        if let Err(e) = self.node.create(req, None, None).await {
+            let t = Termination::new(TerminationReason::Error).with_detail(e.to_string());
+            let _ = self.store.finish_sandbox(&rec.id, &t).await;
+            self.ended.notify_waiters();
+            return Err(e.into());
+        }
+        self.store.mark_running(&rec.id).await?;
+        self.watch(id);
+        Ok(())
+    }
+
+    /// Waits for the sandbox to end, records why, and releases it.
+    fn watch(&self, id: SandboxId) {
+        let sup = self.clone();
+        let span = tracing::info_span!("supervise", sandbox_id = %id);
+        tokio::spawn(
+            async move {
+                let t = match sup.node.wait_exit(&id).await {
+                    Ok(exit) => termination_of(&exit),
+                    Err(e) => Termination::new(TerminationReason::Error).with_detail(e.to_string()),
+                };
+                if let Err(e) = sup.store.finish_sandbox(id.as_str(), &t).await {
+                    warn!(error = %e, "recording the end of a sandbox failed");
+                }
+                if let Err(e) = sup.node.destroy(&id).await {
+                    warn!(error = %e, "releasing an ended sandbox failed");
+                }
+                sup.ended.notify_waiters();
+            }
+            .instrument(span),
+        );
+    }
+
+    /// Ends a running sandbox with `t` (first reason wins).
+    pub async fn terminate(&self, id: &str, t: Termination) -> Result<(), ApiError> {
+        self.store.begin_termination(id, &t).await?;
+        let sid =
+            SandboxId::new(id.to_string()).map_err(|e| ApiError::internal("sandbox id", &e))?;
+        self.node.destroy(&sid).await?;
+        self.store.finish_sandbox(id, &t).await?;
+        self.ended.notify_waiters();
+        Ok(())
+    }
+
+    /// Enforces `timeout_secs` and `idle_timeout_secs` every `interval`.
+    pub fn spawn_sweeper(&self, interval: Duration) -> tokio::task::JoinHandle<()> {
+        let sup = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let now = now_ms();
+                let expired = match sup.store.expired(now).await {
+                    Ok(v) => v,
+                    Err(e) => {
+                        warn!(error = %e, "checking timeouts failed");
+                        continue;
+                    }
+                };
+                for e in expired {
+                    let id = e.sandbox.id.clone();
+                    if e.reason == TerminationReason::IdleTimeout && sup.is_busy(&id) {
+                        let _ = sup.store.record_activity(&id).await;
+                        continue;
+                    }
+                    let t = Termination::new(e.reason);
+                    let sup = sup.clone();
+                    tokio::spawn(async move {
+                        if let Err(err) = sup.terminate(&id, t).await {
+                            warn!(sandbox_id = %id, error = ?err, "ending an expired sandbox failed");
+                        }
+                    });
+                }
+            }
+        })
+    }
+
+    /// After a restart: re-adopts sandboxes the runtime still has, ends the
+    /// records of the rest, and releases sandboxes nobody has a record of.
+    pub async fn recover(&self) -> Result<(), warren_node::NodeError> {
+        let found = self.node.recover().await?;
+        let unfinished = match self.store.list_unfinished().await {
+            Ok(v) => v,
+            Err(e) => {
+                warn!(error = %e, "listing unfinished sandboxes failed");
+                Vec::new()
+            }
+        };
+        let mut running = std::collections::HashSet::new();
+        for r in found {
+            match r {
+                Recovered::Running(id) => {
+                    if unfinished.iter().any(|u| u.id == id.as_str()) {
+                        info!(sandbox_id = %id, "re-adopted a running sandbox");
+                        running.insert(id.to_string());
+                        self.watch(id);
+                    } else {
+                        warn!(sandbox_id = %id, "no record of a running sandbox; removing it");
+                        self.node.destroy(&id).await?;
+                    }
+                }
+                Recovered::Ended(id, exit) => {
+                    let t = match exit {
+                        SandboxExit::Lost { .. } | SandboxExit::Destroyed => {
+                            Termination::new(TerminationReason::NodeRestart)
+                                .with_detail("the sandbox could not be re-adopted after a restart")
+                        }
+                        other => termination_of(&other),
+                    };
+                    running.insert(id.to_string());
+                    let _ = self.store.finish_sandbox(id.as_str(), &t).await;
+                }
+            }
+        }
+        for rec in unfinished {
+            if running.contains(&rec.id) {
+                continue;
+            }
+            let t = Termination::new(TerminationReason::NodeRestart)
+                .with_detail("the sandbox was gone after a restart");
+            let _ = self.store.finish_sandbox(&rec.id, &t).await;
+        }
+        Ok(())
+    }
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

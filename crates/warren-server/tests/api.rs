@@ -1,0 +1,572 @@
+//! The API router driven directly (`oneshot`), over a real state store and
+//! real sandboxes. Our own `main` (libtest-mimic) because this binary is
+//! also the sandboxes' init.
+
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use libtest_mimic::{Arguments, Failed, Trial};
+use serde_json::{json, Value};
+use tower::ServiceExt;
+use warren_server::{AppState, ServerConfig};
+
+struct Env {
+    state: AppState,
+    token: String,
+    data: tempfile::TempDir,
+    sweeper: tokio::task::JoinHandle<()>,
+}
+
+/// Each server gets its own cgroup subtree: a runtime treats every cgroup
+/// under its parent as its own (and removes ones it has no record of).
+fn cgroup_parent(data: &std::path::Path) -> String {
+    let tag = data
+        .file_name()
+        .map(|n| n.to_string_lossy().to_lowercase())
+        .unwrap_or_default()
+        .replace(|c: char| !c.is_ascii_alphanumeric(), "");
+    format!("warren-test-srv-{}-{tag}", std::process::id())
+}
+
+async fn env() -> Result<Env> {
+    let data = tempfile::Builder::new()
+        .prefix("warren-e2e-api-")
+        .tempdir_in("/var/tmp")?;
+    let mut cfg = ServerConfig::new("127.0.0.1:0".parse()?, data.path());
+    cfg.cgroup_parent = cgroup_parent(data.path());
+    cfg.sweep_interval = Duration::from_millis(100);
+    let state = warren_server::open(&cfg).await?;
+    let token = std::fs::read_to_string(data.path().join("admin-token"))?
+        .trim()
+        .to_string();
+    let sweeper = state.supervisor.spawn_sweeper(cfg.sweep_interval);
+    Ok(Env {
+        state,
+        token,
+        data,
+        sweeper,
+    })
+}
+
+impl Env {
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Result<(StatusCode, Value)> {
+        let mut req = Request::builder().method(method).uri(path);
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let body = match body {
+            Some(v) => {
+                req = req.header("content-type", "application/json");
+                Body::from(serde_json::to_vec(&v)?)
+            }
+            None => Body::empty(),
+        };
+        let resp = warren_server::router(self.state.clone())
+            .oneshot(req.body(body)?)
+            .await?;
+        let status = resp.status();
+        let bytes = axum::body::to_bytes(resp.into_body(), 16 << 20).await?;
+        let v = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()))
+        };
+        Ok((status, v))
+    }
+
+    async fn admin(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<(StatusCode, Value)> {
+        self.call(method, path, Some(&self.token), body).await
+    }
+
+    async fn create(&self, body: Value) -> Result<String> {
+        let (s, v) = self.admin("POST", "/v1/sandboxes", Some(body)).await?;
+        ensure!(s == StatusCode::CREATED, "create: {s} {v}");
+        Ok(v["id"].as_str().context("id")?.to_string())
+    }
+
+    async fn wait_end(&self, id: &str) -> Result<Value> {
+        let (s, v) = self
+            .admin(
+                "GET",
+                &format!("/v1/sandboxes/{id}/wait?timeout_secs=30"),
+                None,
+            )
+            .await?;
+        ensure!(
+            s == StatusCode::OK && v["state"] == "terminated",
+            "wait: {s} {v}"
+        );
+        Ok(v)
+    }
+
+    async fn teardown(self) {
+        self.sweeper.abort();
+        let list = self
+            .admin("GET", "/v1/sandboxes?state=running&limit=1000", None)
+            .await;
+        if let Ok((_, v)) = list {
+            for s in v["sandboxes"].as_array().cloned().unwrap_or_default() {
+                if let Some(id) = s["id"].as_str() {
+                    let _ = self
+                        .admin("POST", &format!("/v1/sandboxes/{id}/terminate"), None)
+                        .await;
+                }
+            }
+        }
+        self.state.node.runtime().flush_trash();
+        let parent = cgroup_parent(self.data.path());
+        drop(self.data);
+        if let Ok(ctls) = std::fs::read_dir("/sys/fs/cgroup") {
+            for ctl in ctls.flatten() {
+                let _ = std::fs::remove_dir(ctl.path().join(&parent));
+            }
+        }
+    }
+}
+
+fn code(v: &Value) -> &str {
+    v["error"]["code"].as_str().unwrap_or("")
+}
+
+// ----------------------------------------------------------------- tests ---
+
+async fn auth_is_required() -> Result<()> {
+    let e = env().await?;
+    let (s, v) = e.call("GET", "/v1/sandboxes", None, None).await?;
+    ensure!(
+        s == StatusCode::UNAUTHORIZED && code(&v) == "unauthenticated",
+        "{s} {v}"
+    );
+    let (s, v) = e
+        .call("GET", "/v1/sandboxes", Some("wrn_nope"), None)
+        .await?;
+    ensure!(
+        s == StatusCode::UNAUTHORIZED && code(&v) == "unauthenticated",
+        "{s} {v}"
+    );
+    let (s, _) = e.admin("GET", "/v1/sandboxes", None).await?;
+    ensure!(s == StatusCode::OK);
+    let (s, _) = e.call("GET", "/healthz", None, None).await?;
+    ensure!(s == StatusCode::OK);
+    let (s, v) = e.call("GET", "/v1/openapi.json", None, None).await?;
+    ensure!(
+        s == StatusCode::OK && v["components"]["schemas"]["Sandbox"].is_object(),
+        "{v}"
+    );
+    // A revoked token stops working.
+    let (s, v) = e
+        .admin("POST", "/v1/tokens", Some(json!({"name": "ci"})))
+        .await?;
+    ensure!(s == StatusCode::CREATED, "{s} {v}");
+    let secret = v["token"].as_str().context("secret")?.to_string();
+    let tid = v["id"].as_str().context("id")?.to_string();
+    ensure!(e.call("GET", "/v1/sandboxes", Some(&secret), None).await?.0 == StatusCode::OK);
+    let (s, _) = e
+        .admin("POST", &format!("/v1/tokens/{tid}/revoke"), None)
+        .await?;
+    ensure!(s == StatusCode::NO_CONTENT);
+    ensure!(
+        e.call("GET", "/v1/sandboxes", Some(&secret), None).await?.0 == StatusCode::UNAUTHORIZED
+    );
+    e.teardown().await;
+    Ok(())
+}
+
+async fn validation_errors() -> Result<()> {
+    let e = env().await?;
+    let cases = [
+        (json!({"imagee": "host"}), "invalid_json"),
+        (json!({"timeout_secs": 0}), "invalid_argument"),
+        (json!({"timeout_secs": 86401}), "invalid_argument"),
+        (json!({"timeout_secs": -5}), "invalid_json"),
+        (json!({"name": "Not A Name"}), "invalid_argument"),
+        (json!({"cpu": 0}), "invalid_argument"),
+        (json!({"memory_mib": 1}), "invalid_argument"),
+        (json!({"command": []}), "invalid_argument"),
+        (json!({"workdir": "relative"}), "invalid_argument"),
+        (json!({"env": {"BAD KEY": "x"}}), "invalid_argument"),
+        (
+            json!({"env": {"BIG": "x".repeat(300 * 1024)}}),
+            "invalid_argument",
+        ),
+        (
+            json!({"tags": (0..65).map(|i| (format!("k{i}"), json!("v"))).collect::<serde_json::Map<_, _>>()}),
+            "invalid_argument",
+        ),
+        (json!({"image": "no-such-image:1"}), "image_not_found"),
+    ];
+    for (body, want) in cases {
+        let (s, v) = e.admin("POST", "/v1/sandboxes", Some(body.clone())).await?;
+        ensure!(code(&v) == want, "{body} gave {s} {v}, want {want}");
+        ensure!(s.is_client_error(), "{body} gave {s}");
+    }
+    let (s, v) = e.admin("GET", "/v1/sandboxes?bogus=1", None).await?;
+    ensure!(
+        s == StatusCode::BAD_REQUEST && code(&v) == "invalid_argument",
+        "{s} {v}"
+    );
+    let (s, v) = e.admin("GET", "/v1/sandboxes/sb-nope", None).await?;
+    ensure!(
+        s == StatusCode::NOT_FOUND && code(&v) == "sandbox_not_found",
+        "{s} {v}"
+    );
+    e.teardown().await;
+    Ok(())
+}
+
+async fn run_exit_code_and_exec() -> Result<()> {
+    let e = env().await?;
+    let id = e.create(json!({"command": ["sh", "-c", "exit 3"]})).await?;
+    let v = e.wait_end(&id).await?;
+    ensure!(
+        v["termination"]["reason"] == "exited" && v["termination"]["exit_code"] == 3,
+        "{v}"
+    );
+
+    let id = e
+        .create(json!({"env": {"FOO": "bar"}, "workdir": "/tmp"}))
+        .await?;
+    let (s, v) = e
+        .admin("POST", &format!("/v1/sandboxes/{id}/exec"), Some(json!({"command": ["sh", "-c", "echo $FOO; pwd; echo oops >&2; cat; exit 4"], "stdin": "in\n"})))
+        .await?;
+    ensure!(s == StatusCode::OK, "{s} {v}");
+    ensure!(
+        v["exit_code"] == 4 && v["stdout"] == "bar\n/tmp\nin\n" && v["stderr"] == "oops\n",
+        "{v}"
+    );
+    let (_, v) = e
+        .admin(
+            "POST",
+            &format!("/v1/sandboxes/{id}/exec"),
+            Some(json!({"command": ["sleep", "100"], "timeout_secs": 1})),
+        )
+        .await?;
+    ensure!(v["timed_out"] == true && v["signal"] == 9, "{v}");
+    let (s, v) = e
+        .admin(
+            "POST",
+            &format!("/v1/sandboxes/{id}/exec"),
+            Some(json!({"command": ["/no/such"]})),
+        )
+        .await?;
+    ensure!(
+        s == StatusCode::BAD_REQUEST && code(&v) == "exec_not_found",
+        "{s} {v}"
+    );
+    let (s, v) = e
+        .admin("POST", &format!("/v1/sandboxes/{id}/terminate"), None)
+        .await?;
+    ensure!(
+        s == StatusCode::OK && v["termination"]["reason"] == "terminated",
+        "{s} {v}"
+    );
+    ensure!(
+        v["termination"]["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("token"),
+        "{v}"
+    );
+    let (s, v) = e
+        .admin(
+            "POST",
+            &format!("/v1/sandboxes/{id}/exec"),
+            Some(json!({"command": ["true"]})),
+        )
+        .await?;
+    ensure!(
+        s == StatusCode::CONFLICT && code(&v) == "sandbox_terminated",
+        "{s} {v}"
+    );
+    e.teardown().await;
+    Ok(())
+}
+
+async fn timeouts_and_oom_have_reasons() -> Result<()> {
+    let e = env().await?;
+    let t = e.create(json!({"timeout_secs": 1})).await?;
+    let idle = e.create(json!({"idle_timeout_secs": 1})).await?;
+    let oom = e
+        .create(json!({"memory_mib": 32, "command": ["python3", "-c", "b = []\nwhile True: b.append(bytearray(8 << 20))"]}))
+        .await?;
+    let v = e.wait_end(&t).await?;
+    ensure!(v["termination"]["reason"] == "timeout", "{v}");
+    let v = e.wait_end(&idle).await?;
+    ensure!(v["termination"]["reason"] == "idle_timeout", "{v}");
+    let v = e.wait_end(&oom).await?;
+    ensure!(
+        v["termination"]["reason"] == "oom_killed" && v["termination"]["exit_code"] == 137,
+        "{v}"
+    );
+    // A running exec keeps a sandbox from idling out.
+    let busy = e.create(json!({"idle_timeout_secs": 1})).await?;
+    let (_, v) = e
+        .admin(
+            "POST",
+            &format!("/v1/sandboxes/{busy}/exec"),
+            Some(json!({"command": ["sleep", "2.5"]})),
+        )
+        .await?;
+    ensure!(v["exit_code"] == 0, "busy exec: {v}");
+    e.teardown().await;
+    Ok(())
+}
+
+async fn workspaces_are_isolated() -> Result<()> {
+    let e = env().await?;
+    let id = e.create(json!({"tags": {"user": "a"}})).await?;
+    let (s, ws) = e
+        .admin("POST", "/v1/workspaces", Some(json!({"name": "other"})))
+        .await?;
+    ensure!(s == StatusCode::CREATED, "{s} {ws}");
+    let (s, tok) = e
+        .admin(
+            "POST",
+            "/v1/tokens",
+            Some(json!({"name": "b", "workspace_id": ws["id"]})),
+        )
+        .await?;
+    ensure!(s == StatusCode::CREATED, "{s} {tok}");
+    let b = tok["token"].as_str().context("token")?;
+    let (s, v) = e
+        .call("GET", &format!("/v1/sandboxes/{id}"), Some(b), None)
+        .await?;
+    ensure!(
+        s == StatusCode::NOT_FOUND && code(&v) == "sandbox_not_found",
+        "{s} {v}"
+    );
+    let (s, _) = e
+        .call(
+            "POST",
+            &format!("/v1/sandboxes/{id}/terminate"),
+            Some(b),
+            None,
+        )
+        .await?;
+    ensure!(s == StatusCode::NOT_FOUND);
+    let (_, v) = e.call("GET", "/v1/sandboxes", Some(b), None).await?;
+    ensure!(v["sandboxes"].as_array().map(Vec::len) == Some(0), "{v}");
+    // A non-admin token cannot create workspaces or admin tokens.
+    let (s, v) = e
+        .call(
+            "POST",
+            "/v1/workspaces",
+            Some(b),
+            Some(json!({"name": "x"})),
+        )
+        .await?;
+    ensure!(
+        s == StatusCode::FORBIDDEN && code(&v) == "forbidden",
+        "{s} {v}"
+    );
+    let (s, _) = e
+        .call(
+            "POST",
+            "/v1/tokens",
+            Some(b),
+            Some(json!({"name": "x", "admin": true})),
+        )
+        .await?;
+    ensure!(s == StatusCode::FORBIDDEN);
+    e.teardown().await;
+    Ok(())
+}
+
+async fn names_tags_and_pagination() -> Result<()> {
+    let e = env().await?;
+    let a = e
+        .create(json!({"name": "app", "tags": {"user": "u1", "tier": "free"}}))
+        .await?;
+    let (s, v) = e
+        .admin("POST", "/v1/sandboxes", Some(json!({"name": "app"})))
+        .await?;
+    ensure!(
+        s == StatusCode::CONFLICT && code(&v) == "name_conflict",
+        "{s} {v}"
+    );
+    for i in 0..5 {
+        e.create(json!({"tags": {"user": format!("u{}", i % 2)}}))
+            .await?;
+    }
+    let (_, v) = e
+        .admin("GET", "/v1/sandboxes?tag=user=u1&tag=tier=free", None)
+        .await?;
+    let got: Vec<&str> = v["sandboxes"]
+        .as_array()
+        .context("list")?
+        .iter()
+        .filter_map(|s| s["id"].as_str())
+        .collect();
+    ensure!(got == vec![a.as_str()], "tag filter: {got:?}");
+    let mut seen = std::collections::BTreeSet::new();
+    let mut cursor: Option<String> = None;
+    for _ in 0..10 {
+        let q = match &cursor {
+            Some(c) => format!("/v1/sandboxes?limit=2&cursor={c}"),
+            None => "/v1/sandboxes?limit=2".into(),
+        };
+        let (s, v) = e.admin("GET", &q, None).await?;
+        ensure!(s == StatusCode::OK, "{s} {v}");
+        for s in v["sandboxes"].as_array().context("page")? {
+            ensure!(
+                seen.insert(s["id"].as_str().unwrap_or("").to_string()),
+                "duplicate across pages"
+            );
+        }
+        match v["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => break,
+        }
+    }
+    ensure!(seen.len() == 6, "paged {} of 6", seen.len());
+    let (s, v) = e
+        .admin(
+            "PUT",
+            &format!("/v1/sandboxes/{a}/tags"),
+            Some(json!({"tags": {"k": "v"}})),
+        )
+        .await?;
+    ensure!(
+        s == StatusCode::OK && v["tags"] == json!({"k": "v"}),
+        "{s} {v}"
+    );
+    // The name is free again once its sandbox ended.
+    e.admin("POST", &format!("/v1/sandboxes/{a}/terminate"), None)
+        .await?;
+    e.create(json!({"name": "app"})).await?;
+    e.teardown().await;
+    Ok(())
+}
+
+async fn restart_readopts_running_sandboxes() -> Result<()> {
+    // The first server lives in its own tokio runtime, which is then shut
+    // down without any cleanup: its supervisor tasks vanish as in a crash.
+    let (data, token, id, ended) = std::thread::spawn(|| -> Result<_> {
+        let rt = tokio::runtime::Runtime::new()?;
+        let r = rt.block_on(async {
+            let e = env().await?;
+            let id = e.create(json!({"timeout_secs": 60})).await?;
+            let ended = e
+                .create(json!({"command": ["sh", "-c", "sleep 0.5; exit 6"]}))
+                .await?;
+            e.sweeper.abort();
+            std::mem::forget(e.state);
+            Ok::<_, anyhow::Error>((e.data, e.token, id, ended))
+        });
+        rt.shutdown_background();
+        r
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("first server panicked"))??;
+    // Let the short-lived sandbox end while nobody watches.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let mut cfg = ServerConfig::new("127.0.0.1:0".parse()?, data.path());
+    cfg.cgroup_parent = cgroup_parent(data.path());
+    let state = warren_server::open(&cfg).await?;
+    let e2 = Env {
+        sweeper: state.supervisor.spawn_sweeper(Duration::from_millis(100)),
+        state,
+        token,
+        data,
+    };
+    let (s, v) = e2
+        .admin("GET", &format!("/v1/sandboxes/{id}"), None)
+        .await?;
+    ensure!(s == StatusCode::OK && v["state"] == "running", "{s} {v}");
+    let (_, v) = e2
+        .admin(
+            "POST",
+            &format!("/v1/sandboxes/{id}/exec"),
+            Some(json!({"command": ["echo", "alive"]})),
+        )
+        .await?;
+    ensure!(v["stdout"] == "alive\n", "{v}");
+    let v = e2.wait_end(&ended).await?;
+    ensure!(
+        v["termination"]["reason"] == "exited" && v["termination"]["exit_code"] == 6,
+        "{v}"
+    );
+    e2.teardown().await;
+    Ok(())
+}
+
+async fn hundred_concurrent_creates() -> Result<()> {
+    let e = std::sync::Arc::new(env().await?);
+    let mut tasks = Vec::new();
+    for _ in 0..100 {
+        let e = e.clone();
+        tasks.push(tokio::spawn(async move {
+            e.create(json!({"command": ["true"]})).await
+        }));
+    }
+    let mut ids = Vec::new();
+    for t in tasks {
+        ids.push(t.await??);
+    }
+    for id in &ids {
+        let v = e.wait_end(id).await?;
+        ensure!(
+            v["termination"]["reason"] == "exited" && v["termination"]["exit_code"] == 0,
+            "{v}"
+        );
+    }
+    match std::sync::Arc::try_unwrap(e) {
+        Ok(e) => e.teardown().await,
+        Err(_) => anyhow::bail!("env still shared"),
+    }
+    Ok(())
+}
+
+// --------------------------------------------------------------- harness ---
+
+type TestFn = fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>>>>;
+
+fn trial(name: &'static str, f: TestFn) -> Trial {
+    Trial::test(name, move || {
+        if !warren_testkit::require_root(name) {
+            return Ok(());
+        }
+        let rt = tokio::runtime::Runtime::new().map_err(|e| Failed::from(e.to_string()))?;
+        rt.block_on(f()).map_err(|e| Failed::from(format!("{e:#}")))
+    })
+}
+
+macro_rules! t {
+    ($f:ident) => {
+        trial(stringify!($f), || Box::pin($f()))
+    };
+}
+
+fn main() {
+    warren_init::run_if_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .try_init();
+    let args = Arguments::from_args();
+    let tests = vec![
+        t!(auth_is_required),
+        t!(validation_errors),
+        t!(run_exit_code_and_exec),
+        t!(timeouts_and_oom_have_reasons),
+        t!(workspaces_are_isolated),
+        t!(names_tags_and_pagination),
+        t!(restart_readopts_running_sandboxes),
+        t!(hundred_concurrent_creates),
+    ];
+    libtest_mimic::run(&args, tests).exit()
+}
