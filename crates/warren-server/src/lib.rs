@@ -12,6 +12,7 @@
 
 mod auth;
 mod error;
+mod metrics;
 mod openapi;
 mod sandboxes;
 mod supervisor;
@@ -63,6 +64,7 @@ pub struct AppState {
     pub node: Node,
     pub default_image: Arc<str>,
     pub supervisor: supervisor::Supervisor,
+    pub metrics: Arc<metrics::Metrics>,
 }
 
 /// Errors that stop the server from starting.
@@ -115,6 +117,11 @@ pub fn router(state: AppState) -> Router {
             post(tokens::create_token).get(tokens::list_tokens),
         )
         .route("/v1/tokens/{id}/revoke", post(tokens::revoke_token))
+        .route("/metrics", get(metrics::serve))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            metrics::track,
+        ))
         .with_state(state)
 }
 
@@ -146,6 +153,7 @@ pub async fn open(cfg: &ServerConfig) -> Result<AppState, ServeError> {
         node,
         default_image: cfg.default_image.as_str().into(),
         supervisor,
+        metrics: Arc::default(),
     };
     state.supervisor.recover().await?;
     Ok(state)

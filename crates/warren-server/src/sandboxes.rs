@@ -160,7 +160,15 @@ pub async fn create(
             pids: None,
         },
     };
-    state.supervisor.start(&rec, node_req).await?;
+    let started = std::time::Instant::now();
+    if let Err(e) = state.supervisor.start(&rec, node_req).await {
+        state
+            .metrics
+            .creates_failed
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        return Err(e);
+    }
+    state.metrics.create_latency.observe(started.elapsed());
     let rec = load(&state, &auth, &id).await?;
     Ok((StatusCode::CREATED, Json(to_api(&rec))))
 }
@@ -319,6 +327,10 @@ pub async fn exec(
     env = warren_node::merge_env(&env, &env_list(&rec.spec.env));
     env = warren_node::merge_env(&env, &env_list(&req.env));
     let _busy = state.supervisor.busy(&id);
+    state
+        .metrics
+        .execs
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let out = state
         .node
         .exec_buffered(
@@ -335,7 +347,19 @@ pub async fn exec(
                 stdin: req.stdin.map(String::into_bytes),
             },
         )
-        .await?;
+        .await
+        .inspect_err(|_| {
+            state
+                .metrics
+                .execs_failed
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        })?;
+    if out.exit.timed_out {
+        state
+            .metrics
+            .execs_timed_out
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
     let (exit_code, signal) = match out.exit.status {
         warren_runtime::ExitStatus::Code(c) => (c, None),
         warren_runtime::ExitStatus::Signal(s) => (128 + s, Some(s)),

@@ -162,6 +162,13 @@ async fn auth_is_required() -> Result<()> {
     ensure!(s == StatusCode::OK);
     let (s, _) = e.call("GET", "/healthz", None, None).await?;
     ensure!(s == StatusCode::OK);
+    let (s, v) = e.call("GET", "/metrics", None, None).await?;
+    let text = v.as_str().unwrap_or_default();
+    ensure!(
+        s == StatusCode::OK && text.contains("warren_sandboxes{state=\"running\"}"),
+        "{s} {text}"
+    );
+    ensure!(text.contains("warren_http_request_duration_seconds_bucket{method=\"GET\",route=\"/v1/sandboxes\",status=\"200\""), "{text}");
     let (s, v) = e.call("GET", "/v1/openapi.json", None, None).await?;
     ensure!(
         s == StatusCode::OK && v["components"]["schemas"]["Sandbox"].is_object(),

@@ -549,6 +549,22 @@ impl Store {
         decode_all(rows)
     }
 
+    /// How many sandboxes (all workspaces) are in each state, for metrics.
+    pub async fn count_by_state(&self) -> Result<Vec<(SandboxState, i64)>> {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT state, COUNT(*) FROM sandboxes GROUP BY state")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|source| StoreError::ListSandboxes {
+                    operation: "count",
+                    source,
+                })?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(s, n)| s.parse().ok().map(|s| (s, n)))
+            .collect())
+    }
+
     /// Running sandboxes (any workspace) whose deadline is at or before
     /// `now_ms`, or whose last activity plus idle timeout is. Each comes
     /// with the limit that passed first.
