@@ -169,6 +169,18 @@ impl Node {
         Ok(tokio::task::spawn_blocking(move || rt.recover()).await??)
     }
 
+    /// Starts a command and returns its live handle (streams, signals, exit).
+    pub async fn start_exec(
+        &self,
+        id: &SandboxId,
+        spec: warren_runtime::ExecSpec,
+        io: warren_runtime::ExecIo,
+    ) -> Result<warren_runtime::Exec, NodeError> {
+        let rt = self.rt.clone();
+        let id = id.clone();
+        Ok(tokio::task::spawn_blocking(move || rt.exec(&id, &spec, io)).await??)
+    }
+
     /// Runs a command to completion, buffering (boundedly) its output.
     pub async fn exec_buffered(
         &self,
@@ -177,6 +189,12 @@ impl Node {
     ) -> Result<ExecOutput, NodeError> {
         exec::buffered(self.rt.clone(), id.clone(), req).await
     }
+}
+
+/// Registers a descriptor with the tokio reactor to await readability (for
+/// example an exec's control connection, readable when its exit arrives).
+pub fn watch_readable(fd: OwnedFd) -> std::io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
+    warren_sys::asyncfd::register(fd, tokio::io::Interest::READABLE)
 }
 
 /// The image's environment with `overrides` replacing same-named entries.

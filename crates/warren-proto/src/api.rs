@@ -172,6 +172,74 @@ pub struct ExecResult {
     pub stderr_truncated: bool,
 }
 
+/// First (text) message on `GET /v1/sandboxes/{id}/exec/stream` (WebSocket).
+///
+/// Then: client → server binary frames `[0, data...]` are stdin; text
+/// frames are [`StreamClientMsg`]. Server → client binary frames
+/// `[1, data...]` (stdout, or the terminal) and `[2, data...]` (stderr);
+/// text frames are [`StreamServerMsg`], ending with `exit` (or `error`),
+/// after which the server closes. Nothing is buffered without bound: the
+/// server reads the process's output only as fast as the client takes it,
+/// and reads the client's stdin only as fast as the process takes it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StreamExecStart {
+    pub command: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub workdir: Option<String>,
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
+    /// Run under a pseudo-terminal of this size.
+    #[serde(default)]
+    pub tty: Option<TtySize>,
+}
+
+/// Terminal size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TtySize {
+    pub rows: u16,
+    pub cols: u16,
+}
+
+/// Client → server control messages of a streaming exec.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum StreamClientMsg {
+    /// Close the process's stdin.
+    StdinEof {},
+    /// Deliver a signal to the process group.
+    Signal { signal: i32 },
+    /// Resize the terminal (TTY execs).
+    Resize { rows: u16, cols: u16 },
+}
+
+/// Server → client control messages of a streaming exec.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum StreamServerMsg {
+    Started {
+        pid: i32,
+    },
+    Exit {
+        exit_code: i32,
+        signal: Option<i32>,
+        timed_out: bool,
+        oom_killed: bool,
+    },
+    Error {
+        code: String,
+        message: String,
+    },
+}
+
+/// Stream ids in the first byte of binary frames.
+pub const STREAM_STDIN: u8 = 0;
+pub const STREAM_STDOUT: u8 = 1;
+pub const STREAM_STDERR: u8 = 2;
+
 /// A workspace: the unit of isolation between API users.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Workspace {

@@ -92,3 +92,9 @@ impl IntoResponse for ApiError {
         (status, Json(body)).into_response()
     }
 }
+
+impl From<warren_runtime::RuntimeError> for ApiError {
+    fn from(e: warren_runtime::RuntimeError) -> Self {
+        warren_node::NodeError::Runtime(e).into()
+    }
+}

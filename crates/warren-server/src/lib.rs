@@ -15,6 +15,7 @@ mod error;
 mod metrics;
 mod openapi;
 mod sandboxes;
+mod stream;
 mod supervisor;
 mod tokens;
 
@@ -108,6 +109,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/sandboxes/{id}/terminate", post(sandboxes::terminate))
         .route("/v1/sandboxes/{id}/wait", get(sandboxes::wait))
         .route("/v1/sandboxes/{id}/exec", post(sandboxes::exec))
+        .route("/v1/sandboxes/{id}/exec/stream", get(stream::exec_stream))
         .route(
             "/v1/workspaces",
             post(tokens::create_workspace).get(tokens::list_workspaces),

@@ -511,6 +511,114 @@ async fn restart_readopts_running_sandboxes() -> Result<()> {
     Ok(())
 }
 
+async fn streaming_exec_over_websocket() -> Result<()> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
+    let e = env().await?;
+    let id = e.create(json!({})).await?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let app = warren_server::router(e.state.clone());
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let connect = |start: Value| {
+        let token = e.token.clone();
+        let id = id.clone();
+        async move {
+            let mut req =
+                format!("ws://{addr}/v1/sandboxes/{id}/exec/stream").into_client_request()?;
+            req.headers_mut()
+                .insert("authorization", format!("Bearer {token}").parse()?);
+            let (mut ws, _) = tokio_tungstenite::connect_async(req).await?;
+            ws.send(Message::Text(start.to_string().into())).await?;
+            Ok::<_, anyhow::Error>(ws)
+        }
+    };
+    // stdin in, stdout and stderr out, exit code; 8 MiB through stdout.
+    let mut ws = connect(
+        json!({"command": ["sh", "-c", "cat; echo err >&2; head -c 8388608 /dev/zero; exit 7"]}),
+    )
+    .await?;
+    ws.send(Message::Binary(vec![0u8, b'h', b'i', b'\n'].into()))
+        .await?;
+    ws.send(Message::Text(
+        json!({"type": "stdin_eof"}).to_string().into(),
+    ))
+    .await?;
+    let (mut out, mut err, mut exit) = (Vec::new(), Vec::new(), None);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while let Ok(Some(m)) = tokio::time::timeout_at(deadline, ws.next()).await {
+        match m? {
+            Message::Binary(b) if b.first() == Some(&1) => out.extend_from_slice(&b[1..]),
+            Message::Binary(b) if b.first() == Some(&2) => err.extend_from_slice(&b[1..]),
+            Message::Text(t) => {
+                let v: Value = serde_json::from_str(&t)?;
+                if v["type"] == "exit" {
+                    exit = Some(v);
+                }
+            }
+            Message::Close(_) => break,
+            _ => {}
+        }
+    }
+    let exit = exit.context("no exit frame")?;
+    ensure!(exit["exit_code"] == 7, "{exit}");
+    ensure!(
+        out.len() == 3 + 8 * 1024 * 1024 && out.starts_with(b"hi\n"),
+        "stdout {} bytes",
+        out.len()
+    );
+    ensure!(
+        err == b"err\n",
+        "stderr {:?}",
+        String::from_utf8_lossy(&err)
+    );
+    // A terminal: the program sees a tty of the asked size.
+    let mut ws = connect(
+        json!({"command": ["sh", "-c", "tty; stty size"], "tty": {"rows": 40, "cols": 120}}),
+    )
+    .await?;
+    let mut text = Vec::new();
+    let mut code = None;
+    while let Ok(Some(m)) = tokio::time::timeout_at(deadline, ws.next()).await {
+        match m? {
+            Message::Binary(b) => text.extend_from_slice(&b[1..]),
+            Message::Text(t) => {
+                let v: Value = serde_json::from_str(&t)?;
+                if v["type"] == "exit" {
+                    code = v["exit_code"].as_i64();
+                }
+            }
+            Message::Close(_) => break,
+            _ => {}
+        }
+    }
+    let text = String::from_utf8_lossy(&text);
+    ensure!(
+        text.contains("/dev/pts/") && text.contains("40 120"),
+        "tty output {text:?}"
+    );
+    ensure!(code == Some(0), "tty exit {code:?}");
+    // Signals reach the process.
+    let mut ws = connect(json!({"command": ["sleep", "100"]})).await?;
+    ws.send(Message::Text(
+        json!({"type": "signal", "signal": 15}).to_string().into(),
+    ))
+    .await?;
+    let mut sig = None;
+    while let Ok(Some(m)) = tokio::time::timeout_at(deadline, ws.next()).await {
+        if let Message::Text(t) = m? {
+            let v: Value = serde_json::from_str(&t)?;
+            if v["type"] == "exit" {
+                sig = v["signal"].as_i64();
+            }
+        }
+    }
+    ensure!(sig == Some(15), "signal exit {sig:?}");
+    server.abort();
+    e.teardown().await;
+    Ok(())
+}
+
 async fn hundred_concurrent_creates() -> Result<()> {
     let e = std::sync::Arc::new(env().await?);
     let mut tasks = Vec::new();
@@ -573,6 +681,7 @@ fn main() {
         t!(workspaces_are_isolated),
         t!(names_tags_and_pagination),
         t!(restart_readopts_running_sandboxes),
+        t!(streaming_exec_over_websocket),
         t!(hundred_concurrent_creates),
     ];
     libtest_mimic::run(&args, tests).exit()

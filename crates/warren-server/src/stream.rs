@@ -1,0 +1,253 @@
+//! `GET /v1/sandboxes/{id}/exec/stream`: an exec over a WebSocket with
+//! stdin, stdout and stderr as frames, signals, terminal resize and an exit
+//! frame. Back-pressure both ways: output is read from the process only as
+//! fast as the WebSocket accepts it, stdin is read from the WebSocket only
+//! as fast as the process accepts it.
+
+use std::os::fd::OwnedFd;
+use std::time::Duration;
+
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, State};
+use axum::response::Response;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::pipe;
+use warren_proto::api::{
+    self, ErrorCode, StreamClientMsg, StreamExecStart, StreamServerMsg, STREAM_STDERR,
+    STREAM_STDIN, STREAM_STDOUT,
+};
+use warren_runtime::{ExecIo, ExecSpec, ExitStatus, SandboxId, User};
+use warren_store::SandboxState;
+
+use crate::auth::Auth;
+use crate::{ApiError, AppState};
+
+/// Largest frame of output sent at once.
+const CHUNK: usize = 64 * 1024;
+
+/// Longest wait for the client's start message.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub async fn exec_stream(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+    ws: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    let rec = state
+        .store
+        .get_sandbox(&auth.0.workspace_id, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(&id))?;
+    if rec.state != SandboxState::Running {
+        return Err(ApiError::new(
+            ErrorCode::SandboxTerminated,
+            format!("sandbox {id} is not running"),
+        ));
+    }
+    Ok(ws
+        .max_message_size(4 << 20)
+        .on_upgrade(move |socket| async move {
+            let mut socket = socket;
+            if let Err(e) = session(&state, &rec, &mut socket).await {
+                let msg = StreamServerMsg::Error {
+                    code: e.code.as_str().to_string(),
+                    message: e.message,
+                };
+                let _ = send_json(&mut socket, &msg).await;
+            }
+            let _ = socket.send(Message::Close(None)).await;
+        }))
+}
+
+async fn send_json(ws: &mut WebSocket, m: &StreamServerMsg) -> Result<(), ApiError> {
+    let text = serde_json::to_string(m).map_err(|e| ApiError::internal("encode frame", &e))?;
+    ws.send(Message::Text(text.into()))
+        .await
+        .map_err(|_| ApiError::new(ErrorCode::Internal, "client went away"))
+}
+
+fn env_list(env: &std::collections::BTreeMap<String, String>) -> Vec<String> {
+    env.iter().map(|(k, v)| format!("{k}={v}")).collect()
+}
+
+async fn session(
+    state: &AppState,
+    rec: &warren_store::SandboxRecord,
+    ws: &mut WebSocket,
+) -> Result<(), ApiError> {
+    let start = match tokio::time::timeout(START_TIMEOUT, ws.recv()).await {
+        Ok(Some(Ok(Message::Text(t)))) => serde_json::from_str::<StreamExecStart>(&t)
+            .map_err(|e| ApiError::new(ErrorCode::InvalidJson, e.to_string()))?,
+        _ => return Err(ApiError::invalid("expected a JSON start message first")),
+    };
+    api::validate_exec(&api::ExecRequest {
+        command: start.command.clone(),
+        env: start.env.clone(),
+        workdir: start.workdir.clone(),
+        timeout_secs: start.timeout_secs,
+        stdin: None,
+    })
+    .map_err(ApiError::invalid)?;
+    let mut env = state.node.image_env(&rec.image).await.unwrap_or_default();
+    env = warren_node::merge_env(&env, &env_list(&rec.spec.env));
+    env = warren_node::merge_env(&env, &env_list(&start.env));
+    if start.tty.is_some() && !env.iter().any(|e| e.starts_with("TERM=")) {
+        env.push("TERM=xterm-256color".into());
+    }
+    let spec = ExecSpec {
+        argv: start.command.clone(),
+        env,
+        workdir: start
+            .workdir
+            .clone()
+            .or(rec.spec.workdir.clone())
+            .unwrap_or_else(|| "/".into()),
+        user: User::root(),
+        timeout: start.timeout_secs.map(Duration::from_secs),
+    };
+    let io = match start.tty {
+        Some(t) => ExecIo::Pty {
+            rows: t.rows,
+            cols: t.cols,
+        },
+        None => ExecIo::Pipes { stdin: true },
+    };
+    let sid = SandboxId::new(rec.id.clone()).map_err(|e| ApiError::internal("sandbox id", &e))?;
+    let _busy = state.supervisor.busy(&rec.id);
+    state
+        .metrics
+        .execs
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut exec = state.node.start_exec(&sid, spec, io).await?;
+    send_json(ws, &StreamServerMsg::Started { pid: exec.pid }).await?;
+
+    let io_err = |e: std::io::Error| ApiError::internal("exec streams", &e);
+    // Output sources and the stdin sink, as async pipes.
+    // A terminal's master stays in `exec` (for resize); we use duplicates.
+    let (mut out, mut err, mut stdin) = match exec.pty.as_ref() {
+        Some(pty) => {
+            let r = pty.try_clone().map_err(io_err)?;
+            let w = pty.try_clone().map_err(io_err)?;
+            (
+                Some(pipe::Receiver::from_file_unchecked(r).map_err(io_err)?),
+                None,
+                Some(pipe::Sender::from_file_unchecked(w).map_err(io_err)?),
+            )
+        }
+        None => (
+            exec.stdout
+                .take()
+                .map(pipe::Receiver::from_file)
+                .transpose()
+                .map_err(io_err)?,
+            exec.stderr
+                .take()
+                .map(pipe::Receiver::from_file)
+                .transpose()
+                .map_err(io_err)?,
+            exec.stdin
+                .take()
+                .map(pipe::Sender::from_file)
+                .transpose()
+                .map_err(io_err)?,
+        ),
+    };
+    let control: OwnedFd = exec.control_fd().try_clone_to_owned().map_err(io_err)?;
+    let control =
+        warren_node::watch_readable(control).map_err(|e| ApiError::internal("watch exec", &e))?;
+    let mut buf_out = vec![0u8; CHUNK];
+    let mut buf_err = vec![0u8; CHUNK];
+    let mut client_open = true;
+
+    loop {
+        tokio::select! {
+            r = read_opt(&mut out, &mut buf_out) => match r {
+                Some(Ok(n)) if n > 0 => send_data(ws, STREAM_STDOUT, &buf_out[..n]).await?,
+                // EOF, or EIO from a terminal whose process exited.
+                _ => out = None,
+            },
+            r = read_opt(&mut err, &mut buf_err) => match r {
+                Some(Ok(n)) if n > 0 => send_data(ws, STREAM_STDERR, &buf_err[..n]).await?,
+                _ => err = None,
+            },
+            m = ws.recv(), if client_open => match m {
+                Some(Ok(Message::Binary(b))) => {
+                    if b.first() == Some(&STREAM_STDIN) {
+                        if let Some(w) = stdin.as_mut() {
+                            if w.write_all(&b[1..]).await.is_err() {
+                                // The process closed its stdin; drop the rest.
+                                stdin = None;
+                            }
+                        }
+                    }
+                }
+                Some(Ok(Message::Text(t))) => match serde_json::from_str::<StreamClientMsg>(&t) {
+                    Ok(StreamClientMsg::StdinEof {}) => stdin = None,
+                    Ok(StreamClientMsg::Signal { signal }) => {
+                        exec.signal(signal)?;
+                    }
+                    Ok(StreamClientMsg::Resize { rows, cols }) => {
+                        if exec.pty.is_some() {
+                            exec.resize(rows, cols)?;
+                        }
+                    }
+                    Err(e) => return Err(ApiError::new(ErrorCode::InvalidJson, e.to_string())),
+                },
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
+                    // The client is gone: stop the process rather than leave
+                    // it running unattended.
+                    client_open = false;
+                    let _ = exec.signal(libc_sigkill());
+                }
+                Some(Ok(_)) => {}
+            },
+            r = control.readable(), if out.is_none() && err.is_none() => {
+                let mut guard = r.map_err(io_err)?;
+                guard.clear_ready();
+                if let Some(exit) = exec.wait_timeout(Duration::ZERO)? {
+                    let (exit_code, signal) = match exit.status {
+                        ExitStatus::Code(c) => (c, None),
+                        ExitStatus::Signal(s) => (128 + s, Some(s)),
+                    };
+                    if exit.timed_out {
+                        state.metrics.execs_timed_out.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    if client_open {
+                        send_json(ws, &StreamServerMsg::Exit {
+                            exit_code,
+                            signal,
+                            timed_out: exit.timed_out,
+                            oom_killed: exit.oom_killed,
+                        }).await?;
+                    }
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+async fn read_opt(
+    r: &mut Option<pipe::Receiver>,
+    buf: &mut [u8],
+) -> Option<std::io::Result<usize>> {
+    match r {
+        Some(r) => Some(r.read(buf).await),
+        None => std::future::pending().await,
+    }
+}
+
+async fn send_data(ws: &mut WebSocket, stream: u8, data: &[u8]) -> Result<(), ApiError> {
+    let mut frame = Vec::with_capacity(data.len() + 1);
+    frame.push(stream);
+    frame.extend_from_slice(data);
+    ws.send(Message::Binary(frame.into()))
+        .await
+        .map_err(|_| ApiError::new(ErrorCode::Internal, "client went away"))
+}
+
+/// SIGKILL: what a process whose client went away gets.
+fn libc_sigkill() -> i32 {
+    9
+}
