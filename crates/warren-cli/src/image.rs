@@ -32,17 +32,17 @@ pub fn run(data_dir: &Path, cmd: ImageCommand) -> Result<i32> {
                 store.import_tar(std::io::BufReader::new(f), &name)
             }
             .with_context(|| format!("importing {}", source.display()))?;
-            println!("{}", img.id);
+            crate::remote::outln!("{}", img.id)?;
         }
         ImageCommand::Ls => {
-            println!("{:<71}  {:>6}  NAMES", "ID", "LAYERS");
+            crate::remote::outln!("{:<71}  {:>6}  NAMES", "ID", "LAYERS")?;
             for img in store.list().context("listing images")? {
-                println!(
+                crate::remote::outln!(
                     "{:<71}  {:>6}  {}",
                     img.id,
                     img.layers.len(),
                     img.names.join(", ")
-                );
+                )?;
             }
         }
     }

@@ -3,8 +3,12 @@
 
 mod image;
 mod local;
+mod remote;
 mod run;
+mod sandbox;
 mod serve;
+mod token;
+mod workspace;
 
 use clap::{Parser, Subcommand};
 
@@ -33,6 +37,15 @@ enum Command {
     /// Manage images.
     #[command(subcommand)]
     Image(image::ImageCommand),
+    /// Manage sandboxes on a Warren server (WARREN_URL, WARREN_TOKEN).
+    #[command(subcommand)]
+    Sandbox(sandbox::SandboxCommand),
+    /// Manage API tokens on a Warren server.
+    #[command(subcommand)]
+    Token(token::TokenCommand),
+    /// Manage workspaces on a Warren server (admin tokens only).
+    #[command(subcommand)]
+    Workspace(workspace::WorkspaceCommand),
 }
 
 fn main() {
@@ -46,17 +59,69 @@ fn main() {
         )
         .with_writer(std::io::stderr)
         .try_init();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => usage_error(e),
+    };
     let result = match cli.command {
         Command::Run(args) => run::run(&cli.data_dir, args),
         Command::Image(cmd) => image::run(&cli.data_dir, cmd),
         Command::Serve(args) => serve::run(&cli.data_dir, args),
+        Command::Sandbox(cmd) => sandbox::run(&cli.data_dir, cmd),
+        Command::Token(cmd) => token::run(&cli.data_dir, cmd),
+        Command::Workspace(cmd) => workspace::run(&cli.data_dir, cmd),
     };
     match result {
         Ok(code) => std::process::exit(code),
+        Err(e) if is_broken_pipe(&e) => {
+            // Our reader went away (`warren sandbox ls | head`): stop quietly.
+            std::process::exit(141);
+        }
         Err(e) => {
-            eprintln!("warren: {e:#}");
+            eprintln!("warren: {}", error_line(&e));
             std::process::exit(1);
         }
     }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// One line for an error: its context chain, then the API error code when
+/// the cause was a [`warren_client::ClientError`].
+fn error_line(e: &anyhow::Error) -> String {
+    let text = format!("{e:#}").replace('\n', " ");
+    match e
+        .chain()
+        .find_map(|c| c.downcast_ref::<warren_client::ClientError>())
+    {
+        Some(ce) => format!("{text} ({})", ce.code()),
+        None => text,
+    }
+}
+
+/// Prints help and version as clap does; any other parse error as one line
+/// on stderr, exiting 2.
+fn usage_error(e: clap::Error) -> ! {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        e.exit();
+    }
+    let rendered = e.render().to_string();
+    let first = rendered
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("invalid arguments");
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    eprintln!("warren: {first}; try --help (usage)");
+    std::process::exit(2);
 }

@@ -1,5 +1,9 @@
-//! `warren run`: create a sandbox, stream the command's output, exit with
-//! its code, remove the sandbox.
+//! `warren run`: run one command in a fresh sandbox and exit with its code.
+//!
+//! By default through a Warren server (`WARREN_URL`): create an idle sandbox
+//! with the given limits, exec the command buffered, print its output, then
+//! terminate the sandbox (unless `--keep`). With `--local`, in this process
+//! with the native runtime and the output streamed.
 
 use std::path::Path;
 use std::time::Duration;
@@ -8,13 +12,21 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use warren_runtime::{Limits, MainIo, Runtime, SandboxExit, SandboxId, SandboxSpec};
 
+use warren_proto::api::{CreateSandboxRequest, ExecRequest, MAX_TIMEOUT_SECS};
+
 use crate::local::Local;
+use crate::remote::{self, block_on, parse_pairs};
+use crate::sandbox;
+
+/// Extra lifetime given to the sandbox over the command's timeout, so the
+/// exec's own timeout (exit 124) fires before the sandbox's.
+const SANDBOX_GRACE_SECS: u64 = 30;
 
 #[derive(Args)]
 pub struct RunArgs {
-    /// Image to run (default: the built-in `host` image).
-    #[arg(long, default_value = "host")]
-    image: String,
+    /// Image to run (default: the server's default, or `host` with --local).
+    #[arg(long)]
+    image: Option<String>,
     /// Kill the sandbox after this many seconds.
     #[arg(long, default_value_t = 300)]
     timeout: u64,
@@ -27,24 +39,72 @@ pub struct RunArgs {
     /// Environment variable, KEY=VALUE (repeatable).
     #[arg(long = "env", value_name = "KEY=VALUE")]
     env: Vec<String>,
-    /// Working directory inside the sandbox.
-    #[arg(long, default_value = "/")]
-    workdir: String,
-    /// Run in this process without a server (the only mode until
-    /// `warren serve` exists).
-    #[arg(long, default_value_t = true)]
+    /// Working directory inside the sandbox (default: the image's, or `/`).
+    #[arg(long)]
+    workdir: Option<String>,
+    /// Run in this process with the native runtime instead of a server
+    /// (needs root and the data directory).
+    #[arg(long)]
     local: bool,
+    /// Leave the sandbox running afterwards (server mode); its id is printed
+    /// on stderr.
+    #[arg(long, conflicts_with = "local")]
+    keep: bool,
     /// The command and its arguments.
     #[arg(last = true, required = true)]
     command: Vec<String>,
 }
 
 pub fn run(data_dir: &Path, a: RunArgs) -> Result<i32> {
-    if !a.local {
-        bail!("only --local is available until the server exists");
+    if a.local {
+        run_local(data_dir, a)
+    } else {
+        run_remote(data_dir, a)
     }
+}
+
+fn run_remote(data_dir: &Path, a: RunArgs) -> Result<i32> {
+    let c = remote::client(data_dir)?;
+    let env = parse_pairs("env", &a.env)?;
+    block_on(async move {
+        let req = CreateSandboxRequest {
+            image: a.image,
+            command: None,
+            env: env.clone(),
+            workdir: a.workdir,
+            timeout_secs: Some((a.timeout + SANDBOX_GRACE_SECS).min(MAX_TIMEOUT_SECS)),
+            cpu: a.cpu,
+            memory_mib: a.memory,
+            ..Default::default()
+        };
+        let sb = c
+            .create_sandbox(&req)
+            .await
+            .context("creating the sandbox")?;
+        let exec = ExecRequest {
+            command: a.command,
+            env,
+            timeout_secs: Some(a.timeout),
+            ..Default::default()
+        };
+        let result = c.exec(&sb.id, &exec).await;
+        if a.keep {
+            eprintln!("warren: kept sandbox {}", sb.id);
+        } else if let Err(e) = c.terminate_sandbox(&sb.id).await {
+            eprintln!(
+                "warren: could not terminate sandbox {}: {e} ({}); it ends by its timeout",
+                sb.id,
+                e.code()
+            );
+        }
+        let res = result.context("running the command")?;
+        sandbox::report_exec(&res, Some(a.timeout))
+    })?
+}
+
+fn run_local(data_dir: &Path, a: RunArgs) -> Result<i32> {
     let local = Local::open(data_dir)?;
-    let (rootfs, config) = local.rootfs(&a.image)?;
+    let (rootfs, config) = local.rootfs(a.image.as_deref().unwrap_or("host"))?;
     let id = SandboxId::new(format!(
         "run-{}-{}",
         std::process::id(),
@@ -61,7 +121,7 @@ pub fn run(data_dir: &Path, a: RunArgs) -> Result<i32> {
         spec.env.retain(|e| e.split('=').next() != Some(key));
         spec.env.push(kv.clone());
     }
-    spec.workdir = a.workdir.clone();
+    spec.workdir = a.workdir.clone().unwrap_or_else(|| "/".to_string());
     spec.limits = Limits {
         cpu_millis: a.cpu.map(|c| (c * 1000.0).round() as u64),
         memory_bytes: a.memory.map(|m| m << 20),

@@ -21,11 +21,25 @@ pub fn run(data_dir: &Path, a: ServeArgs) -> Result<i32> {
         .context("starting the async runtime")?;
     let cfg = warren_server::ServerConfig::new(a.listen, data_dir);
     rt.block_on(async move {
-        let shutdown = async {
-            let _ = tokio::signal::ctrl_c().await;
-        };
+        let shutdown = shutdown_signal();
         warren_server::run(cfg, shutdown).await
     })
     .context("warren serve")?;
     Ok(0)
+}
+
+/// Resolves on SIGINT or SIGTERM, so a service manager's stop is graceful.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }
