@@ -83,14 +83,12 @@ pub fn describe_termination(t: &Termination) -> String {
     s
 }
 
-/// The process exit code that stands for an ended sandbox: its own exit
-/// code when its command exited, else 1.
+/// The process exit code that stands for an ended sandbox: its recorded
+/// code when there is one (an exit, or 137 for an OOM kill), else 1.
 pub fn exit_code_of(sb: &Sandbox) -> i32 {
     match &sb.termination {
         Some(Termination {
-            reason: TerminationReason::Exited,
-            exit_code: Some(c),
-            ..
+            exit_code: Some(c), ..
         }) => *c,
         _ => 1,
     }
