@@ -8,7 +8,10 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 [[ $(id -u) -eq 0 ]] || { echo "quickstart: run as root (sandboxes need namespaces and cgroups)" >&2; exit 1; }
 
 cargo build --release --quiet -p warren-cli -p warren-init
-warren=target/release/warren
+# The node prefers the small warren-init installed next to warren.
+install -m 0755 target/release/warren target/release/warren-init /usr/local/bin/
+warren=/usr/local/bin/warren
+echo "quickstart: installed warren and warren-init in /usr/local/bin"
 
 if ! "$warren" sandbox ls >/dev/null 2>&1; then
     log=/var/log/warren-serve.log
