@@ -6,6 +6,22 @@ use warren_proto::api;
 
 #[derive(OpenApi)]
 #[openapi(
+    paths(
+        crate::sandboxes::create,
+        crate::sandboxes::list,
+        crate::sandboxes::get_one,
+        crate::sandboxes::set_tags,
+        crate::sandboxes::terminate,
+        crate::sandboxes::wait,
+        crate::sandboxes::exec,
+        crate::stream::exec_stream,
+        crate::tokens::create_workspace,
+        crate::tokens::list_workspaces,
+        crate::tokens::create_token,
+        crate::tokens::list_tokens,
+        crate::tokens::revoke_token,
+    ),
+    modifiers(&BearerAuth),
     info(
         title = "Warren API",
         version = "1",
@@ -28,9 +44,27 @@ use warren_proto::api;
         api::ErrorBody,
         api::ErrorDetail,
         api::ErrorCode,
+        api::StreamExecStart,
+        api::StreamClientMsg,
+        api::StreamServerMsg,
+        api::TtySize,
     ))
 )]
 pub struct ApiDoc;
+
+/// Declares the `bearer` security scheme the paths refer to.
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
 
 /// `GET /v1/openapi.json`
 pub async fn serve() -> Json<utoipa::openapi::OpenApi> {

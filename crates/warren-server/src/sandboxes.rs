@@ -109,6 +109,10 @@ fn env_list(env: &BTreeMap<String, String>) -> Vec<String> {
 }
 
 /// `POST /v1/sandboxes`
+#[utoipa::path(post, path = "/v1/sandboxes", tag = "sandboxes", request_body = api::CreateSandboxRequest,
+    responses((status = 201, description = "The sandbox, running", body = api::Sandbox), (status = 400, description = "invalid_argument / invalid_json", body = api::ErrorBody), (status = 401, description = "unauthenticated", body = api::ErrorBody),
+        (status = 404, description = "image_not_found", body = api::ErrorBody), (status = 409, description = "name_conflict", body = api::ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn create(
     State(state): State<AppState>,
     auth: Auth,
@@ -174,6 +178,14 @@ pub async fn create(
 }
 
 /// `GET /v1/sandboxes?tag=k=v&name=&state=&limit=&cursor=`
+#[utoipa::path(get, path = "/v1/sandboxes", tag = "sandboxes",
+    params(("tag" = Option<String>, Query, description = "KEY=VALUE; repeatable, all must match"),
+        ("name" = Option<String>, Query, description = "Sandbox name"),
+        ("state" = Option<String>, Query, description = "creating, running, terminating or terminated"),
+        ("limit" = Option<u32>, Query, description = "Page size, 1-1000 (default 100)"),
+        ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")),
+    responses((status = 200, description = "Newest first", body = api::SandboxList), (status = 400, description = "invalid_argument / invalid_json", body = api::ErrorBody), (status = 401, description = "unauthenticated", body = api::ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn list(
     State(state): State<AppState>,
     auth: Auth,
@@ -216,6 +228,9 @@ pub async fn list(
 }
 
 /// `GET /v1/sandboxes/{id}`
+#[utoipa::path(get, path = "/v1/sandboxes/{id}", tag = "sandboxes", params(("id" = String, Path, description = "Sandbox id")),
+    responses((status = 200, body = api::Sandbox), (status = 404, description = "sandbox_not_found", body = api::ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn get_one(
     State(state): State<AppState>,
     auth: Auth,
@@ -225,6 +240,9 @@ pub async fn get_one(
 }
 
 /// `PUT /v1/sandboxes/{id}/tags`
+#[utoipa::path(put, path = "/v1/sandboxes/{id}/tags", tag = "sandboxes", params(("id" = String, Path, description = "Sandbox id")), request_body = api::SetTagsRequest,
+    responses((status = 200, body = api::Sandbox), (status = 400, description = "invalid_argument / invalid_json", body = api::ErrorBody), (status = 401, description = "unauthenticated", body = api::ErrorBody), (status = 404, description = "sandbox_not_found", body = api::ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn set_tags(
     State(state): State<AppState>,
     auth: Auth,
@@ -242,6 +260,9 @@ pub async fn set_tags(
 }
 
 /// `POST /v1/sandboxes/{id}/terminate`
+#[utoipa::path(post, path = "/v1/sandboxes/{id}/terminate", tag = "sandboxes", params(("id" = String, Path, description = "Sandbox id")),
+    responses((status = 200, description = "The ended sandbox", body = api::Sandbox), (status = 404, description = "sandbox_not_found", body = api::ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn terminate(
     State(state): State<AppState>,
     auth: Auth,
@@ -269,6 +290,10 @@ const MAX_WAIT_SECS: u64 = 300;
 
 /// `GET /v1/sandboxes/{id}/wait?timeout_secs=N`: returns as soon as the
 /// sandbox has ended, or after the timeout with its current state.
+#[utoipa::path(get, path = "/v1/sandboxes/{id}/wait", tag = "sandboxes",
+    params(("id" = String, Path, description = "Sandbox id"), ("timeout_secs" = Option<u64>, Query, description = "At most 300 (default 30)")),
+    responses((status = 200, description = "The sandbox once ended, or its state at the timeout", body = api::Sandbox), (status = 404, description = "sandbox_not_found", body = api::ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn wait(
     State(state): State<AppState>,
     auth: Auth,
@@ -298,6 +323,10 @@ pub async fn wait(
 
 /// `POST /v1/sandboxes/{id}/exec`: runs a command to completion and returns
 /// its exit and (bounded) output.
+#[utoipa::path(post, path = "/v1/sandboxes/{id}/exec", tag = "sandboxes", params(("id" = String, Path, description = "Sandbox id")), request_body = api::ExecRequest,
+    responses((status = 200, description = "How the command ended, with bounded output", body = api::ExecResult), (status = 400, description = "invalid_argument / invalid_json", body = api::ErrorBody), (status = 401, description = "unauthenticated", body = api::ErrorBody),
+        (status = 404, description = "sandbox_not_found", body = api::ErrorBody), (status = 409, description = "sandbox_terminated / sandbox_not_running", body = api::ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn exec(
     State(state): State<AppState>,
     auth: Auth,

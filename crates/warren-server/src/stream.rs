@@ -28,6 +28,11 @@ const CHUNK: usize = 64 * 1024;
 /// Longest wait for the client's start message.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// WebSocket upgrade; see docs/api.md for the frame protocol.
+#[utoipa::path(get, path = "/v1/sandboxes/{id}/exec/stream", tag = "sandboxes", params(("id" = String, Path, description = "Sandbox id")),
+    responses((status = 101, description = "WebSocket: first text frame StreamExecStart, then frames as in docs/api.md"),
+        (status = 404, description = "sandbox_not_found", body = api::ErrorBody), (status = 409, description = "sandbox_terminated", body = api::ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn exec_stream(
     State(state): State<AppState>,
     auth: Auth,

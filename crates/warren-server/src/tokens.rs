@@ -39,6 +39,9 @@ fn require_admin(auth: &Auth) -> Result<(), ApiError> {
 }
 
 /// `POST /v1/workspaces` (admin)
+#[utoipa::path(post, path = "/v1/workspaces", tag = "auth", request_body = api::CreateWorkspaceRequest,
+    responses((status = 201, body = api::Workspace), (status = 400, description = "invalid_argument / invalid_json", body = api::ErrorBody), (status = 401, description = "unauthenticated", body = api::ErrorBody), (status = 403, description = "forbidden", body = api::ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn create_workspace(
     State(state): State<AppState>,
     auth: Auth,
@@ -58,6 +61,8 @@ pub async fn create_workspace(
 }
 
 /// `GET /v1/workspaces`: all of them for admins, else the caller's own.
+#[utoipa::path(get, path = "/v1/workspaces", tag = "auth",
+    responses((status = 200, body = Vec<api::Workspace>)), security(("bearer" = [])))]
 pub async fn list_workspaces(
     State(state): State<AppState>,
     auth: Auth,
@@ -76,6 +81,9 @@ pub async fn list_workspaces(
 }
 
 /// `POST /v1/tokens`: returns the secret once.
+#[utoipa::path(post, path = "/v1/tokens", tag = "auth", request_body = api::CreateTokenRequest,
+    responses((status = 201, description = "The token with its secret (shown once)", body = api::Token), (status = 400, description = "invalid_argument / invalid_json", body = api::ErrorBody), (status = 401, description = "unauthenticated", body = api::ErrorBody), (status = 403, description = "forbidden", body = api::ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn create_token(
     State(state): State<AppState>,
     auth: Auth,
@@ -100,6 +108,8 @@ pub async fn create_token(
 }
 
 /// `GET /v1/tokens`: the caller's workspace's tokens (never their secrets).
+#[utoipa::path(get, path = "/v1/tokens", tag = "auth",
+    responses((status = 200, body = Vec<api::Token>)), security(("bearer" = [])))]
 pub async fn list_tokens(
     State(state): State<AppState>,
     auth: Auth,
@@ -109,6 +119,9 @@ pub async fn list_tokens(
 }
 
 /// `POST /v1/tokens/{id}/revoke`
+#[utoipa::path(post, path = "/v1/tokens/{id}/revoke", tag = "auth", params(("id" = String, Path, description = "Token id")),
+    responses((status = 204, description = "Revoked"), (status = 404, description = "not_found", body = api::ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn revoke_token(
     State(state): State<AppState>,
     auth: Auth,
