@@ -24,6 +24,7 @@
 //! Must not: trust anything from inside the sandbox, block on one client, or
 //! keep descriptors that sandbox processes could inherit (all are CLOEXEC).
 
+mod logring;
 mod server;
 mod setup;
 mod spawn;

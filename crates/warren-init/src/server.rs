@@ -86,19 +86,25 @@ fn run() -> Result<i32, ()> {
         return Err(());
     }
     let stdio_count = b.main.as_ref().map(|m| m.stdio.count()).unwrap_or(0);
-    if fds.len() != 4 + stdio_count {
+    let fixed = 4 + usize::from(b.main_log);
+    if fds.len() != fixed + stdio_count {
         fail(
             "fds",
             None,
             format!(
                 "expected {} descriptors, got {}",
-                4 + stdio_count,
+                fixed + stdio_count,
                 fds.len()
             ),
         );
         return Err(());
     }
-    let main_stdio: Vec<OwnedFd> = fds.split_off(4);
+    let mut main_stdio: Vec<OwnedFd> = fds.split_off(fixed);
+    let log_file = if b.main_log {
+        Some(fds.pop().expect("length checked above"))
+    } else {
+        None
+    };
     let netns = fds.pop().expect("length checked above");
     let result_file = fds.pop().expect("length checked above");
     let listener = fds.pop().expect("length checked above");
@@ -110,6 +116,8 @@ fn run() -> Result<i32, ()> {
         return Err(());
     }
     drop((userns, netns));
+    // Before any sandbox process runs: processes without some stdio share it.
+    let _ = spawn::open_dev_null();
 
     let mut init = Init {
         listener,
@@ -120,8 +128,55 @@ fn run() -> Result<i32, ()> {
         execs: HashMap::new(),
         main_pid: None,
         buf,
+        log: None,
     };
-    if let Some(main) = &b.main {
+    // The main command's unassigned stdout/stderr go through a pipe into
+    // the log ring.
+    let mut main_spec = b.main.clone();
+    if let (Some(file), Some(main)) = (log_file, main_spec.as_mut()) {
+        let (r, w) = match nix::unistd::pipe2(
+            nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK,
+        ) {
+            Ok(p) => p,
+            Err(e) => {
+                fail("main_log", Some(e as i32), "pipe".into());
+                return Err(());
+            }
+        };
+        // The write end must block for the writer (back-pressure is the
+        // ring's speed, not an EAGAIN the program does not expect).
+        let _ = nix::fcntl::fcntl(
+            &w,
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()),
+        );
+        let stdin = if main.stdio.stdin {
+            Some(main_stdio.remove(0))
+        } else {
+            None
+        };
+        let stdout = if main.stdio.stdout {
+            main_stdio.remove(0)
+        } else {
+            dup(&w)?
+        };
+        let stderr = if main.stdio.stderr {
+            main_stdio.remove(0)
+        } else {
+            dup(&w)?
+        };
+        drop(w);
+        main_stdio = stdin.into_iter().chain([stdout, stderr]).collect();
+        main.stdio.stdout = true;
+        main.stdio.stderr = true;
+        match crate::logring::LogRing::open(file, r) {
+            Ok(ring) => init.log = Some(ring),
+            Err(e) => {
+                fail("main_log", e.raw_os_error(), e.to_string());
+                return Err(());
+            }
+        }
+    }
+    if let Some(main) = &main_spec {
         match spawn::spawn(main, main_stdio) {
             Ok(s) => init.main_pid = Some(s.pid),
             Err(e) => {
@@ -162,11 +217,14 @@ struct Init {
     execs: HashMap<i32, ExecState>,
     main_pid: Option<i32>,
     buf: Vec<u8>,
+    /// The main command's captured output, when the node asked for it.
+    log: Option<crate::logring::LogRing>,
 }
 
 enum Source {
     Signals,
     Listener,
+    Log,
     Conn(u64),
 }
 
@@ -180,6 +238,10 @@ impl Init {
                     PollFd::new(self.sigfd.as_fd(), PollFlags::POLLIN),
                     PollFd::new(self.listener.as_fd(), PollFlags::POLLIN),
                 ];
+                if let Some(pipe) = self.log.as_ref().and_then(|l| l.pipe.as_ref()) {
+                    sources.push(Source::Log);
+                    pfds.push(PollFd::new(pipe.as_fd(), PollFlags::POLLIN));
+                }
                 for (id, c) in &self.conns {
                     sources.push(Source::Conn(*id));
                     pfds.push(PollFd::new(c.sock.as_fd(), PollFlags::POLLIN));
@@ -211,6 +273,11 @@ impl Init {
                         }
                     }
                     Source::Listener => self.on_accept(),
+                    Source::Log => {
+                        if let Some(l) = self.log.as_mut() {
+                            l.pump();
+                        }
+                    }
                     Source::Conn(id) => self.on_conn(id),
                 }
             }
@@ -281,6 +348,10 @@ impl Init {
             };
             let (pid, status) = status;
             if Some(pid) == self.main_pid {
+                // Keep what the main command printed last.
+                if let Some(l) = self.log.as_mut() {
+                    l.pump();
+                }
                 let result = MainResult { status };
                 if let Ok(bytes) = encode(&result) {
                     let _ = self.result_file.write_all(&bytes);
@@ -437,6 +508,10 @@ impl Init {
             }
         }
     }
+}
+
+fn dup(fd: &OwnedFd) -> Result<OwnedFd, ()> {
+    fd.try_clone().map_err(|_| ())
 }
 
 fn error(code: &str, errno: Option<i32>, message: String) -> Reply {

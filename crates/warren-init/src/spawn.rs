@@ -1,12 +1,26 @@
 //! Starting processes inside the sandbox (main command and execs).
+//!
+//! Everything is prepared here, in init: the argv and environment as C
+//! strings, the executable (a `PATH` search over the *new* environment, like
+//! `execvp` in the child would do), the stdio descriptors, a PTY for TTY
+//! execs. `warren_sys::spawn` then starts the process with
+//! `clone(CLONE_VM | CLONE_VFORK)` and only raw system calls before `execve`
+//! (no copy of init's page tables, no error pipe), and reports a failure
+//! with the exact step and errno, which are mapped to the stable protocol
+//! codes here. A child that failed has already been reaped when the error
+//! comes back, so its pid is never registered or reported.
 
-use std::fs::File;
-use std::os::fd::{AsFd, OwnedFd};
-use std::process::{Command, Stdio};
+use std::collections::BTreeMap;
+use std::ffi::CString;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::sync::OnceLock;
 
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use warren_proto::ProcessSpec;
+use warren_sys::spawn::{Credentials, SpawnSpec, SpawnStep};
 
 /// A started process.
 pub struct Started {
@@ -31,130 +45,171 @@ impl SpawnError {
             message: format!("{what}: {}", e.desc()),
         }
     }
+
+    fn bad_request(message: &str) -> Self {
+        SpawnError {
+            code: "bad_request",
+            errno: None,
+            message: message.into(),
+        }
+    }
+}
+
+/// The sandbox's `/dev/null`, opened once (right after setup, see
+/// [`open_dev_null`]) and shared by every process whose stdio is absent.
+static DEV_NULL: OnceLock<OwnedFd> = OnceLock::new();
+
+/// Opens the sandbox's `/dev/null` for later spawns, before any sandbox
+/// process could replace it. Call after the root filesystem is in place.
+pub fn open_dev_null() -> Result<BorrowedFd<'static>, SpawnError> {
+    if let Some(fd) = DEV_NULL.get() {
+        return Ok(fd.as_fd());
+    }
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open("/dev/null")
+        .map_err(|e| SpawnError::from_errno("exec_failed", io_errno(&e), "open /dev/null"))?;
+    Ok(DEV_NULL.get_or_init(|| OwnedFd::from(f)).as_fd())
 }
 
 /// Starts `spec` with the given stdio descriptors (in stdin, stdout, stderr
 /// order as flagged in `spec.stdio`; absent ones get `/dev/null`).
-pub fn spawn(spec: &ProcessSpec, mut fds: Vec<OwnedFd>) -> Result<Started, SpawnError> {
+pub fn spawn(spec: &ProcessSpec, fds: Vec<OwnedFd>) -> Result<Started, SpawnError> {
     let Some(program) = spec.argv.first() else {
-        return Err(SpawnError {
-            code: "bad_request",
-            errno: None,
-            message: "argv is empty".into(),
-        });
+        return Err(SpawnError::bad_request("argv is empty"));
     };
     if !spec.cwd.starts_with('/') {
-        return Err(SpawnError {
-            code: "bad_request",
-            errno: None,
-            message: "workdir must be absolute".into(),
-        });
+        return Err(SpawnError::bad_request("workdir must be absolute"));
     }
-    match std::fs::metadata(&spec.cwd) {
-        Ok(m) if m.is_dir() => {}
-        Ok(_) => {
-            return Err(SpawnError {
-                code: "workdir_not_directory",
-                errno: Some(libc::ENOTDIR),
-                message: format!("workdir {} is not a directory", spec.cwd),
-            })
-        }
-        Err(e) => {
-            return Err(SpawnError {
-                code: "workdir_not_found",
-                errno: e.raw_os_error(),
-                message: format!("workdir {}: {e}", spec.cwd),
-            })
-        }
-    }
+    let argv = spec
+        .argv
+        .iter()
+        .map(|a| CString::new(a.as_str()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| SpawnError::bad_request("argv must not contain NUL bytes"))?;
+    let envp = environment(&spec.env)?;
+    let cwd = CString::new(spec.cwd.as_str())
+        .map_err(|_| SpawnError::bad_request("workdir must not contain NUL bytes"))?;
 
-    let mut cmd = Command::new(program);
-    cmd.args(&spec.argv[1..]).env_clear().current_dir(&spec.cwd);
-    for kv in &spec.env {
-        match kv.split_once('=') {
-            Some((k, v)) if !k.is_empty() => {
-                cmd.env(k, v);
-            }
-            _ => {
-                return Err(SpawnError {
-                    code: "bad_request",
-                    errno: None,
-                    message: "env entries must be KEY=VALUE".into(),
-                })
-            }
+    let exe = match warren_sys::spawn::resolve_program(
+        &argv[0],
+        warren_sys::spawn::env_path(&envp),
+        Path::new(&spec.cwd),
+    ) {
+        Ok(exe) => exe,
+        Err(e) => {
+            // A bad workdir is reported first, as when it is checked first.
+            return Err(workdir_problem(&spec.cwd)
+                .unwrap_or_else(|| SpawnError::from_errno(exec_code(e), e, program)));
         }
-    }
+    };
 
     let mut pty_master = None;
-    let tty = if let Some(size) = spec.tty {
-        let (master, slave) = open_pty(size.rows, size.cols)?;
-        nix::unistd::fchown(&slave, Some(nix::unistd::Uid::from_raw(spec.uid)), None)
-            .map_err(|e| SpawnError::from_errno("pty_failed", e, "chown pty"))?;
-        let dup = |f: &File| {
-            f.try_clone()
-                .map_err(|e| SpawnError::from_errno("pty_failed", io_errno(&e), "dup pty"))
-        };
-        cmd.stdin(Stdio::from(dup(&slave)?))
-            .stdout(Stdio::from(dup(&slave)?))
-            .stderr(Stdio::from(dup(&slave)?));
-        pty_master = Some(master);
-        true
-    } else {
-        let mut take = |present: bool| -> Stdio {
-            if present && !fds.is_empty() {
-                Stdio::from(fds.remove(0))
-            } else {
-                Stdio::null()
-            }
-        };
-        let (i, o, e) = (spec.stdio.stdin, spec.stdio.stdout, spec.stdio.stderr);
-        cmd.stdin(take(i)).stdout(take(o)).stderr(take(e));
-        false
+    let slave = match spec.tty {
+        Some(size) => {
+            let (master, slave) = open_pty(size.rows, size.cols)?;
+            nix::unistd::fchown(&slave, Some(nix::unistd::Uid::from_raw(spec.uid)), None)
+                .map_err(|e| SpawnError::from_errno("pty_failed", e, "chown pty"))?;
+            pty_master = Some(master);
+            Some(slave)
+        }
+        None => None,
+    };
+    let stdio: [BorrowedFd<'_>; 3] = match &slave {
+        Some(s) => [s.as_fd(); 3],
+        None => {
+            let mut given = fds.iter();
+            let mut pick = |present: bool| -> Result<BorrowedFd<'_>, SpawnError> {
+                match if present { given.next() } else { None } {
+                    Some(fd) => Ok(fd.as_fd()),
+                    None => open_dev_null(),
+                }
+            };
+            let (i, o, e) = (spec.stdio.stdin, spec.stdio.stdout, spec.stdio.stderr);
+            [pick(i)?, pick(o)?, pick(e)?]
+        }
     };
 
-    let (uid, gid, groups) = (spec.uid, spec.gid, spec.groups.clone());
-    // Runs in the forked child before exec (init is single-threaded).
-    let pre = move || -> std::io::Result<()> {
-        // Init blocks the signals it reads through its signalfd; the
-        // workload must start with an empty mask.
-        warren_sys::proc::unblock_all_signals().map_err(std::io::Error::from)?;
-        nix::unistd::setsid().map_err(std::io::Error::from)?;
-        if tty {
-            let stdin = std::io::stdin();
-            warren_sys::term::set_controlling_tty(stdin.as_fd()).map_err(std::io::Error::from)?;
-        }
+    let spawn_spec = SpawnSpec {
+        program: &exe,
+        argv: &argv,
+        envp: &envp,
+        stdio,
+        cwd: Some(&cwd),
+        // Each process leads its own session and process group.
+        new_session: true,
+        controlling_tty: slave.is_some(),
         // Undo init's own OOM protection for the workload.
-        let _ = std::fs::write("/proc/self/oom_score_adj", "0");
-        let gids: Vec<nix::unistd::Gid> = groups
-            .iter()
-            .map(|g| nix::unistd::Gid::from_raw(*g))
-            .collect();
-        nix::unistd::setgroups(&gids).map_err(std::io::Error::from)?;
-        let g = nix::unistd::Gid::from_raw(gid);
-        nix::unistd::setresgid(g, g, g).map_err(std::io::Error::from)?;
-        let u = nix::unistd::Uid::from_raw(uid);
-        nix::unistd::setresuid(u, u, u).map_err(std::io::Error::from)?;
-        Ok(())
+        reset_oom_score_adj: true,
+        credentials: Some(Credentials {
+            uid: spec.uid,
+            gid: spec.gid,
+            groups: &spec.groups,
+        }),
     };
-    let cmd = warren_sys::proc::pre_exec_single_threaded(&mut cmd, pre)
-        .map_err(|e| SpawnError::from_errno("exec_failed", io_errno(&e), "pre_exec"))?;
-    match cmd.spawn() {
-        Ok(child) => {
-            let pid = child.id() as i32;
-            // Reaping happens in the event loop via waitpid(-1).
-            std::mem::forget(child);
-            Ok(Started { pid, pty_master })
+    match warren_sys::spawn::spawn(&spawn_spec) {
+        // Reaping happens in the event loop via waitpid(-1).
+        Ok(pid) => Ok(Started { pid, pty_master }),
+        Err(e) => Err(match e.step {
+            SpawnStep::Chdir => workdir_error(&spec.cwd, e.errno),
+            SpawnStep::Exec => SpawnError::from_errno(exec_code(e.errno), e.errno, program),
+            step => {
+                SpawnError::from_errno(exec_code(e.errno), e.errno, &format!("{program}: {step}"))
+            }
+        }),
+    }
+}
+
+/// The environment as `std::process::Command::env` built it before: a key's
+/// last value wins, and keys are sorted.
+fn environment(env: &[String]) -> Result<Vec<CString>, SpawnError> {
+    let mut vars = BTreeMap::new();
+    for kv in env {
+        match kv.split_once('=') {
+            Some((k, v)) if !k.is_empty() => {
+                vars.insert(k, v);
+            }
+            _ => return Err(SpawnError::bad_request("env entries must be KEY=VALUE")),
         }
-        Err(e) => {
-            let errno = io_errno(&e);
-            let code = match errno {
-                Errno::ENOENT => "exec_not_found",
-                Errno::EACCES | Errno::EPERM => "exec_permission_denied",
-                Errno::ENOEXEC => "exec_format_error",
-                _ => "exec_failed",
-            };
-            Err(SpawnError::from_errno(code, errno, program))
+    }
+    vars.into_iter()
+        .map(|(k, v)| CString::new(format!("{k}={v}")))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| SpawnError::bad_request("env must not contain NUL bytes"))
+}
+
+fn exec_code(e: Errno) -> &'static str {
+    match e {
+        Errno::ENOENT => "exec_not_found",
+        Errno::EACCES | Errno::EPERM => "exec_permission_denied",
+        Errno::ENOEXEC => "exec_format_error",
+        _ => "exec_failed",
+    }
+}
+
+/// The error for a workdir that is not an existing directory, if it is not.
+fn workdir_problem(cwd: &str) -> Option<SpawnError> {
+    match std::fs::metadata(cwd) {
+        Ok(m) if m.is_dir() => None,
+        Ok(_) => Some(workdir_error(cwd, Errno::ENOTDIR)),
+        Err(e) => Some(workdir_error(cwd, io_errno(&e))),
+    }
+}
+
+/// Maps a failed `chdir` (or `stat`) of the workdir to a protocol code.
+fn workdir_error(cwd: &str, e: Errno) -> SpawnError {
+    match e {
+        Errno::ENOTDIR if std::fs::metadata(cwd).is_ok_and(|m| !m.is_dir()) => SpawnError {
+            code: "workdir_not_directory",
+            errno: Some(libc::ENOTDIR),
+            message: format!("workdir {cwd} is not a directory"),
+        },
+        Errno::EACCES | Errno::EPERM => {
+            SpawnError::from_errno("exec_permission_denied", e, &format!("workdir {cwd}"))
         }
+        _ => SpawnError::from_errno("workdir_not_found", e, &format!("workdir {cwd}")),
     }
 }
 
@@ -162,7 +217,7 @@ fn io_errno(e: &std::io::Error) -> Errno {
     Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
 }
 
-fn open_pty(rows: u16, cols: u16) -> Result<(OwnedFd, File), SpawnError> {
+fn open_pty(rows: u16, cols: u16) -> Result<(OwnedFd, OwnedFd), SpawnError> {
     use nix::pty::{grantpt, posix_openpt, ptsname_r, unlockpt};
     let master = posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
         .map_err(|e| SpawnError::from_errno("pty_failed", e, "open /dev/ptmx"))?;
@@ -178,8 +233,5 @@ fn open_pty(rows: u16, cols: u16) -> Result<(OwnedFd, File), SpawnError> {
         .map_err(|e| SpawnError::from_errno("pty_failed", io_errno(&e), "open pty slave"))?;
     warren_sys::term::set_window_size(slave.as_fd(), rows, cols)
         .map_err(|e| SpawnError::from_errno("pty_failed", e, "set window size"))?;
-    let master: OwnedFd = master.into();
-    Ok((master, slave))
+    Ok((master.into(), slave.into()))
 }
-
-use std::os::unix::fs::OpenOptionsExt;

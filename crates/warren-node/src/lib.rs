@@ -60,6 +60,8 @@ pub struct CreateRequest {
     pub env: Vec<String>,
     pub workdir: Option<String>,
     pub limits: Limits,
+    /// Capture the main command's output into a ring of this many bytes.
+    pub log_capacity: Option<u64>,
 }
 
 /// The per-machine agent.
@@ -124,6 +126,7 @@ impl Node {
                 stdin: None,
                 stdout,
                 stderr,
+                log_capacity: req.log_capacity,
             };
             Ok(node.rt.create(&spec, io)?)
         })
@@ -141,6 +144,17 @@ impl Node {
                 .map_err(|source| NodeError::Image { reference, source })
         })
         .await?
+    }
+
+    /// The retained end of a running sandbox's main-command output.
+    pub async fn read_log(
+        &self,
+        id: &SandboxId,
+        tail: Option<u64>,
+    ) -> Result<warren_runtime::MainLog, NodeError> {
+        let rt = self.rt.clone();
+        let id = id.clone();
+        Ok(tokio::task::spawn_blocking(move || rt.read_log(&id, tail)).await??)
     }
 
     /// Waits (on the event loop, no thread) until the sandbox ends.

@@ -138,9 +138,13 @@ pub struct Bootstrap {
     pub tmp_size_bytes: Option<u64>,
     /// The main command; `None` = idle until terminated.
     pub main: Option<ProcessSpec>,
+    /// A log ring file (see [`crate::log`]) comes with the descriptors;
+    /// init captures the main command's unassigned stdout/stderr into it.
+    #[serde(default)]
+    pub main_log: bool,
     /// Descriptor order: user namespace, control listener, result file,
-    /// network namespace, then the main command's stdio as flagged in
-    /// `main.stdio`.
+    /// network namespace, the log ring (when `main_log`), then the main
+    /// command's stdio as flagged in `main.stdio`.
     pub fds: BootstrapFds,
 }
 
@@ -148,8 +152,8 @@ pub struct Bootstrap {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BootstrapFds {
-    /// `[userns, listener, result_file, netns, stdin?, stdout?, stderr?]`
-    UsernsListenerResultNetnsStdio,
+    /// `[userns, listener, result_file, netns, log?, stdin?, stdout?, stderr?]`
+    UsernsListenerResultNetnsLogStdio,
 }
 
 /// Init's answer to [`Bootstrap`].

@@ -1,6 +1,7 @@
 //! warren-proto: the wire types Warren components exchange. No I/O here.
 //!
 //! - [`init`]: the node ↔ sandbox-init protocol (versioned, Unix sockets).
+//! - [`log`]: the ring-file format of a main command's output.
 //! - [`api`]: the public HTTP API's request and response bodies (`/v1`),
 //!   with OpenAPI schemas; shared by the server, the Rust client and the CLI
 //!   so they cannot drift apart.
@@ -10,5 +11,6 @@
 
 pub mod api;
 pub mod init;
+pub mod log;
 
 pub use init::*;

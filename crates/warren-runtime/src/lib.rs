@@ -84,6 +84,18 @@ pub enum Recovered {
     Ended(SandboxId, SandboxExit),
 }
 
+/// Captured output of a main command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MainLog {
+    /// The retained bytes, oldest first (stdout and stderr interleaved as
+    /// written).
+    pub bytes: Vec<u8>,
+    /// Older bytes not included: overwritten by the ring, or cut by `tail`.
+    pub skipped: u64,
+    /// Bytes written since the sandbox started.
+    pub total: u64,
+}
+
 /// Facts about a created sandbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SandboxInfo {
@@ -128,6 +140,10 @@ pub trait Runtime: Send + Sync {
 
     /// Re-adopts or cleans up the sandboxes a previous process left behind.
     fn recover(&self) -> Result<Vec<Recovered>, RuntimeError>;
+
+    /// The retained end of the main command's captured output (see
+    /// `MainIo::log_capacity`); the last `tail` bytes when given.
+    fn read_log(&self, id: &SandboxId, tail: Option<u64>) -> Result<MainLog, RuntimeError>;
 
     /// Ids of the sandboxes this runtime currently manages.
     fn list(&self) -> Vec<SandboxId>;

@@ -172,6 +172,11 @@ pub struct MainIo {
     pub stdin: Option<OwnedFd>,
     pub stdout: Option<OwnedFd>,
     pub stderr: Option<OwnedFd>,
+    /// Capture the main command's stdout and stderr (those not given above)
+    /// into a ring log of this many bytes, kept by init in the sandbox's
+    /// state directory: it survives node restarts and never grows past its
+    /// capacity. Read it with `Runtime::read_log`.
+    pub log_capacity: Option<u64>,
 }
 
 /// How an exec's standard streams are connected.

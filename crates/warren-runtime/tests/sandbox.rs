@@ -164,6 +164,68 @@ fn main_command_output_and_exit_code() -> Result<()> {
     Ok(())
 }
 
+fn main_output_is_captured_in_a_bounded_log() -> Result<()> {
+    let sb = Sb::with(
+        "log",
+        |s| {
+            s.command = Some(vec![
+                "sh".into(),
+                "-c".into(),
+                "echo first; echo to-stderr >&2; seq 1 20000; exit 4".into(),
+            ])
+        },
+        MainIo {
+            log_capacity: Some(4096),
+            ..Default::default()
+        },
+    )?;
+    let exit = sb.f.rt.wait(&sb.id, Some(Duration::from_secs(20)))?;
+    ensure!(
+        exit == Some(SandboxExit::Exited { code: 4 }),
+        "exit {exit:?}"
+    );
+    // seq 1 20000 prints 108894 bytes; plus "first\n" and "to-stderr\n".
+    let total: u64 = 6 + 10 + 108_894;
+    let log = sb.f.rt.read_log(&sb.id, None)?;
+    ensure!(log.total == total, "total {} != {total}", log.total);
+    ensure!(
+        log.bytes.len() == 4096 && log.skipped == total - 4096,
+        "kept {} skipped {}",
+        log.bytes.len(),
+        log.skipped
+    );
+    ensure!(
+        log.bytes.ends_with(b"19999\n20000\n"),
+        "tail {:?}",
+        String::from_utf8_lossy(&log.bytes[4000..])
+    );
+    let tail = sb.f.rt.read_log(&sb.id, Some(6))?;
+    ensure!(tail.bytes == b"20000\n", "tail {:?}", tail.bytes);
+    // Small outputs are kept whole, stdout and stderr interleaved in order.
+    let sb2 = Sb::with(
+        "log2",
+        |s| {
+            s.command = Some(vec![
+                "sh".into(),
+                "-c".into(),
+                "echo a; echo b >&2; echo c".into(),
+            ])
+        },
+        MainIo {
+            log_capacity: Some(1 << 20),
+            ..Default::default()
+        },
+    )?;
+    sb2.f.rt.wait(&sb2.id, Some(Duration::from_secs(20)))?;
+    let log = sb2.f.rt.read_log(&sb2.id, None)?;
+    ensure!(
+        log.bytes == b"a\nb\nc\n" && log.skipped == 0,
+        "{:?}",
+        String::from_utf8_lossy(&log.bytes)
+    );
+    Ok(())
+}
+
 fn exec_stdout_stderr_exit_codes() -> Result<()> {
     let sb = Sb::idle("exec")?;
     let (exit, out, err) = sb.sh("echo out; echo err >&2; exit 3")?;
@@ -776,6 +838,10 @@ fn main() {
         trial(
             "main_command_output_and_exit_code",
             main_command_output_and_exit_code,
+        ),
+        trial(
+            "main_output_is_captured_in_a_bounded_log",
+            main_output_is_captured_in_a_bounded_log,
         ),
         trial(
             "exec_stdout_stderr_exit_codes",

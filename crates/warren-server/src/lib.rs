@@ -12,6 +12,7 @@
 
 mod auth;
 mod error;
+mod logs;
 mod metrics;
 mod openapi;
 mod sandboxes;
@@ -109,6 +110,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/sandboxes/{id}/terminate", post(sandboxes::terminate))
         .route("/v1/sandboxes/{id}/wait", get(sandboxes::wait))
         .route("/v1/sandboxes/{id}/exec", post(sandboxes::exec))
+        .route("/v1/sandboxes/{id}/logs", get(logs::logs))
         .route("/v1/sandboxes/{id}/exec/stream", get(stream::exec_stream))
         .route(
             "/v1/workspaces",
@@ -149,7 +151,8 @@ pub async fn open(cfg: &ServerConfig) -> Result<AppState, ServeError> {
     rt_cfg.cgroup_parent = cfg.cgroup_parent.clone();
     let rt = warren_runtime::NativeRuntime::new(rt_cfg)?;
     let node = Node::new(rt, images);
-    let supervisor = supervisor::Supervisor::new(store.clone(), node.clone());
+    let supervisor =
+        supervisor::Supervisor::new(store.clone(), node.clone(), cfg.data_dir.join("logs"));
     let state = AppState {
         store,
         node,

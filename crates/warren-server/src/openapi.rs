@@ -15,6 +15,7 @@ use warren_proto::api;
         crate::sandboxes::wait,
         crate::sandboxes::exec,
         crate::stream::exec_stream,
+        crate::logs::logs,
         crate::tokens::create_workspace,
         crate::tokens::list_workspaces,
         crate::tokens::create_token,

@@ -163,6 +163,7 @@ pub async fn create(
             memory_bytes: req.memory_mib.map(|m| m << 20),
             pids: None,
         },
+        log_capacity: Some(crate::logs::LOG_CAPACITY),
     };
     let started = std::time::Instant::now();
     if let Err(e) = state.supervisor.start(&rec, node_req).await {

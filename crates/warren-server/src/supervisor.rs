@@ -21,6 +21,8 @@ pub struct Supervisor {
     active: Arc<Mutex<HashMap<String, usize>>>,
     /// Woken whenever any sandbox ends (long-poll waiters re-check).
     ended: Arc<Notify>,
+    /// Where ended sandboxes' logs are kept.
+    logs_dir: Arc<std::path::PathBuf>,
 }
 
 /// Marks a sandbox busy while alive (an exec is running).
@@ -68,12 +70,31 @@ fn termination_of(exit: &SandboxExit) -> Termination {
 }
 
 impl Supervisor {
-    pub fn new(store: Store, node: Node) -> Self {
+    pub fn new(store: Store, node: Node, logs_dir: std::path::PathBuf) -> Self {
         Supervisor {
             store,
             node,
             active: Arc::default(),
             ended: Arc::new(Notify::new()),
+            logs_dir: Arc::new(logs_dir),
+        }
+    }
+
+    pub fn logs_dir(&self) -> &std::path::Path {
+        &self.logs_dir
+    }
+
+    /// Keeps an ending sandbox's output after its state directory is gone.
+    async fn preserve_log(&self, id: &SandboxId) {
+        if let Ok(log) = self.node.read_log(id, None).await {
+            let dir = self.logs_dir.clone();
+            let id = id.to_string();
+            let _ = tokio::task::spawn_blocking(move || {
+                if let Err(e) = crate::logs::preserve(&dir, &id, &log) {
+                    warn!(sandbox_id = %id, error = %e, "keeping the sandbox's log failed");
+                }
+            })
+            .await;
         }
     }
 
@@ -126,6 +147,7 @@ impl Supervisor {
                     Ok(exit) => termination_of(&exit),
                     Err(e) => Termination::new(TerminationReason::Error).with_detail(e.to_string()),
                 };
+                sup.preserve_log(&id).await;
                 if let Err(e) = sup.store.finish_sandbox(id.as_str(), &t).await {
                     warn!(error = %e, "recording the end of a sandbox failed");
                 }
@@ -155,8 +177,14 @@ impl Supervisor {
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut last_prune = std::time::Instant::now();
             loop {
                 tick.tick().await;
+                if last_prune.elapsed() > Duration::from_secs(60) {
+                    last_prune = std::time::Instant::now();
+                    let dir = sup.logs_dir.clone();
+                    tokio::task::spawn_blocking(move || crate::logs::prune(&dir));
+                }
                 let now = now_ms();
                 let expired = match sup.store.expired(now).await {
                     Ok(v) => v,

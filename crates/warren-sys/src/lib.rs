@@ -4,7 +4,8 @@
 //! runtime and the in-sandbox init need and that `nix`/`std` do not offer
 //! (or offer only in a form that allocates where allocation is forbidden):
 //! `clone` into new namespaces followed by `execveat` of a sealed memfd,
-//! pidfds, the new mount API (`open_tree`, `mount_setattr` with idmaps,
+//! a `posix_spawn`-style `clone(CLONE_VM | CLONE_VFORK)` spawn for init's
+//! workloads, pidfds, the new mount API (`open_tree`, `mount_setattr` with idmaps,
 //! `move_mount`), terminal ioctls and a few `prctl`s.
 //!
 //! Invariants:
@@ -23,6 +24,7 @@ pub mod net;
 pub mod pidfd;
 pub mod proc;
 pub mod socket;
+pub mod spawn;
 pub mod term;
 
 pub use nix::errno::Errno;

@@ -227,6 +227,10 @@ impl NativeRuntime {
             .open(dir.join("result"))
             .map_err(RuntimeError::prepare(dir.join("result")))?;
 
+        let log = match io.log_capacity {
+            Some(cap) if spec.command.is_some() => Some(create_log(dir, cap)?),
+            _ => None,
+        };
         let main = match &spec.command {
             None => None,
             Some(argv) => Some(ProcessSpec {
@@ -277,7 +281,8 @@ impl NativeRuntime {
                 .collect::<Result<_, _>>()?,
             tmp_size_bytes: spec.limits.memory_bytes,
             main,
-            fds: BootstrapFds::UsernsListenerResultNetnsStdio,
+            main_log: log.is_some(),
+            fds: BootstrapFds::UsernsListenerResultNetnsLogStdio,
         };
         let msg = warren_proto::encode(&boot)?;
 
@@ -326,12 +331,15 @@ impl NativeRuntime {
             result.as_fd(),
             netns.as_fd(),
         ];
+        if let Some(l) = &log {
+            fds.push(l.as_fd());
+        }
         for f in [&io.stdin, &io.stdout, &io.stderr].into_iter().flatten() {
             fds.push(f.as_fd());
         }
         let sent = control::send(ours.as_fd(), &msg, &fds);
         drop(fds);
-        drop((userns, listener, result, netns, io));
+        drop((userns, listener, result, netns, log, io));
         if let Err(e) = sent {
             // Init died before reading, or the message was refused.
             return Err(self.abandon(sandbox, e));
@@ -748,6 +756,18 @@ impl Runtime for NativeRuntime {
         Ok(out)
     }
 
+    fn read_log(&self, id: &SandboxId, tail: Option<u64>) -> Result<crate::MainLog, RuntimeError> {
+        let sb = self.get(id)?;
+        let path = sb.dir.join(LOG_FILE);
+        read_log_file(&path, tail).map_err(|source| match source.kind() {
+            std::io::ErrorKind::NotFound => RuntimeError::InvalidSpec {
+                field: "log",
+                reason: "the sandbox's main command output is not captured".into(),
+            },
+            _ => RuntimeError::PrepareState { path, source },
+        })
+    }
+
     fn list(&self) -> Vec<SandboxId> {
         let mut v: Vec<SandboxId> = self
             .sandboxes
@@ -808,6 +828,59 @@ fn prepare_dirs(dir: &Path, layers: usize, base: u32) -> Result<(), RuntimeError
     fs::set_permissions(&upper, fs::Permissions::from_mode(0o755))
         .map_err(RuntimeError::prepare(&upper))?;
     Ok(())
+}
+
+/// The main command's log ring in the state directory.
+const LOG_FILE: &str = "main.log";
+
+/// Largest log ring a sandbox may ask for.
+pub const MAX_LOG_CAPACITY: u64 = 64 << 20;
+
+fn create_log(dir: &Path, capacity: u64) -> Result<fs::File, RuntimeError> {
+    if capacity == 0 || capacity > MAX_LOG_CAPACITY {
+        return Err(RuntimeError::InvalidSpec {
+            field: "log_capacity",
+            reason: format!("must be between 1 and {MAX_LOG_CAPACITY} bytes"),
+        });
+    }
+    let path = dir.join(LOG_FILE);
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(RuntimeError::prepare(&path))?;
+    use std::io::Write;
+    let header = warren_proto::log::LogHeader { capacity, total: 0 };
+    (&f).write_all(&header.encode())
+        .map_err(RuntimeError::prepare(&path))?;
+    // Sparse: the data region takes disk space only as output arrives.
+    f.set_len(warren_proto::log::HEADER_LEN + capacity)
+        .map_err(RuntimeError::prepare(&path))?;
+    Ok(f)
+}
+
+/// Reads the retained part of a log ring at `path`.
+pub fn read_log_file(path: &Path, tail: Option<u64>) -> std::io::Result<crate::MainLog> {
+    use std::os::unix::fs::FileExt;
+    let f = fs::File::open(path)?;
+    let mut h = [0u8; warren_proto::log::HEADER_LEN as usize];
+    f.read_exact_at(&mut h, 0)?;
+    let header = warren_proto::log::LogHeader::decode(&h)
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "not a log ring"))?;
+    let (ranges, dropped) = header.read_ranges(tail);
+    let mut bytes = Vec::with_capacity(ranges.iter().map(|r| r.1 as usize).sum());
+    for (off, len) in ranges {
+        let start = bytes.len();
+        bytes.resize(start + len as usize, 0);
+        f.read_exact_at(&mut bytes[start..], off)?;
+    }
+    Ok(crate::MainLog {
+        bytes,
+        skipped: dropped,
+        total: header.total,
+    })
 }
 
 fn empty_dir(dir: &Path) -> std::io::Result<()> {
