@@ -7,6 +7,8 @@ mod remote;
 mod run;
 mod sandbox;
 mod serve;
+mod stream;
+mod term;
 mod token;
 mod workspace;
 

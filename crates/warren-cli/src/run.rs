@@ -1,9 +1,11 @@
 //! `warren run`: run one command in a fresh sandbox and exit with its code.
 //!
 //! By default through a Warren server (`WARREN_URL`): create an idle sandbox
-//! with the given limits, exec the command buffered, print its output, then
-//! terminate the sandbox (unless `--keep`). With `--local`, in this process
-//! with the native runtime and the output streamed.
+//! with the given limits, run the command over the streaming exec (output
+//! live; SIGINT, SIGTERM, SIGHUP and SIGQUIT forwarded to it), then
+//! terminate the sandbox on every exit path, Ctrl-C included (unless
+//! `--keep`). With `--local`, in this process with the native runtime and
+//! the output streamed.
 
 use std::path::Path;
 use std::time::Duration;
@@ -12,11 +14,11 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use warren_runtime::{Limits, MainIo, Runtime, SandboxExit, SandboxId, SandboxSpec};
 
-use warren_proto::api::{CreateSandboxRequest, ExecRequest, MAX_TIMEOUT_SECS};
+use warren_proto::api::{CreateSandboxRequest, StreamExecStart, MAX_TIMEOUT_SECS};
 
 use crate::local::Local;
 use crate::remote::{self, block_on, parse_pairs};
-use crate::sandbox;
+use crate::stream::{self, Attach, Signals, SIGWINCH};
 
 /// Extra lifetime given to the sandbox over the command's timeout, so the
 /// exec's own timeout (exit 124) fires before the sandbox's.
@@ -50,6 +52,12 @@ pub struct RunArgs {
     /// on stderr.
     #[arg(long, conflicts_with = "local")]
     keep: bool,
+    /// Forward our stdin to the command (server mode).
+    #[arg(short, long, conflicts_with = "local")]
+    interactive: bool,
+    /// Run under a pseudo-terminal (server mode); see `sandbox exec -t`.
+    #[arg(short, long, conflicts_with = "local")]
+    tty: bool,
     /// The command and its arguments.
     #[arg(last = true, required = true)]
     command: Vec<String>,
@@ -67,6 +75,9 @@ fn run_remote(data_dir: &Path, a: RunArgs) -> Result<i32> {
     let c = remote::client(data_dir)?;
     let env = parse_pairs("env", &a.env)?;
     block_on(async move {
+        // Handlers first: from here on a Ctrl-C can no longer kill us
+        // between creating the sandbox and terminating it.
+        let mut signals = Signals::install()?;
         let req = CreateSandboxRequest {
             image: a.image,
             command: None,
@@ -77,17 +88,40 @@ fn run_remote(data_dir: &Path, a: RunArgs) -> Result<i32> {
             memory_mib: a.memory,
             ..Default::default()
         };
-        let sb = c
-            .create_sandbox(&req)
-            .await
-            .context("creating the sandbox")?;
-        let exec = ExecRequest {
-            command: a.command,
-            env,
-            timeout_secs: Some(a.timeout),
-            ..Default::default()
+        let create = c.create_sandbox(&req);
+        tokio::pin!(create);
+        let mut interrupted = None;
+        let created = loop {
+            tokio::select! {
+                r = &mut create => break r,
+                s = signals.recv() => {
+                    // Finish creating (bounded by the request timeout) so
+                    // the sandbox can be cleaned up, then stop.
+                    if s != SIGWINCH {
+                        interrupted.get_or_insert(s);
+                    }
+                }
+            }
         };
-        let result = c.exec(&sb.id, &exec).await;
+        let sb = created.context("creating the sandbox")?;
+        let result = match interrupted {
+            Some(sig) => Ok(stream::signal_exit(sig)),
+            None => {
+                let start = StreamExecStart {
+                    command: a.command,
+                    env,
+                    timeout_secs: Some(a.timeout),
+                    ..Default::default()
+                };
+                let attach = Attach {
+                    stdin: a.interactive,
+                    tty: a.tty,
+                };
+                stream::exec(&c, &sb.id, start, attach, &mut signals)
+                    .await
+                    .context("running the command")
+            }
+        };
         if a.keep {
             eprintln!("warren: kept sandbox {}", sb.id);
         } else if let Err(e) = c.terminate_sandbox(&sb.id).await {
@@ -97,8 +131,7 @@ fn run_remote(data_dir: &Path, a: RunArgs) -> Result<i32> {
                 e.code()
             );
         }
-        let res = result.context("running the command")?;
-        sandbox::report_exec(&res, Some(a.timeout))
+        result
     })?
 }
 
@@ -132,6 +165,7 @@ fn run_local(data_dir: &Path, a: RunArgs) -> Result<i32> {
         stdin: None,
         stdout: Some(dup_std(1)?),
         stderr: Some(dup_std(2)?),
+        log_capacity: None,
     };
     local.rt.create(&spec, io).context("creating the sandbox")?;
     let exit = local.rt.wait(&id, Some(Duration::from_secs(a.timeout)));

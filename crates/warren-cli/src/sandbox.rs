@@ -1,16 +1,16 @@
 //! `warren sandbox`: create, list, inspect, exec in, terminate and wait for
 //! sandboxes on a Warren server.
 
-use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
 use warren_client::{state_str, Client, ListSandboxes};
-use warren_proto::api::{CreateSandboxRequest, ExecRequest, ExecResult, Sandbox, SandboxState};
+use warren_proto::api::{CreateSandboxRequest, Sandbox, SandboxState, StreamExecStart};
 
 use crate::remote::{self, block_on, describe_termination, outln, parse_pairs};
+use crate::stream::{self, Attach, Signals};
 
 /// Exit code of a command that timed out (as `timeout(1)` uses).
 pub const TIMED_OUT_EXIT: i32 = 124;
@@ -28,8 +28,12 @@ pub enum SandboxCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Run a command in a sandbox; prints its output and exits with its code.
+    /// Run a command in a sandbox, streaming its output live; exits with its
+    /// code (124 on --timeout).
     Exec(ExecArgs),
+    /// Open an interactive login shell in a sandbox (bash if present, else
+    /// sh) under a terminal.
+    Shell { id: String },
     /// Terminate a sandbox.
     Terminate { id: String },
     /// Wait for a sandbox to end; prints why and exits with its exit code
@@ -120,10 +124,26 @@ pub struct ExecArgs {
     /// Working directory (default: the sandbox's).
     #[arg(long)]
     workdir: Option<String>,
+    /// Forward our stdin to the command (EOF closes its stdin).
+    #[arg(short, long)]
+    interactive: bool,
+    /// Run under a pseudo-terminal sized like ours; with -i, our terminal
+    /// is put in raw mode and its keys (Ctrl-C too) go to the command.
+    #[arg(short, long)]
+    tty: bool,
     /// The command and its arguments.
     #[arg(last = true, required = true)]
     command: Vec<String>,
 }
+
+/// What `sandbox shell` runs: a login bash when the image has one, else a
+/// login sh. (Not `exec bash -l 2>/dev/null || ...`: that redirect would
+/// send the interactive bash's own stderr, prompt included, to /dev/null.)
+pub const SHELL_COMMAND: [&str; 3] = [
+    "/bin/sh",
+    "-c",
+    "if command -v bash >/dev/null 2>&1; then exec bash -l; else exec sh -l; fi",
+];
 
 pub fn run(data_dir: &Path, cmd: SandboxCommand) -> Result<i32> {
     let client = remote::client(data_dir)?;
@@ -174,15 +194,31 @@ async fn dispatch(c: &Client, cmd: SandboxCommand) -> Result<i32> {
             Ok(0)
         }
         SandboxCommand::Exec(a) => {
-            let req = ExecRequest {
+            let start = StreamExecStart {
                 command: a.command,
                 env: parse_pairs("env", &a.env)?,
                 workdir: a.workdir,
                 timeout_secs: a.timeout,
-                stdin: None,
+                tty: None,
             };
-            let res = c.exec(&a.id, &req).await?;
-            report_exec(&res, a.timeout)
+            let attach = Attach {
+                stdin: a.interactive,
+                tty: a.tty,
+            };
+            let mut signals = Signals::install()?;
+            stream::exec(c, &a.id, start, attach, &mut signals).await
+        }
+        SandboxCommand::Shell { id } => {
+            let start = StreamExecStart {
+                command: SHELL_COMMAND.map(String::from).to_vec(),
+                ..Default::default()
+            };
+            let attach = Attach {
+                stdin: true,
+                tty: true,
+            };
+            let mut signals = Signals::install()?;
+            stream::exec(c, &id, start, attach, &mut signals).await
         }
         SandboxCommand::Terminate { id } => {
             c.terminate_sandbox(&id).await?;
@@ -190,36 +226,6 @@ async fn dispatch(c: &Client, cmd: SandboxCommand) -> Result<i32> {
         }
         SandboxCommand::Wait { id, timeout } => wait(c, &id, timeout).await,
     }
-}
-
-/// Writes an exec's output to ours and returns the exit code to use.
-pub fn report_exec(res: &ExecResult, timeout: Option<u64>) -> Result<i32> {
-    std::io::stdout()
-        .write_all(res.stdout.as_bytes())
-        .and_then(|()| std::io::stdout().flush())
-        .context("writing stdout")?;
-    std::io::stderr()
-        .write_all(res.stderr.as_bytes())
-        .context("writing stderr")?;
-    if res.stdout_truncated {
-        eprintln!("warren: the command's stdout was truncated by the server");
-    }
-    if res.stderr_truncated {
-        eprintln!("warren: the command's stderr was truncated by the server");
-    }
-    if res.timed_out {
-        match timeout {
-            Some(t) => eprintln!("warren: the command timed out after {t}s and was killed"),
-            None => eprintln!("warren: the command timed out and was killed"),
-        }
-        return Ok(TIMED_OUT_EXIT);
-    }
-    if res.oom_killed {
-        eprintln!("warren: the command was killed: out of memory");
-    } else if let Some(sig) = res.signal {
-        eprintln!("warren: the command was killed by signal {sig}");
-    }
-    Ok(res.exit_code)
 }
 
 /// Long-polls until the sandbox has ended or `timeout` seconds passed.

@@ -18,6 +18,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_warren");
 /// its data directory.
 struct Server {
     child: Child,
+    port: u16,
     url: String,
     token: String,
     dir: Option<tempfile::TempDir>,
@@ -33,37 +34,43 @@ impl Server {
             let l = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
             l.local_addr().expect("local addr").port()
         };
-        let log = std::fs::File::create(dir.path().join("server.log")).expect("create the log");
-        let child = Command::new(BIN)
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("clone the log"))
-            .stderr(log)
-            .spawn()
-            .expect("start warren serve");
+        let child = spawn_server(dir.path(), port);
         let mut s = Server {
             child,
+            port,
             url: format!("http://127.0.0.1:{port}"),
             token: String::new(),
             dir: Some(dir),
         };
-        let token_path = s.data_dir().join("admin-token");
-        let ready = wait_until(Duration::from_secs(60), || {
-            healthy(port) && token_path.exists() || s.exited()
-        });
-        assert!(
-            ready && !s.exited(),
-            "the server did not come up:\n{}",
-            s.log()
-        );
-        s.token = std::fs::read_to_string(&token_path)
+        s.await_ready();
+        s.token = std::fs::read_to_string(s.data_dir().join("admin-token"))
             .expect("read the admin token")
             .trim()
             .to_string();
         s
+    }
+
+    fn await_ready(&mut self) {
+        let token_path = self.data_dir().join("admin-token");
+        let port = self.port;
+        let ready = wait_until(Duration::from_secs(60), || {
+            healthy(port) && token_path.exists() || self.exited()
+        });
+        assert!(
+            ready && !self.exited(),
+            "the server did not come up:\n{}",
+            self.log()
+        );
+    }
+
+    /// SIGKILLs the server (no shutdown path runs) and starts a new one on
+    /// the same data directory and port.
+    fn kill9_and_restart(&mut self) {
+        let pid = Pid::from_raw(self.child.id() as i32);
+        kill(pid, Signal::SIGKILL).expect("SIGKILL the server");
+        let _ = self.child.wait();
+        self.child = spawn_server(self.root(), self.port);
+        self.await_ready();
     }
 
     fn data_dir(&self) -> PathBuf {
@@ -88,15 +95,93 @@ impl Server {
     }
 
     fn cli_as(&self, token: &str, args: &[&str]) -> Output {
-        Command::new(BIN)
-            .args(args)
-            .env("WARREN_URL", &self.url)
-            .env("WARREN_TOKEN", token)
-            .env_remove("WARREN_DATA_DIR")
+        self.command_as(token, args)
             .stdin(Stdio::null())
             .output()
             .expect("run the warren CLI")
     }
+
+    /// The CLI as a command with the admin token, stdio not yet set.
+    fn command(&self, args: &[&str]) -> Command {
+        self.command_as(&self.token, args)
+    }
+
+    fn command_as(&self, token: &str, args: &[&str]) -> Command {
+        let mut c = Command::new(BIN);
+        c.args(args)
+            .env("WARREN_URL", &self.url)
+            .env("WARREN_TOKEN", token)
+            .env_remove("WARREN_DATA_DIR");
+        c
+    }
+
+    /// Runs the CLI with `input` on its stdin.
+    fn cli_stdin(&self, args: &[&str], input: &[u8]) -> Output {
+        let mut child = self
+            .command(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run the warren CLI");
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        let input = input.to_vec();
+        let writer = std::thread::spawn(move || stdin.write_all(&input));
+        let out = child.wait_with_output().expect("wait for the CLI");
+        writer
+            .join()
+            .expect("stdin writer")
+            .expect("write the CLI's stdin");
+        out
+    }
+
+    /// The ids of this server's sandboxes that are not terminated.
+    fn live_sandboxes(&self) -> Vec<String> {
+        let list: Vec<serde_json::Value> =
+            serde_json::from_str(&ok(self.cli(&["sandbox", "ls", "--json"]))).expect("json");
+        list.iter()
+            .filter(|s| s["state"] != "terminated")
+            .filter_map(|s| s["id"].as_str().map(String::from))
+            .collect()
+    }
+
+    /// A marker naming this server's mounts and cgroups, for the leak check.
+    fn marker(&self) -> String {
+        self.root()
+            .file_name()
+            .expect("tempdir has a name")
+            .to_string_lossy()
+            .into_owned()
+    }
+}
+
+fn spawn_server(root: &Path, port: u16) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(root.join("server.log"))
+        .expect("open the log");
+    Command::new(BIN)
+        .arg("--data-dir")
+        .arg(root.join("data"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("clone the log"))
+        .stderr(log)
+        .spawn()
+        .expect("start warren serve")
+}
+
+/// Ends a test: stops the server and checks nothing of it is left.
+fn finish(server: Server) {
+    let marker = server.marker();
+    drop(server);
+    let leaks: Vec<String> = warren_testkit::leaks(&marker)
+        .into_iter()
+        .filter(|l| !l.starts_with("process:"))
+        .collect();
+    assert!(leaks.is_empty(), "left behind: {leaks:#?}");
 }
 
 impl Drop for Server {
@@ -185,12 +270,6 @@ fn cli_against_a_real_server() {
         return;
     }
     let server = Server::start();
-    let marker = server
-        .root()
-        .file_name()
-        .expect("tempdir has a name")
-        .to_string_lossy()
-        .into_owned();
 
     // create prints only the id.
     let id = ok(server.cli(&["sandbox", "create", "--tag", "e2e=one"]));
@@ -285,10 +364,359 @@ fn cli_against_a_real_server() {
     let ws = ok(server.cli(&["workspace", "create", "e2e-ws"]));
     assert!(ok(server.cli(&["workspace", "ls"])).contains(&ws));
 
-    drop(server);
-    let leaks: Vec<String> = warren_testkit::leaks(&marker)
-        .into_iter()
-        .filter(|l| !l.starts_with("process:"))
-        .collect();
-    assert!(leaks.is_empty(), "left behind: {leaks:#?}");
+    finish(server);
+}
+
+#[test]
+fn streaming_exec() {
+    if !warren_testkit::require_root("streaming_exec") {
+        return;
+    }
+    let server = Server::start();
+    let id = ok(server.cli(&["sandbox", "create"]));
+
+    // Output arrives while the command still runs: `a` is read before the
+    // command has slept and printed `b`.
+    let mut child = server
+        .command(&[
+            "sandbox",
+            "exec",
+            &id,
+            "--",
+            "sh",
+            "-c",
+            "echo a; sleep 1; echo b",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run the CLI");
+    let lines = line_reader(child.stdout.take().expect("piped stdout"));
+    let first = lines
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the first line in time");
+    assert_eq!(first, "a");
+    assert!(
+        matches!(child.try_wait(), Ok(None)),
+        "the CLI had already ended when the first line arrived"
+    );
+    let second = lines
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the second line in time");
+    assert_eq!(second, "b");
+    let mut stderr_text = String::new();
+    child
+        .stderr
+        .take()
+        .expect("piped stderr")
+        .read_to_string(&mut stderr_text)
+        .expect("read stderr");
+    let status = child.wait().expect("wait for the CLI");
+    assert!(status.success(), "{status:?} {stderr_text}");
+
+    // stdout and stderr stay apart; the exit code passes through.
+    let o = server.cli(&[
+        "sandbox",
+        "exec",
+        &id,
+        "--",
+        "sh",
+        "-c",
+        "echo out; echo err >&2; exit 4",
+    ]);
+    assert_eq!(o.status.code(), Some(4), "{}", describe(&o));
+    assert_eq!(stdout(&o), "out\n");
+    assert_eq!(stderr(&o), "err\n");
+
+    // -i forwards our stdin, and its end closes the command's.
+    let o = server.cli_stdin(&["sandbox", "exec", "-i", &id, "--", "cat"], b"hello\n");
+    assert!(o.status.success(), "{}", describe(&o));
+    assert_eq!(stdout(&o), "hello\n");
+    // Without -i the command's stdin is closed at once: cat ends.
+    let o = server.cli(&["sandbox", "exec", "--timeout", "20", &id, "--", "cat"]);
+    assert!(o.status.success(), "{}", describe(&o));
+    assert_eq!(stdout(&o), "");
+    // --env and --workdir reach the command.
+    let o = server.cli(&[
+        "sandbox",
+        "exec",
+        "--env",
+        "WHO=e2e",
+        "--workdir",
+        "/tmp",
+        &id,
+        "--",
+        "sh",
+        "-c",
+        "echo $WHO $PWD",
+    ]);
+    assert_eq!(ok(o), "e2e /tmp");
+
+    // 20 MiB of random bytes arrive byte-exact.
+    ok(server.cli(&[
+        "sandbox",
+        "exec",
+        &id,
+        "--",
+        "sh",
+        "-c",
+        "head -c 20971520 /dev/urandom > /tmp/big",
+    ]));
+    let inside = ok(server.cli(&["sandbox", "exec", &id, "--", "sha256sum", "/tmp/big"]));
+    let inside = inside
+        .split_whitespace()
+        .next()
+        .expect("a hash")
+        .to_string();
+    let o = server.cli(&["sandbox", "exec", &id, "--", "cat", "/tmp/big"]);
+    assert!(o.status.success(), "status {:?}: {}", o.status, stderr(&o));
+    assert_eq!(o.stdout.len(), 20 << 20);
+    use sha2::Digest;
+    assert_eq!(hex::encode(sha2::Sha256::digest(&o.stdout)), inside);
+
+    // An error frame keeps the server's code.
+    one_line_error(
+        &server.cli(&["sandbox", "exec", &id, "--", "/no/such/program"]),
+        "(exec_not_found)",
+    );
+
+    // run forwards SIGINT to the command and terminates its sandbox.
+    let mut child = server
+        .command(&[
+            "run",
+            "--",
+            "sh",
+            "-c",
+            "trap 'echo got-int; exit 42' INT; echo ready; while :; do sleep 0.1; done",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run the CLI");
+    let lines = line_reader(child.stdout.take().expect("piped stdout"));
+    assert_eq!(
+        lines
+            .recv_timeout(Duration::from_secs(60))
+            .expect("ready in time"),
+        "ready"
+    );
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGINT).expect("SIGINT the CLI");
+    assert_eq!(
+        lines
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the trap's line in time"),
+        "got-int"
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || matches!(
+            child.try_wait(),
+            Ok(Some(_))
+        )),
+        "the CLI did not exit after SIGINT"
+    );
+    let status = child.wait().expect("wait for the CLI");
+    assert_eq!(status.code(), Some(42));
+    assert_eq!(server.live_sandboxes(), vec![id.clone()]);
+
+    finish(server);
+}
+
+#[test]
+fn termination_reasons_through_the_cli() {
+    if !warren_testkit::require_root("termination_reasons_through_the_cli") {
+        return;
+    }
+    let server = Server::start();
+    let timeout = ok(server.cli(&["sandbox", "create", "--timeout", "1"]));
+    let idle = ok(server.cli(&["sandbox", "create", "--idle-timeout", "1"]));
+    let oom = ok(server.cli(&[
+        "sandbox",
+        "create",
+        "--memory",
+        "32",
+        "--",
+        "/usr/bin/python3",
+        "-c",
+        "b=bytearray(300<<20)",
+    ]));
+
+    let o = server.cli(&["sandbox", "wait", &timeout, "--timeout", "60"]);
+    assert_eq!(stdout(&o).trim(), "timeout", "{}", describe(&o));
+    assert_eq!(o.status.code(), Some(1), "{}", describe(&o));
+
+    let o = server.cli(&["sandbox", "wait", &idle, "--timeout", "60"]);
+    assert_eq!(stdout(&o).trim(), "idle_timeout", "{}", describe(&o));
+
+    let o = server.cli(&["sandbox", "wait", &oom, "--timeout", "60"]);
+    assert_eq!(
+        stdout(&o).trim(),
+        "oom_killed (exit code 137)",
+        "{}",
+        describe(&o)
+    );
+    assert_eq!(o.status.code(), Some(137), "{}", describe(&o));
+
+    finish(server);
+}
+
+#[test]
+fn sandboxes_survive_a_server_kill9() {
+    if !warren_testkit::require_root("sandboxes_survive_a_server_kill9") {
+        return;
+    }
+    let mut server = Server::start();
+    let idle = ok(server.cli(&["sandbox", "create"]));
+    let exits = ok(server.cli(&["sandbox", "create", "--", "sh", "-c", "sleep 1; exit 9"]));
+
+    server.kill9_and_restart();
+
+    let o = server.cli(&["sandbox", "exec", &idle, "--", "echo", "alive"]);
+    assert_eq!(ok(o), "alive");
+    let o = server.cli(&["sandbox", "wait", &exits, "--timeout", "60"]);
+    assert_eq!(
+        stdout(&o).trim(),
+        "exited (exit code 9)",
+        "{}",
+        describe(&o)
+    );
+    assert_eq!(o.status.code(), Some(9), "{}", describe(&o));
+
+    finish(server);
+}
+
+#[test]
+fn pty_exec() {
+    if !warren_testkit::require_root("pty_exec") {
+        return;
+    }
+    let server = Server::start();
+    let id = ok(server.cli(&["sandbox", "create"]));
+
+    // -t: the command's stdio is a terminal, sized like ours.
+    let size = nix::pty::Winsize {
+        ws_row: 33,
+        ws_col: 101,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    let (status, out) = under_pty(
+        &server,
+        &[
+            "sandbox",
+            "exec",
+            "-t",
+            &id,
+            "--",
+            "sh",
+            "-c",
+            "tty; stty size",
+        ],
+        size,
+        b"",
+    );
+    assert!(status.success(), "{status:?}: {out}");
+    assert!(out.contains("/dev/pts/"), "{out:?}");
+    assert!(out.contains("33 101"), "{out:?}");
+
+    // -it: our keys go to the command (the local terminal is raw, so the
+    // line is sent without waiting for our own line discipline) and the
+    // terminal is restored afterwards.
+    let (status, out) = under_pty(
+        &server,
+        &[
+            "sandbox",
+            "exec",
+            "-it",
+            &id,
+            "--",
+            "sh",
+            "-c",
+            "read x; echo got:$x; exit 5",
+        ],
+        size,
+        b"hi\r",
+    );
+    assert_eq!(status.code(), Some(5), "{out}");
+    assert!(out.contains("got:hi"), "{out:?}");
+
+    finish(server);
+}
+
+/// Runs the CLI with a new pseudo-terminal as its stdin, stdout and stderr,
+/// writes `input` once it runs, and returns its status and everything it
+/// wrote. Checks that the terminal's settings are the same afterwards.
+fn under_pty(
+    server: &Server,
+    args: &[&str],
+    size: nix::pty::Winsize,
+    input: &[u8],
+) -> (std::process::ExitStatus, String) {
+    use std::os::fd::OwnedFd;
+    let pty = nix::pty::openpty(Some(&size), None).expect("openpty");
+    let before = nix::sys::termios::tcgetattr(&pty.slave).expect("tcgetattr");
+    let dup = |fd: &OwnedFd| Stdio::from(fd.try_clone().expect("dup the pty slave"));
+    let mut child = server
+        .command(args)
+        .stdin(dup(&pty.slave))
+        .stdout(dup(&pty.slave))
+        .stderr(dup(&pty.slave))
+        .spawn()
+        .expect("run the CLI");
+    let mut master = std::fs::File::from(pty.master);
+    let mut reader = master.try_clone().expect("dup the pty master");
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        // Ends with EIO once every slave descriptor is closed.
+        while let Ok(n) = reader.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    if !input.is_empty() {
+        master.write_all(input).expect("type into the pty");
+    }
+    let mut out = Vec::new();
+    let exited = wait_until(Duration::from_secs(60), || {
+        while let Ok(chunk) = rx.try_recv() {
+            out.extend(chunk);
+        }
+        matches!(child.try_wait(), Ok(Some(_)))
+    });
+    if !exited {
+        let _ = child.kill();
+    }
+    let status = child.wait().expect("wait for the CLI");
+    let after = nix::sys::termios::tcgetattr(&pty.slave).expect("tcgetattr");
+    drop(pty.slave);
+    // The rest of the output, until the reader sees the pty close.
+    while let Ok(chunk) = rx.recv_timeout(Duration::from_secs(5)) {
+        out.extend(chunk);
+    }
+    let out = String::from_utf8_lossy(&out).into_owned();
+    assert!(exited, "the CLI did not exit under the pty: {out}");
+    assert_eq!(
+        (before.local_flags, before.input_flags, before.output_flags),
+        (after.local_flags, after.input_flags, after.output_flags),
+        "the terminal was not restored"
+    );
+    (status, out)
+}
+
+/// Lines of `r`, read on a thread, as they arrive.
+fn line_reader(r: impl Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(r).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
 }

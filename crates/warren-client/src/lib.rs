@@ -7,10 +7,16 @@
 //! (`transport`, `bad_response`, ...), so callers can always show
 //! `<message> (<code>)`.
 //!
+//! [`Client::exec_stream`] runs a command over the streaming WebSocket
+//! endpoint (live stdin, stdout, stderr, signals, terminal resize); see
+//! [`stream`].
+//!
 //! Must not: log or print anything (the caller decides), or put the token
 //! anywhere but the `Authorization` header (it is redacted from `Debug`).
 
 #![forbid(unsafe_code)]
+
+pub mod stream;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -22,6 +28,9 @@ use warren_proto::api::{
     CreateSandboxRequest, CreateTokenRequest, CreateWorkspaceRequest, ErrorBody, ExecRequest,
     ExecResult, Sandbox, SandboxList, SandboxState, SetTagsRequest, Token, Workspace,
 };
+
+pub use stream::{ExecExit, ExecInput, ExecOutput, ExecStream, StreamEvent};
+pub use warren_proto::api::{StreamExecStart, TtySize};
 
 /// Server URL used by [`Client::from_env`] when `WARREN_URL` is unset.
 pub const DEFAULT_URL: &str = "http://127.0.0.1:7070";
@@ -69,6 +78,29 @@ pub enum ClientError {
         #[source]
         source: serde_json::Error,
     },
+    /// A streaming exec ended with an `error` frame (the server's code), or
+    /// failed on the client side (`timeout`, `stream_closed`, ...).
+    #[error("{message}")]
+    Stream { code: String, message: String },
+    /// The WebSocket of a streaming exec failed.
+    #[error("WebSocket to the Warren server at {url} failed")]
+    WebSocket {
+        url: String,
+        #[source]
+        source: Box<tokio_tungstenite::tungstenite::Error>,
+    },
+    /// A streaming exec frame from the server is not valid JSON.
+    #[error("unexpected frame from the Warren server")]
+    BadFrame {
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A request could not be encoded.
+    #[error("could not encode the request")]
+    Encode(#[source] serde_json::Error),
+    /// The token cannot be sent.
+    #[error("invalid API token: {reason}")]
+    InvalidToken { reason: String },
 }
 
 fn display_paths(paths: &[PathBuf]) -> String {
@@ -81,15 +113,20 @@ fn display_paths(paths: &[PathBuf]) -> String {
 
 impl ClientError {
     /// The stable error code: the server's for API errors, else one of
-    /// `invalid_url`, `no_token`, `setup`, `transport`, `bad_response`.
+    /// `invalid_url`, `no_token`, `setup`, `transport`, `bad_response`,
+    /// `invalid_token`, `encode`; for streams the server's code from an
+    /// `error` frame, or `timeout`, `stream_closed`, `websocket`.
     pub fn code(&self) -> &str {
         match self {
-            ClientError::Api { code, .. } => code,
+            ClientError::Api { code, .. } | ClientError::Stream { code, .. } => code,
             ClientError::InvalidUrl { .. } => "invalid_url",
             ClientError::NoToken { .. } => "no_token",
             ClientError::Setup(_) => "setup",
             ClientError::Transport { .. } => "transport",
-            ClientError::BadResponse { .. } => "bad_response",
+            ClientError::BadResponse { .. } | ClientError::BadFrame { .. } => "bad_response",
+            ClientError::WebSocket { .. } => "websocket",
+            ClientError::Encode(_) => "encode",
+            ClientError::InvalidToken { .. } => "invalid_token",
         }
     }
 

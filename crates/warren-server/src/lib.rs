@@ -43,8 +43,9 @@ pub struct ServerConfig {
     pub default_image: String,
     /// How often timeouts are checked.
     pub sweep_interval: Duration,
-    /// The cgroup sub-tree this server's sandboxes live under.
-    pub cgroup_parent: String,
+    /// The cgroup sub-tree this server's sandboxes live under; `None` = the
+    /// runtime's default, derived from the data directory.
+    pub cgroup_parent: Option<String>,
 }
 
 impl ServerConfig {
@@ -54,7 +55,7 @@ impl ServerConfig {
             data_dir: data_dir.into(),
             default_image: "host".into(),
             sweep_interval: Duration::from_millis(250),
-            cgroup_parent: "warren".into(),
+            cgroup_parent: None,
         }
     }
 }
@@ -148,7 +149,9 @@ pub async fn open(cfg: &ServerConfig) -> Result<AppState, ServeError> {
     }
     let images = warren_image::ImageStore::open(cfg.data_dir.join("images"))?;
     let mut rt_cfg = warren_runtime::NativeConfig::new(cfg.data_dir.join("runtime"));
-    rt_cfg.cgroup_parent = cfg.cgroup_parent.clone();
+    if let Some(parent) = &cfg.cgroup_parent {
+        rt_cfg.cgroup_parent = parent.clone();
+    }
     let rt = warren_runtime::NativeRuntime::new(rt_cfg)?;
     let node = Node::new(rt, images);
     let supervisor =

@@ -62,6 +62,17 @@ pub async fn exec_stream(
                 let _ = send_json(&mut socket, &msg).await;
             }
             let _ = socket.send(Message::Close(None)).await;
+            // Read what the client still sends until it closes too (bounded):
+            // dropping a socket with unread data makes the kernel reset the
+            // connection, and the client could lose the final frames.
+            let drain = async {
+                while let Some(Ok(m)) = socket.recv().await {
+                    if matches!(m, Message::Close(_)) {
+                        break;
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
         }))
 }
 

@@ -35,7 +35,7 @@ async fn env() -> Result<Env> {
         .prefix("warren-e2e-api-")
         .tempdir_in("/var/tmp")?;
     let mut cfg = ServerConfig::new("127.0.0.1:0".parse()?, data.path());
-    cfg.cgroup_parent = cgroup_parent(data.path());
+    cfg.cgroup_parent = Some(cgroup_parent(data.path()));
     cfg.sweep_interval = Duration::from_millis(100);
     let state = warren_server::open(&cfg).await?;
     let token = std::fs::read_to_string(data.path().join("admin-token"))?
@@ -482,7 +482,7 @@ async fn restart_readopts_running_sandboxes() -> Result<()> {
     // Let the short-lived sandbox end while nobody watches.
     tokio::time::sleep(Duration::from_millis(800)).await;
     let mut cfg = ServerConfig::new("127.0.0.1:0".parse()?, data.path());
-    cfg.cgroup_parent = cgroup_parent(data.path());
+    cfg.cgroup_parent = Some(cgroup_parent(data.path()));
     let state = warren_server::open(&cfg).await?;
     let e2 = Env {
         sweeper: state.supervisor.spawn_sweeper(Duration::from_millis(100)),

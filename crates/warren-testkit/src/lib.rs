@@ -111,3 +111,24 @@ pub fn leaks(marker: &str) -> Vec<String> {
     out.dedup();
     out
 }
+
+/// Cgroup directories directly under any hierarchy root whose name starts
+/// with `prefix`.
+pub fn cgroup_dirs(prefix: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut roots = vec![std::path::PathBuf::from("/sys/fs/cgroup")];
+    if let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup") {
+        roots.extend(entries.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
+    }
+    for root in roots {
+        let Ok(sub) = std::fs::read_dir(&root) else {
+            continue;
+        };
+        for s in sub.flatten() {
+            if s.file_name().to_string_lossy().starts_with(prefix) && s.path().is_dir() {
+                out.push(format!("cgroup: {}", s.path().display()));
+            }
+        }
+    }
+    out
+}

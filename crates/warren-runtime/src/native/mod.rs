@@ -60,7 +60,7 @@ pub struct NativeConfig {
     pub cgroup_root: PathBuf,
     /// The cgroup sub-tree this runtime owns. It must belong to exactly one
     /// runtime (one data directory): `recover` removes cgroups under it that
-    /// have no state directory.
+    /// have no state directory. The default is derived from `data_dir`.
     pub cgroup_parent: String,
     /// First host id of the first sandbox's range.
     pub id_base: u32,
@@ -73,20 +73,40 @@ pub struct NativeConfig {
 }
 
 impl NativeConfig {
-    /// Defaults: cgroups under `/sys/fs/cgroup/**/warren`, host ids from
-    /// 2^30 in 16,384 ranges of 65,536.
+    /// Defaults: cgroups under `/sys/fs/cgroup/**/warren-<hash of the data
+    /// dir>` (so runtimes with different data directories never share a
+    /// cgroup subtree), host ids from 2^30 in 16,384 ranges of 65,536.
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        let data_dir = data_dir.into();
+        let cgroup_parent = default_cgroup_parent(&data_dir);
         NativeConfig {
-            data_dir: data_dir.into(),
+            data_dir,
             init_binary: None,
             cgroup_root: PathBuf::from("/sys/fs/cgroup"),
-            cgroup_parent: "warren".into(),
+            cgroup_parent,
             id_base: 1 << 30,
             id_slots: 16384,
             setup_timeout: Duration::from_secs(20),
             netns_pool: 8,
         }
     }
+}
+
+/// `warren-` and 12 hex digits of an FNV-1a hash of the absolute data dir.
+fn default_cgroup_parent(data_dir: &Path) -> String {
+    let abs = if data_dir.is_absolute() {
+        data_dir.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map(|d| d.join(data_dir))
+            .unwrap_or_else(|_| data_dir.to_path_buf())
+    };
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in abs.as_os_str().as_encoded_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("warren-{:012x}", h & 0xffff_ffff_ffff)
 }
 
 struct Sandbox {
@@ -475,6 +495,14 @@ impl Phases {
             now.duration_since(self.last).as_micros() as u64,
         ));
         self.last = now;
+    }
+}
+
+impl Drop for NativeRuntime {
+    fn drop(&mut self) {
+        // Leave no empty cgroup subtree behind; with sandboxes still
+        // running (they outlive the node) this fails harmlessly.
+        let _ = self.cgroups.destroy_parent();
     }
 }
 

@@ -3,6 +3,12 @@
 
 fn main() {
     let mut found = warren_testkit::leaks("warren-test");
+    found.extend(warren_testkit::leaks("warren-e2e"));
+    // Test runtimes use `warren-test-*` cgroup subtrees, servers started by
+    // tests `warren-<hash>` (the default): after a run none may remain.
+    found.extend(warren_testkit::cgroup_dirs("warren-"));
+    found.sort();
+    found.dedup();
     for dir in ["/var/tmp", "/tmp"] {
         if let Ok(entries) = std::fs::read_dir(dir) {
             for e in entries.flatten() {
