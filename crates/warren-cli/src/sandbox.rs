@@ -36,6 +36,13 @@ pub enum SandboxCommand {
     Shell { id: String },
     /// Terminate a sandbox.
     Terminate { id: String },
+    /// Print the main command's output (the newest 1 MiB is kept).
+    Logs {
+        id: String,
+        /// Only the last N bytes.
+        #[arg(long)]
+        tail: Option<u64>,
+    },
     /// Wait for a sandbox to end; prints why and exits with its exit code
     /// (1 when it did not end by exiting, 124 on timeout).
     Wait {
@@ -222,6 +229,18 @@ async fn dispatch(c: &Client, cmd: SandboxCommand) -> Result<i32> {
         }
         SandboxCommand::Terminate { id } => {
             c.terminate_sandbox(&id).await?;
+            Ok(0)
+        }
+        SandboxCommand::Logs { id, tail } => {
+            let (bytes, skipped) = c.logs(&id, tail).await?;
+            if skipped > 0 && tail.is_none() {
+                eprintln!("warren: {skipped} older bytes of output are not kept");
+            }
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            out.write_all(&bytes)
+                .and_then(|()| out.flush())
+                .map_err(|e| anyhow::anyhow!("writing the log: {e}"))?;
             Ok(0)
         }
         SandboxCommand::Wait { id, timeout } => wait(c, &id, timeout).await,

@@ -279,6 +279,22 @@ fn cli_against_a_real_server() {
     );
     let other = ok(server.cli(&["sandbox", "create", "--tag", "e2e=two", "--name", "other"]));
 
+    // logs: the main command's output, also after it ended.
+    let logged = ok(server.cli(&[
+        "sandbox",
+        "create",
+        "--",
+        "sh",
+        "-c",
+        "echo to-log; echo err-log >&2; exit 2",
+    ]));
+    let o = server.cli(&["sandbox", "wait", &logged]);
+    assert_eq!(o.status.code(), Some(2), "{}", describe(&o));
+    let o = server.cli(&["sandbox", "logs", &logged]);
+    assert_eq!(stdout(&o), "to-log\nerr-log\n", "{}", describe(&o));
+    let o = server.cli(&["sandbox", "logs", "--tail", "8", &logged]);
+    assert_eq!(stdout(&o), "err-log\n", "{}", describe(&o));
+
     // exec passes output and the exit code through.
     let o = server.cli(&["sandbox", "exec", &id, "--", "sh", "-c", "echo hi; exit 3"]);
     assert_eq!(o.status.code(), Some(3), "{}", describe(&o));

@@ -58,6 +58,10 @@ pub enum ClientError {
     /// The base URL could not be parsed or cannot carry paths.
     #[error("invalid server URL {url:?}: {reason}")]
     InvalidUrl { url: String, reason: String },
+
+    /// The config file exists but cannot be used.
+    #[error("config file {path}: {reason}")]
+    Config { path: PathBuf, reason: String },
     /// No token was given and none could be read from a data directory.
     #[error("no API token: set WARREN_TOKEN or make one of {} readable", display_paths(.tried))]
     NoToken { tried: Vec<PathBuf> },
@@ -120,6 +124,7 @@ impl ClientError {
         match self {
             ClientError::Api { code, .. } | ClientError::Stream { code, .. } => code,
             ClientError::InvalidUrl { .. } => "invalid_url",
+            ClientError::Config { .. } => "invalid_config",
             ClientError::NoToken { .. } => "no_token",
             ClientError::Setup(_) => "setup",
             ClientError::Transport { .. } => "transport",
@@ -269,12 +274,22 @@ impl Client {
     }
 
     /// Like [`Client::from_env`], but tries `data_dir/admin-token` first.
+    ///
+    /// Between the environment and the local admin token sits the config
+    /// file (see [`config_path`]): JSON `{"url": "...", "token": "..."}`,
+    /// either field optional.
     pub fn from_env_in(data_dir: Option<&Path>) -> Result<Self, ClientError> {
+        let file = read_config()?;
         let url = std::env::var("WARREN_URL")
             .ok()
             .filter(|u| !u.is_empty())
+            .or(file.url)
             .unwrap_or_else(|| DEFAULT_URL.to_string());
-        let token = match std::env::var("WARREN_TOKEN").ok().filter(|t| !t.is_empty()) {
+        let token = match std::env::var("WARREN_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty())
+            .or(file.token)
+        {
             Some(t) => t,
             None => {
                 let env_dir = std::env::var_os("WARREN_DATA_DIR").map(PathBuf::from);
@@ -410,6 +425,32 @@ impl Client {
         self.send_bytes(rb).await.map(|_| ())
     }
 
+    /// `GET /v1/sandboxes/{id}/logs`: the main command's retained output
+    /// (the last `tail` bytes when given) and how many older bytes it omits.
+    pub async fn logs(&self, id: &str, tail: Option<u64>) -> Result<(Vec<u8>, u64), ClientError> {
+        let mut rb = self.request(Method::GET, &["v1", "sandboxes", id, "logs"])?;
+        if let Some(t) = tail {
+            rb = rb.query(&[("tail", t)]);
+        }
+        let transport = |source| ClientError::Transport {
+            url: self.base.to_string(),
+            source,
+        };
+        let resp = rb.send().await.map_err(transport)?;
+        let status = resp.status();
+        let skipped = resp
+            .headers()
+            .get("x-warren-log-skipped")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let body = resp.bytes().await.map_err(transport)?;
+        if !status.is_success() {
+            return Err(ClientError::from_response(status, &body));
+        }
+        Ok((body.to_vec(), skipped))
+    }
+
     // --- plumbing ---
 
     /// The URL of `segments` under the base, each segment percent-encoded.
@@ -460,6 +501,44 @@ fn decode<T: DeserializeOwned>(status: StatusCode, body: &[u8]) -> Result<T, Cli
     })
 }
 
+/// The CLI's config file: `$WARREN_CONFIG`, else
+/// `$XDG_CONFIG_HOME/warren/config.json`, else `~/.config/warren/config.json`.
+pub fn config_path() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("WARREN_CONFIG").filter(|p| !p.is_empty()) {
+        return Some(PathBuf::from(p));
+    }
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))?;
+    Some(base.join("warren").join("config.json"))
+}
+
+/// What the config file may set.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    url: Option<String>,
+    token: Option<String>,
+}
+
+fn read_config() -> Result<ConfigFile, ClientError> {
+    let Some(path) = config_path() else {
+        return Ok(ConfigFile::default());
+    };
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| ClientError::Config {
+            path: path.clone(),
+            reason: e.to_string(),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ConfigFile::default()),
+        Err(e) => Err(ClientError::Config {
+            path,
+            reason: e.to_string(),
+        }),
+    }
+}
+
 /// Where to look for an `admin-token`, in order, without duplicates.
 fn token_candidates(explicit: Option<&Path>, env_dir: Option<&Path>) -> Vec<PathBuf> {
     let mut out: Vec<PathBuf> = Vec::new();
@@ -489,6 +568,18 @@ fn read_admin_token(paths: &[PathBuf]) -> Result<String, ClientError> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn config_file_fields() {
+        let c: ConfigFile =
+            serde_json::from_str(r#"{"url":"http://127.0.0.1:9","token":"wrn_x"}"#).unwrap();
+        assert_eq!(c.url.as_deref(), Some("http://127.0.0.1:9"));
+        assert_eq!(c.token.as_deref(), Some("wrn_x"));
+        assert!(serde_json::from_str::<ConfigFile>(r#"{"tokn":"x"}"#).is_err());
+        let empty: ConfigFile = serde_json::from_str("{}").unwrap();
+        assert!(empty.url.is_none() && empty.token.is_none());
+    }
+
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
