@@ -603,6 +603,40 @@ fn sandboxes_survive_a_server_kill9() {
 }
 
 #[test]
+fn hundred_concurrent_creates_through_the_binary() {
+    if !warren_testkit::require_root("hundred_concurrent_creates_through_the_binary") {
+        return;
+    }
+    let server = Server::start();
+    let client = warren_client::Client::new(&server.url, server.token.clone()).expect("client");
+    let rt = tokio::runtime::Runtime::new().expect("tokio");
+    let ids: Vec<String> = rt.block_on(async {
+        let mut tasks = Vec::new();
+        for _ in 0..100 {
+            let c = client.clone();
+            tasks.push(tokio::spawn(async move {
+                let req = warren_proto::api::CreateSandboxRequest {
+                    command: Some(vec!["true".into()]),
+                    ..Default::default()
+                };
+                c.create_sandbox(&req).await.map(|s| s.id)
+            }));
+        }
+        let mut ids = Vec::new();
+        for t in tasks {
+            ids.push(t.await.expect("task").expect("create"));
+        }
+        ids
+    });
+    assert_eq!(ids.len(), 100);
+    for id in &ids {
+        let o = server.cli(&["sandbox", "wait", id, "--timeout", "60"]);
+        assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
+    }
+    finish(server);
+}
+
+#[test]
 fn pty_exec() {
     if !warren_testkit::require_root("pty_exec") {
         return;
