@@ -7,6 +7,9 @@
 //! - `exec`: round trip of running `true` in an already running sandbox.
 //! - `density`: many idle sandboxes; host memory per sandbox and the first
 //!   kernel or runtime limit that would stop a larger count.
+//! - `api-create`, `api-exec`, `api-throughput`: the same through the HTTP
+//!   API of a real `warren serve` child process, next to the in-process
+//!   runtime, so the API's overhead can be stated.
 //!
 //! What it must not do: leave sandboxes, containers, mounts or its data
 //! directory behind. Every sandbox or container it creates is owned by a guard
@@ -16,6 +19,7 @@
 //! Output: human-readable text, then one JSON object as the LAST line of
 //! stdout, for scripts. Progress and notes go to stderr.
 
+mod api;
 mod create;
 mod datadir;
 mod density;
@@ -63,6 +67,12 @@ enum Command {
     Exec(exec::ExecArgs),
     /// Memory per idle sandbox, and the first limit on their number.
     Density(density::DensityArgs),
+    /// Create → terminated of `echo hi` through the HTTP API vs the runtime.
+    ApiCreate(api::create::ApiCreateArgs),
+    /// Round trip of exec'ing `true` through the HTTP API vs the runtime.
+    ApiExec(api::exec::ApiExecArgs),
+    /// Sandboxes created per second by concurrent API clients.
+    ApiThroughput(api::throughput::ApiThroughputArgs),
 }
 
 /// Which image Warren sandboxes use.
@@ -126,7 +136,10 @@ fn run(cli: Cli) -> Result<()> {
     let wants_crun = match &cli.command {
         Command::Create(a) => a.peers.wants_crun(),
         Command::Exec(a) => a.peers.wants_crun(),
-        Command::Density(_) => false,
+        Command::Density(_)
+        | Command::ApiCreate(_)
+        | Command::ApiExec(_)
+        | Command::ApiThroughput(_) => false,
     };
     if wants_crun {
         hostns::prepare_for_crun()?;
@@ -140,6 +153,9 @@ fn run(cli: Cli) -> Result<()> {
         Command::Create(args) => create::run(&args, data.path(), &shutdown),
         Command::Exec(args) => exec::run(&args, data.path(), &shutdown),
         Command::Density(args) => density::run(&args, data.path(), &shutdown),
+        Command::ApiCreate(args) => api::create::run(&args, data.path(), &shutdown),
+        Command::ApiExec(args) => api::exec::run(&args, data.path(), &shutdown),
+        Command::ApiThroughput(args) => api::throughput::run(&args, data.path(), &shutdown),
     }
     // `data` drops here, after every sandbox has been destroyed.
 }

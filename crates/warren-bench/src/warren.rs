@@ -15,6 +15,14 @@ use warren_runtime::{
 use crate::timing::{read_first_byte, Timing, EXIT_TIMEOUT, FIRST_BYTE_TIMEOUT};
 use crate::ImageChoice;
 
+/// One measured `echo hi` run, from just before `create`.
+#[derive(Clone, Copy, Debug)]
+pub struct EchoRun {
+    /// Until `create` returned (init is ready and the command started).
+    pub created: Duration,
+    pub timing: Timing,
+}
+
 /// A runtime plus the image every bench sandbox uses.
 pub struct Warren {
     rt: NativeRuntime,
@@ -32,7 +40,20 @@ impl Warren {
     /// Opens a runtime under `data/runtime` and an image store under
     /// `data/images`; imports `busybox_rootfs` unless the host image is chosen.
     pub fn open(data: &Path, image: ImageChoice, busybox_rootfs: &Path) -> Result<Self> {
-        let config = NativeConfig::new(data.join("runtime"));
+        Self::open_with(data, image, busybox_rootfs, |_| {})
+    }
+
+    /// Like [`Warren::open`], with `adjust` applied to the runtime's
+    /// configuration first (e.g. its own cgroup sub-tree and host id ranges,
+    /// when another runtime shares the host).
+    pub fn open_with(
+        data: &Path,
+        image: ImageChoice,
+        busybox_rootfs: &Path,
+        adjust: impl FnOnce(&mut NativeConfig),
+    ) -> Result<Self> {
+        let mut config = NativeConfig::new(data.join("runtime"));
+        adjust(&mut config);
         let id_slots = config.id_slots;
         let rt = NativeRuntime::new(config).context("open warren runtime")?;
         let store = ImageStore::open(data.join("images")).context("open image store")?;
@@ -73,6 +94,11 @@ impl Warren {
 
     /// One `echo hi` sandbox: create → first byte → exit → destroy.
     pub fn echo_cycle(&self, name: &str) -> Result<Timing> {
+        self.echo_run(name).map(|r| r.timing)
+    }
+
+    /// [`Warren::echo_cycle`], also reporting when `create` returned.
+    pub fn echo_run(&self, name: &str) -> Result<EchoRun> {
         let id = SandboxId::new(name.to_owned()).context("sandbox id")?;
         let spec = self.spec(&id, Some(&["/bin/echo", "hi"]));
 
@@ -86,6 +112,7 @@ impl Warren {
                     stdin: None,
                     stdout: Some(w),
                     stderr: None,
+                    log_capacity: None,
                 },
             )
             .context("create")
@@ -107,7 +134,10 @@ impl Warren {
                 phases.push(("after:exit_seen".into(), us(exited - first_byte)));
                 phases.push(("after:destroy".into(), us(cycle - exited)));
                 self.record_phases(phases);
-                Ok(Timing { first_byte, cycle })
+                Ok(EchoRun {
+                    created,
+                    timing: Timing { first_byte, cycle },
+                })
             });
         if res.is_err() {
             let _ = self.rt.destroy(&id);
@@ -166,6 +196,7 @@ impl Warren {
             stdin: None,
             stdout: None,
             stderr: None,
+            log_capacity: None,
         };
         self.rt
             .create(&spec, io)
