@@ -64,11 +64,19 @@ pub struct CreateRequest {
     pub log_capacity: Option<u64>,
 }
 
+/// How long a resolved image reference is reused without asking the store
+/// again (a re-tagged name is seen at most this late).
+const IMAGE_CACHE_TTL: Duration = Duration::from_secs(2);
+
+type ImageCache =
+    std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, warren_image::Image)>>;
+
 /// The per-machine agent.
 #[derive(Clone)]
 pub struct Node {
     rt: Arc<NativeRuntime>,
     images: Arc<ImageStore>,
+    image_cache: Arc<ImageCache>,
 }
 
 impl Node {
@@ -76,7 +84,35 @@ impl Node {
         Node {
             rt: Arc::new(rt),
             images: Arc::new(images),
+            image_cache: Arc::default(),
         }
+    }
+
+    /// Resolves an image reference, reusing a recent answer (blocking).
+    fn resolve_image(&self, reference: &str) -> Result<warren_image::Image, NodeError> {
+        let mut cache = self.image_cache.lock().expect("image cache lock poisoned");
+        if let Some((at, img)) = cache.get(reference) {
+            if at.elapsed() < IMAGE_CACHE_TTL {
+                return Ok(img.clone());
+            }
+        }
+        drop(cache);
+        let img = self
+            .images
+            .resolve(reference)
+            .map_err(|source| NodeError::Image {
+                reference: reference.to_string(),
+                source,
+            })?;
+        cache = self.image_cache.lock().expect("image cache lock poisoned");
+        if cache.len() > 1024 {
+            cache.clear();
+        }
+        cache.insert(
+            reference.to_string(),
+            (std::time::Instant::now(), img.clone()),
+        );
+        Ok(img)
     }
 
     pub fn runtime(&self) -> &NativeRuntime {
@@ -94,13 +130,7 @@ impl Node {
         let node = self.clone();
         tokio::task::spawn_blocking(move || {
             let _span = info_span!("node_create", sandbox_id = %req.id).entered();
-            let img = node
-                .images
-                .resolve(&req.image)
-                .map_err(|source| NodeError::Image {
-                    reference: req.image.clone(),
-                    source,
-                })?;
+            let img = node.resolve_image(&req.image)?;
             let rootfs = RootfsSpec {
                 layers: img.layers.clone(),
                 binds: img
@@ -135,13 +165,10 @@ impl Node {
 
     /// The environment an image's config sets (`KEY=VALUE` entries).
     pub async fn image_env(&self, reference: &str) -> Result<Vec<String>, NodeError> {
-        let images = self.images.clone();
+        let node = self.clone();
         let reference = reference.to_string();
         tokio::task::spawn_blocking(move || {
-            images
-                .resolve(&reference)
-                .map(|img| img.config.env)
-                .map_err(|source| NodeError::Image { reference, source })
+            node.resolve_image(&reference).map(|img| img.config.env)
         })
         .await?
     }

@@ -166,15 +166,28 @@ pub async fn create(
         log_capacity: Some(crate::logs::LOG_CAPACITY),
     };
     let started = std::time::Instant::now();
-    if let Err(e) = state.supervisor.start(&rec, node_req).await {
-        state
-            .metrics
-            .creates_failed
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        return Err(e);
-    }
+    let started_at = match state.supervisor.start(&rec, node_req).await {
+        Ok(t) => t,
+        Err(e) => {
+            state
+                .metrics
+                .creates_failed
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Err(e);
+        }
+    };
     state.metrics.create_latency.observe(started.elapsed());
-    let rec = load(&state, &auth, &id).await?;
+    let rec = match started_at {
+        // The common case: answer from what was written, no read-back.
+        Some(t) => SandboxRecord {
+            state: SandboxState::Running,
+            started_at: Some(t),
+            last_activity_at: t,
+            ..rec
+        },
+        // It already ended (a very short command): report what is stored.
+        None => load(&state, &auth, &id).await?,
+    };
     Ok((StatusCode::CREATED, Json(to_api(&rec))))
 }
 

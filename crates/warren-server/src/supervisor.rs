@@ -122,9 +122,14 @@ impl Supervisor {
             .contains_key(id)
     }
 
-    /// Creates the sandbox on the node and starts watching it. On failure the
-    /// record ends with reason `error` and the error is returned.
-    pub async fn start(&self, rec: &SandboxRecord, req: CreateRequest) -> Result<(), ApiError> {
+    /// Creates the sandbox on the node and starts watching it; returns when
+    /// it was marked running (`None` if it already ended meanwhile). On
+    /// failure the record ends with reason `error` and the error is returned.
+    pub async fn start(
+        &self,
+        rec: &SandboxRecord,
+        req: CreateRequest,
+    ) -> Result<Option<i64>, ApiError> {
         let id = req.id.clone();
         if let Err(e) = self.node.create(req, None, None).await {
             let t = Termination::new(TerminationReason::Error).with_detail(e.to_string());
@@ -132,9 +137,9 @@ impl Supervisor {
             self.ended.notify_waiters();
             return Err(e.into());
         }
-        self.store.mark_running(&rec.id).await?;
+        let started = self.store.mark_running_at(&rec.id).await?;
         self.watch(id);
-        Ok(())
+        Ok(started)
     }
 
     /// Waits for the sandbox to end, records why, and releases it.

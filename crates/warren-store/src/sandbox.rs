@@ -309,13 +309,21 @@ impl Store {
     /// without a timeout). Returns `false` (and changes nothing) unless the
     /// sandbox was `creating`.
     pub async fn mark_running(&self, id: &str) -> Result<bool> {
+        Ok(self.mark_running_at(id).await?.is_some())
+    }
+
+    /// Like [`Store::mark_running`], returning the `started_at` it recorded
+    /// (`None` if the sandbox was not `creating`), so callers can answer
+    /// without reading the record back.
+    pub async fn mark_running_at(&self, id: &str) -> Result<Option<i64>> {
+        let now = self.now();
         let result = sqlx::query(
             "UPDATE sandboxes SET state = 'running', started_at = $1, last_activity_at = $1, \
              deadline_at = CASE WHEN timeout_secs IS NULL THEN NULL \
                                 ELSE $1 + timeout_secs * 1000 END \
              WHERE id = $2 AND state = 'creating'",
         )
-        .bind(self.now())
+        .bind(now)
         .bind(id)
         .execute(&self.pool)
         .await
@@ -324,7 +332,7 @@ impl Store {
             operation: "mark running",
             source,
         })?;
-        Ok(result.rows_affected() == 1)
+        Ok((result.rows_affected() == 1).then_some(now))
     }
 
     /// Records activity (an exec, a file operation, tunnel traffic) for the
