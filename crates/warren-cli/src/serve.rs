@@ -12,6 +12,9 @@ pub struct ServeArgs {
     /// Address to serve the API on.
     #[arg(long, default_value = "127.0.0.1:7070")]
     listen: SocketAddr,
+    /// Image for sandboxes whose create request names none.
+    #[arg(long, default_value = "host")]
+    default_image: String,
 }
 
 pub fn run(data_dir: &Path, a: ServeArgs) -> Result<i32> {
@@ -19,7 +22,8 @@ pub fn run(data_dir: &Path, a: ServeArgs) -> Result<i32> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let cfg = warren_server::ServerConfig::new(a.listen, data_dir);
+    let mut cfg = warren_server::ServerConfig::new(a.listen, data_dir);
+    cfg.default_image = a.default_image;
     rt.block_on(async move {
         let shutdown = shutdown_signal();
         warren_server::run(cfg, shutdown).await
