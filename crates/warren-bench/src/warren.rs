@@ -8,8 +8,8 @@ use anyhow::{bail, ensure, Context, Result};
 use nix::fcntl::OFlag;
 use warren_image::ImageStore;
 use warren_runtime::{
-    BindMount, ExecIo, ExecSpec, ExitStatus, MainIo, NativeConfig, NativeRuntime, RootfsSpec,
-    Runtime, SandboxId, SandboxSpec,
+    ExecIo, ExecSpec, ExitStatus, MainIo, NativeConfig, NativeRuntime, RootfsSpec, Runtime,
+    SandboxId, SandboxSpec,
 };
 
 use crate::timing::{read_first_byte, Timing, EXIT_TIMEOUT, FIRST_BYTE_TIMEOUT};
@@ -63,18 +63,7 @@ impl Warren {
                 .context("import busybox rootfs")?,
             ImageChoice::Host => store.host_image().context("host image")?,
         };
-        let rootfs = RootfsSpec {
-            layers: img.layers.clone(),
-            binds: img
-                .binds
-                .iter()
-                .map(|b| BindMount {
-                    source: b.source.clone(),
-                    target: b.target.clone(),
-                    readonly: b.readonly,
-                })
-                .collect(),
-        };
+        let rootfs = warren_node::rootfs_of(&img);
         Ok(Self {
             rt,
             rootfs,

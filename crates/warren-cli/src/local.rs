@@ -5,7 +5,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use warren_image::ImageStore;
-use warren_runtime::{BindMount, NativeConfig, NativeRuntime, RootfsSpec};
+use warren_runtime::{NativeConfig, NativeRuntime, RootfsSpec};
 
 pub struct Local {
     pub rt: NativeRuntime,
@@ -27,18 +27,6 @@ impl Local {
             .images
             .resolve(reference)
             .with_context(|| format!("image {reference:?}"))?;
-        let rootfs = RootfsSpec {
-            layers: img.layers.clone(),
-            binds: img
-                .binds
-                .iter()
-                .map(|b| BindMount {
-                    source: b.source.clone(),
-                    target: b.target.clone(),
-                    readonly: b.readonly,
-                })
-                .collect(),
-        };
-        Ok((rootfs, img.config))
+        Ok((warren_node::rootfs_of(&img), img.config))
     }
 }

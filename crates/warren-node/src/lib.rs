@@ -131,18 +131,7 @@ impl Node {
         tokio::task::spawn_blocking(move || {
             let _span = info_span!("node_create", sandbox_id = %req.id).entered();
             let img = node.resolve_image(&req.image)?;
-            let rootfs = RootfsSpec {
-                layers: img.layers.clone(),
-                binds: img
-                    .binds
-                    .iter()
-                    .map(|b| BindMount {
-                        source: b.source.clone(),
-                        target: b.target.clone(),
-                        readonly: b.readonly,
-                    })
-                    .collect(),
-            };
+            let rootfs = rootfs_of(&img);
             let mut spec = SandboxSpec::new(req.id.clone(), rootfs);
             spec.env = merge_env(&img.config.env, &req.env);
             spec.workdir = req
@@ -236,6 +225,23 @@ impl Node {
 /// example an exec's control connection, readable when its exit arrives).
 pub fn watch_readable(fd: OwnedFd) -> std::io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
     warren_sys::asyncfd::register(fd, tokio::io::Interest::READABLE)
+}
+
+/// The root filesystem the runtime needs for an image: its layers and host
+/// binds (the one place an image becomes a `RootfsSpec`).
+pub fn rootfs_of(img: &warren_image::Image) -> RootfsSpec {
+    RootfsSpec {
+        layers: img.layers.clone(),
+        binds: img
+            .binds
+            .iter()
+            .map(|b| BindMount {
+                source: b.source.clone(),
+                target: b.target.clone(),
+                readonly: b.readonly,
+            })
+            .collect(),
+    }
 }
 
 /// The image's environment with `overrides` replacing same-named entries.

@@ -78,21 +78,8 @@ pub fn leaks(marker: &str) -> Vec<String> {
             out.push(format!("mount: {line}"));
         }
     }
-    // Every cgroup hierarchy: v1 controller dirs under /sys/fs/cgroup, the
-    // hybrid unified dir, or a pure v2 root.
-    let mut roots = vec![std::path::PathBuf::from("/sys/fs/cgroup")];
-    if let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup") {
-        roots.extend(entries.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
-    }
-    for root in roots {
-        let Ok(sub) = std::fs::read_dir(&root) else {
-            continue;
-        };
-        for s in sub.flatten() {
-            if s.file_name().to_string_lossy().contains(marker) && s.path().is_dir() {
-                out.push(format!("cgroup: {}", s.path().display()));
-            }
-        }
+    for dir in cgroup_dirs_where(|name| name.contains(marker)) {
+        out.push(format!("cgroup: {dir}"));
     }
     if let Ok(procs) = std::fs::read_dir("/proc") {
         for p in procs.flatten() {
@@ -115,6 +102,15 @@ pub fn leaks(marker: &str) -> Vec<String> {
 /// Cgroup directories directly under any hierarchy root whose name starts
 /// with `prefix`.
 pub fn cgroup_dirs(prefix: &str) -> Vec<String> {
+    cgroup_dirs_where(|name| name.starts_with(prefix))
+        .into_iter()
+        .map(|d| format!("cgroup: {d}"))
+        .collect()
+}
+
+/// Directories directly under every cgroup hierarchy root (v1 controller
+/// dirs, the hybrid unified dir, or a pure v2 root) whose name matches.
+fn cgroup_dirs_where(matches: impl Fn(&str) -> bool) -> Vec<String> {
     let mut out = Vec::new();
     let mut roots = vec![std::path::PathBuf::from("/sys/fs/cgroup")];
     if let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup") {
@@ -125,8 +121,8 @@ pub fn cgroup_dirs(prefix: &str) -> Vec<String> {
             continue;
         };
         for s in sub.flatten() {
-            if s.file_name().to_string_lossy().starts_with(prefix) && s.path().is_dir() {
-                out.push(format!("cgroup: {}", s.path().display()));
+            if matches(&s.file_name().to_string_lossy()) && s.path().is_dir() {
+                out.push(s.path().display().to_string());
             }
         }
     }
