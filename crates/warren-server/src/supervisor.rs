@@ -231,9 +231,17 @@ impl Supervisor {
         for r in found {
             match r {
                 Recovered::Running(id) => {
-                    if unfinished.iter().any(|u| u.id == id.as_str()) {
+                    if let Some(rec) = unfinished.iter().find(|u| u.id == id.as_str()) {
                         info!(sandbox_id = %id, "re-adopted a running sandbox");
                         running.insert(id.to_string());
+                        // A crash between the node's create and the record's
+                        // `running` left it `creating`: it runs, so say so
+                        // (and start its timeout).
+                        if rec.state == warren_store::SandboxState::Creating {
+                            if let Err(e) = self.store.mark_running(id.as_str()).await {
+                                warn!(sandbox_id = %id, error = %e, "marking a re-adopted sandbox running failed");
+                            }
+                        }
                         self.watch(id);
                     } else {
                         warn!(sandbox_id = %id, "no record of a running sandbox; removing it");

@@ -462,7 +462,7 @@ async fn names_tags_and_pagination() -> Result<()> {
 async fn restart_readopts_running_sandboxes() -> Result<()> {
     // The first server lives in its own tokio runtime, which is then shut
     // down without any cleanup: its supervisor tasks vanish as in a crash.
-    let (data, token, id, ended) = std::thread::spawn(|| -> Result<_> {
+    let (data, token, (id, half), ended) = std::thread::spawn(|| -> Result<_> {
         let rt = tokio::runtime::Runtime::new()?;
         let r = rt.block_on(async {
             let e = env().await?;
@@ -470,9 +470,46 @@ async fn restart_readopts_running_sandboxes() -> Result<()> {
             let ended = e
                 .create(json!({"command": ["sh", "-c", "sleep 0.5; exit 6"]}))
                 .await?;
+            // A crash between the node's create and the record's `running`:
+            // the sandbox runs, its record still says `creating`.
+            let half = warren_store::new_sandbox_id();
+            let principal = e
+                .state
+                .store
+                .authenticate(&e.token)
+                .await?
+                .context("admin")?;
+            e.state
+                .store
+                .insert_sandbox(&warren_store::NewSandbox {
+                    id: half.clone(),
+                    workspace_id: principal.workspace_id,
+                    name: None,
+                    image: "host".into(),
+                    spec: Default::default(),
+                    tags: Default::default(),
+                    node_id: warren_store::LOCAL_NODE_ID.into(),
+                })
+                .await?;
+            e.state
+                .node
+                .create(
+                    warren_node::CreateRequest {
+                        id: warren_runtime::SandboxId::new(half.clone())?,
+                        image: "host".into(),
+                        command: None,
+                        env: vec![],
+                        workdir: None,
+                        limits: Default::default(),
+                        log_capacity: None,
+                    },
+                    None,
+                    None,
+                )
+                .await?;
             e.sweeper.abort();
             std::mem::forget(e.state);
-            Ok::<_, anyhow::Error>((e.data, e.token, id, ended))
+            Ok::<_, anyhow::Error>((e.data, e.token, (id, half), ended))
         });
         rt.shutdown_background();
         r
@@ -494,6 +531,13 @@ async fn restart_readopts_running_sandboxes() -> Result<()> {
         .admin("GET", &format!("/v1/sandboxes/{id}"), None)
         .await?;
     ensure!(s == StatusCode::OK && v["state"] == "running", "{s} {v}");
+    let (s, v) = e2
+        .admin("GET", &format!("/v1/sandboxes/{half}"), None)
+        .await?;
+    ensure!(
+        s == StatusCode::OK && v["state"] == "running" && v["started_at"].is_string(),
+        "half-created: {s} {v}"
+    );
     let (_, v) = e2
         .admin(
             "POST",
