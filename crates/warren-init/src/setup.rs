@@ -165,6 +165,8 @@ pub fn build(
         )
         .step("mount_sys", "sysfs")?;
     }
+    mask_paths(&root)?;
+    t.mark("mask");
     let tmp = root.join("tmp");
     ensure_dir(&tmp, 0o1777, base).step("mount_tmp", "/tmp")?;
     let mut tmp_opts = format!("mode=1777,uid={base},gid={base}");
@@ -201,7 +203,117 @@ pub fn build(
     // exec'd there): nothing in the sandbox can ptrace init or open its
     // /proc/1/{mem,exe,fd}.
     nix::sys::prctl::set_dumpable(false).step("dumpable", "prctl(PR_SET_DUMPABLE)")?;
+    // Every process of the sandbox descends from init: narrowing the
+    // bounding set here caps what any of them can ever hold, and
+    // no_new_privs stops setuid/setcap binaries from gaining anything.
+    drop_bounding_caps()?;
+    warren_sys::proc::clear_ambient_caps().step("capabilities", "clear ambient capabilities")?;
+    nix::sys::prctl::set_no_new_privs().step("no_new_privs", "prctl(PR_SET_NO_NEW_PRIVS)")?;
     t.mark("userns");
+    Ok(())
+}
+
+/// Capabilities a sandbox keeps (numbers from linux/capability.h): Docker's
+/// default set less `CAP_NET_RAW` and `CAP_MKNOD` (neither can be used in a
+/// network namespace or on devices the sandbox does not own anyway).
+/// Everything else — `CAP_SYS_ADMIN`, `CAP_NET_ADMIN`, `CAP_SYS_PTRACE`,
+/// `CAP_SYS_MODULE`, ... — is dropped from the bounding set.
+pub const KEPT_CAPS: &[(u32, &str)] = &[
+    (0, "CAP_CHOWN"),
+    (1, "CAP_DAC_OVERRIDE"),
+    (3, "CAP_FOWNER"),
+    (4, "CAP_FSETID"),
+    (5, "CAP_KILL"),
+    (6, "CAP_SETGID"),
+    (7, "CAP_SETUID"),
+    (8, "CAP_SETPCAP"),
+    (10, "CAP_NET_BIND_SERVICE"),
+    (18, "CAP_SYS_CHROOT"),
+    (29, "CAP_AUDIT_WRITE"),
+    (31, "CAP_SETFCAP"),
+];
+
+fn drop_bounding_caps() -> Result<(), SetupError> {
+    let last: u32 = fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(40);
+    for cap in 0..=last {
+        if KEPT_CAPS.iter().any(|(n, _)| *n == cap) {
+            continue;
+        }
+        warren_sys::proc::drop_bounding_cap(cap)
+            .step("capabilities", format!("drop capability {cap}"))?;
+    }
+    Ok(())
+}
+
+/// `/proc` and `/sys` paths hidden from the sandbox (the OCI defaults):
+/// files get `/dev/null` bound over them, directories an empty read-only
+/// tmpfs. Absent paths are skipped.
+const MASKED: &[&str] = &[
+    "proc/acpi",
+    "proc/asound",
+    "proc/kcore",
+    "proc/keys",
+    "proc/latency_stats",
+    "proc/timer_list",
+    "proc/timer_stats",
+    "proc/sched_debug",
+    "proc/scsi",
+    "sys/firmware",
+    "sys/devices/virtual/powercap",
+];
+
+/// `/proc` paths made read-only (the OCI defaults).
+const READ_ONLY: &[&str] = &[
+    "proc/bus",
+    "proc/fs",
+    "proc/irq",
+    "proc/sys",
+    "proc/sysrq-trigger",
+];
+
+fn mask_paths(root: &Path) -> Result<(), SetupError> {
+    let null = root.join("dev/null");
+    for rel in MASKED {
+        let p = root.join(rel);
+        let Ok(meta) = fs::symlink_metadata(&p) else {
+            continue;
+        };
+        if meta.is_dir() {
+            mount(
+                Some("tmpfs"),
+                &p,
+                Some("tmpfs"),
+                MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+                Some("size=0,nr_inodes=1"),
+            )
+            .step("mask_paths", rel)?;
+        } else {
+            mount(
+                Some(&null),
+                &p,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .step("mask_paths", rel)?;
+        }
+    }
+    let ro = TreeAttrs {
+        readonly: true,
+        nosuid: true,
+        nodev: true,
+        idmap: None,
+    };
+    for rel in READ_ONLY {
+        let p = root.join(rel);
+        if fs::symlink_metadata(&p).is_err() {
+            continue;
+        }
+        bind_with_attrs(&p, &p, ro, true).step("read_only_paths", rel)?;
+    }
     Ok(())
 }
 

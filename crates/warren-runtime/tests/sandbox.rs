@@ -600,6 +600,45 @@ fn host_processes_and_mounts_are_invisible() -> Result<()> {
     Ok(())
 }
 
+fn hardening_caps_nnp_and_masked_paths() -> Result<()> {
+    let sb = Sb::idle("harden")?;
+    let status = sb.sh_ok("grep -E '^(CapBnd|CapEff|NoNewPrivs)' /proc/self/status")?;
+    // Docker's default set less NET_RAW and MKNOD.
+    ensure!(status.contains("CapBnd:\t00000000a00405fb"), "{status}");
+    ensure!(status.contains("NoNewPrivs:\t1"), "{status}");
+    // Masked: reads give nothing.
+    ensure!(
+        sb.sh_ok("cat /proc/kcore /proc/keys /proc/timer_list 2>/dev/null | wc -c")?
+            .trim()
+            == "0"
+    );
+    ensure!(sb.sh_ok("ls -A /sys/firmware | wc -l")?.trim() == "0");
+    // Read-only: writing back the value a file already holds (so nothing
+    // changes even if the write went through) must fail.
+    let (exit, _, _) =
+        sb.sh("v=$(cat /proc/sys/kernel/domainname) && echo \"$v\" > /proc/sys/kernel/domainname")?;
+    ensure!(exit.status != ExitStatus::Code(0), "/proc/sys is writable");
+    let (exit, _, err) = sb.sh("echo 0 > /proc/sysrq-trigger")?;
+    ensure!(exit.status != ExitStatus::Code(0), "sysrq-trigger writable");
+    ensure!(String::from_utf8_lossy(&err).contains("Read-only") || !err.is_empty());
+    // setuid binaries gain nothing under no_new_privs: as uid 1000, `su`
+    // (setuid root on the host image) cannot become root.
+    let mut spec = ExecSpec::new(vec![
+        "sh".into(),
+        "-c".into(),
+        "su -c id root </dev/null 2>&1; id -u".into(),
+    ]);
+    spec.user.uid = 1000;
+    spec.user.gid = 1000;
+    let (_, out, _) = sb.run(spec)?;
+    let out = String::from_utf8_lossy(&out);
+    ensure!(
+        out.trim_end().ends_with("1000") && !out.contains("uid=0"),
+        "{out}"
+    );
+    Ok(())
+}
+
 fn distinct_host_ids_per_sandbox() -> Result<()> {
     let a = Sb::idle("ida")?;
     let b = Sb::idle("idb")?;
@@ -865,6 +904,10 @@ fn main() {
         trial(
             "distinct_host_ids_per_sandbox",
             distinct_host_ids_per_sandbox,
+        ),
+        trial(
+            "hardening_caps_nnp_and_masked_paths",
+            hardening_caps_nnp_and_masked_paths,
         ),
         trial(
             "filesystem_is_writable_and_private",
