@@ -16,6 +16,10 @@
 //! sandbox's root holds no capability over its own mounts, network or
 //! hostname.
 //!
+//! Right after setup, init installs the default seccomp policy on itself
+//! (see `seccomp.rs` and `docs/seccomp.md`); every process it starts
+//! inherits the filter and gets `no_new_privs`.
+//!
 //! After setup init serves the control socket (see `server.rs`): execs with
 //! descriptor-passed stdio or a PTY, signals, exit reports, zombie reaping.
 //! When the main command exits, init records its status in the result file
@@ -25,6 +29,7 @@
 //! keep descriptors that sandbox processes could inherit (all are CLOEXEC).
 
 mod logring;
+mod seccomp;
 mod server;
 mod setup;
 mod spawn;

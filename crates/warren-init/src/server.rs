@@ -116,6 +116,13 @@ fn run() -> Result<i32, ()> {
         return Err(());
     }
     drop((userns, netns));
+    // Before any sandbox process runs, and before init handles anything
+    // from the node or the sandbox: init itself runs under the policy.
+    if let Err((errno, message)) = crate::seccomp::install_self() {
+        fail("seccomp", errno, message);
+        return Err(());
+    }
+    timer.mark("seccomp");
     // Before any sandbox process runs: processes without some stdio share it.
     let _ = spawn::open_dev_null();
 

@@ -6,7 +6,8 @@
 //! `clone` into new namespaces followed by `execveat` of a sealed memfd,
 //! a `posix_spawn`-style `clone(CLONE_VM | CLONE_VFORK)` spawn for init's
 //! workloads, pidfds, the new mount API (`open_tree`, `mount_setattr` with idmaps,
-//! `move_mount`), terminal ioctls and a few `prctl`s.
+//! `move_mount`), terminal ioctls, a few `prctl`s, and installing a prepared seccomp-BPF
+//! program (in the calling thread or in a spawned child before `execve`).
 //!
 //! Invariants:
 //! - every `unsafe` block carries a `// SAFETY:` comment saying why it is sound;
@@ -23,6 +24,7 @@ pub mod mount;
 pub mod net;
 pub mod pidfd;
 pub mod proc;
+pub mod seccomp;
 pub mod socket;
 pub mod spawn;
 pub mod term;

@@ -21,7 +21,10 @@
 //!    when the caller was refused, like runc);
 //! 4. `setsid`, `TIOCSCTTY` on fd 0, `oom_score_adj` = 0 (best effort);
 //! 5. `setgroups`, `setresgid`, `setresuid`;
-//! 6. `execve`.
+//! 6. `prctl(PR_SET_NO_NEW_PRIVS)` and `seccomp(SECCOMP_SET_MODE_FILTER)`
+//!    with a program prepared by the caller, when asked (last, so that the
+//!    filter never has to allow the steps above);
+//! 7. `execve`.
 //!
 //! A failing step is reported exactly: the child stores the step and errno in
 //! a word shared with the parent (the memory is shared, and the parent only
@@ -36,6 +39,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicI32, Ordering};
 
+use crate::seccomp::SeccompProgram;
 use crate::Errno;
 
 /// The search path `execvp` uses when the environment has no `PATH`
@@ -76,6 +80,11 @@ pub struct SpawnSpec<'a> {
     pub reset_oom_score_adj: bool,
     /// Switch to this identity; `None` keeps the caller's.
     pub credentials: Option<Credentials<'a>>,
+    /// Set `no_new_privs` right before `execve` (also implied by `seccomp`).
+    pub no_new_privs: bool,
+    /// Install this seccomp filter right before `execve` (after
+    /// `no_new_privs`). It stacks on any filter the caller already has.
+    pub seccomp: Option<&'a SeccompProgram>,
 }
 
 /// The step at which a spawn failed.
@@ -95,6 +104,8 @@ pub enum SpawnStep {
     Setresgid = 9,
     Setresuid = 10,
     Exec = 11,
+    NoNewPrivs = 12,
+    Seccomp = 13,
 }
 
 impl SpawnStep {
@@ -112,6 +123,8 @@ impl SpawnStep {
             SpawnStep::Setresgid => "setresgid",
             SpawnStep::Setresuid => "setresuid",
             SpawnStep::Exec => "exec",
+            SpawnStep::NoNewPrivs => "no_new_privs",
+            SpawnStep::Seccomp => "seccomp",
         }
     }
 
@@ -128,6 +141,8 @@ impl SpawnStep {
             9 => SpawnStep::Setresgid,
             10 => SpawnStep::Setresuid,
             11 => SpawnStep::Exec,
+            12 => SpawnStep::NoNewPrivs,
+            13 => SpawnStep::Seccomp,
             _ => return None,
         })
     }
@@ -243,6 +258,9 @@ struct ChildArgs {
     gid: libc::gid_t,
     groups: *const libc::gid_t,
     ngroups: usize,
+    no_new_privs: bool,
+    /// The filter to install, or null; points into the parent's frame.
+    seccomp: *const libc::sock_fprog,
     /// The failed step (`SpawnStep as i32`), 0 if none.
     failed_step: AtomicI32,
     failed_errno: AtomicI32,
@@ -442,6 +460,39 @@ fn child_steps(a: &ChildArgs) -> (SpawnStep, libc::c_int) {
         }
     }
 
+    if a.no_new_privs || !a.seccomp.is_null() {
+        // SAFETY: PR_SET_NO_NEW_PRIVS takes integer arguments only.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_prctl,
+                libc::PR_SET_NO_NEW_PRIVS as libc::c_long,
+                1 as libc::c_long,
+                0 as libc::c_long,
+                0 as libc::c_long,
+                0 as libc::c_long,
+            )
+        };
+        if let Err(e) = check(rc) {
+            return (SpawnStep::NoNewPrivs, e);
+        }
+    }
+    if !a.seccomp.is_null() {
+        // SAFETY: `seccomp` points to a `sock_fprog` in the suspended
+        // parent's frame whose instructions are owned by a live
+        // `SeccompProgram`; the kernel copies the program.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_seccomp,
+                libc::SECCOMP_SET_MODE_FILTER as libc::c_long,
+                0 as libc::c_long,
+                a.seccomp,
+            )
+        };
+        if let Err(e) = check(rc) {
+            return (SpawnStep::Seccomp, e);
+        }
+    }
+
     // SAFETY: `program` is NUL-terminated; `argv` and `envp` are
     // NULL-terminated arrays of NUL-terminated strings, all owned by the
     // parent.
@@ -498,6 +549,8 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<libc::pid_t, SpawnError> {
     if groups.len() > libc::c_int::MAX as usize {
         return Err(prepare(Errno::EINVAL));
     }
+    // Built here, read by the child: it points into the borrowed program.
+    let fprog = spec.seccomp.map(SeccompProgram::fprog);
     let args = ChildArgs {
         program: spec.program.as_ptr(),
         argv: argv.as_ptr(),
@@ -512,6 +565,10 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<libc::pid_t, SpawnError> {
         gid,
         groups: groups.as_ptr(),
         ngroups: groups.len(),
+        no_new_privs: spec.no_new_privs,
+        seccomp: fprog
+            .as_ref()
+            .map_or(std::ptr::null(), |f| f as *const libc::sock_fprog),
         failed_step: AtomicI32::new(0),
         failed_errno: AtomicI32::new(0),
     };
@@ -734,12 +791,12 @@ mod tests {
 
     #[test]
     fn step_codes_round_trip() {
-        for code in 1..=11 {
+        for code in 1..=13 {
             let step = SpawnStep::from_code(code).unwrap();
             assert_eq!(step as i32, code);
         }
         assert_eq!(SpawnStep::from_code(0), None);
-        assert_eq!(SpawnStep::from_code(12), None);
+        assert_eq!(SpawnStep::from_code(14), None);
     }
 
     /// Marks the re-executed test process in which the real spawns run.
@@ -846,6 +903,8 @@ mod tests {
             controlling_tty: false,
             reset_oom_score_adj: true,
             credentials: Some(creds),
+            no_new_privs: true,
+            seccomp: None,
         };
         let pid = spawn(&SpawnSpec {
             stdio: [null.as_fd(), w.as_fd(), null.as_fd()],
@@ -861,6 +920,8 @@ mod tests {
         assert_eq!(status_field(&out, "SigBlk"), "0000000000000000");
         assert_eq!(status_field(&out, "SigIgn"), "0000000000000000");
         assert_eq!(status_field(&out, "NSsid"), pid.to_string());
+        assert_eq!(status_field(&out, "NoNewPrivs"), "1");
+        assert_eq!(status_field(&out, "Seccomp"), "0");
         assert_eq!(out.lines().last(), Some("0"), "oom_score_adj of the child");
         // The caller is untouched.
         let own = fs::read_to_string("/proc/self/oom_score_adj").unwrap();
@@ -946,5 +1007,32 @@ mod tests {
         assert!(unsafe { libc::dup2(null.as_raw_fd(), 0) } == 0);
         assert_eq!(read_all(r), "moved\n");
         assert_eq!(wait_code(pid), 0);
+
+        // 5. A seccomp filter is installed in the child only.
+        let allow = crate::seccomp::SeccompProgram::new(vec![libc::sock_filter {
+            code: (libc::BPF_RET | libc::BPF_K) as u16,
+            jt: 0,
+            jf: 0,
+            k: libc::SECCOMP_RET_ALLOW,
+        }])
+        .unwrap();
+        let (r, w) = std::io::pipe().unwrap();
+        let argv = [c("cat"), c("/proc/self/status")];
+        let pid = spawn(&SpawnSpec {
+            program: &cat,
+            argv: &argv,
+            stdio: [null.as_fd(), w.as_fd(), null.as_fd()],
+            no_new_privs: false,
+            seccomp: Some(&allow),
+            ..spec
+        })
+        .unwrap();
+        drop(w);
+        let out = read_all(r);
+        assert_eq!(wait_code(pid), 0);
+        assert_eq!(status_field(&out, "Seccomp"), "2");
+        assert_eq!(status_field(&out, "NoNewPrivs"), "1");
+        let own = fs::read_to_string("/proc/self/status").unwrap();
+        assert_eq!(status_field(&own, "Seccomp"), "0");
     }
 }
