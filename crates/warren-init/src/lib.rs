@@ -29,7 +29,7 @@
 //! keep descriptors that sandbox processes could inherit (all are CLOEXEC).
 
 mod logring;
-mod seccomp;
+pub mod seccomp;
 mod server;
 mod setup;
 mod spawn;

@@ -118,7 +118,7 @@ fn run() -> Result<i32, ()> {
     drop((userns, netns));
     // Before any sandbox process runs, and before init handles anything
     // from the node or the sandbox: init itself runs under the policy.
-    if let Err((errno, message)) = crate::seccomp::install_self() {
+    if let Err((errno, message)) = crate::seccomp::install_self(&b.seccomp) {
         fail("seccomp", errno, message);
         return Err(());
     }

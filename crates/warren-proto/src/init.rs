@@ -142,6 +142,11 @@ pub struct Bootstrap {
     /// init captures the main command's unassigned stdout/stderr into it.
     #[serde(default)]
     pub main_log: bool,
+    /// The seccomp program init installs on itself (and so on every
+    /// sandbox process), packed one instruction per `u64`; empty = init
+    /// compiles its embedded policy itself.
+    #[serde(default)]
+    pub seccomp: Vec<u64>,
     /// Descriptor order: user namespace, control listener, result file,
     /// network namespace, the log ring (when `main_log`), then the main
     /// command's stdio as flagged in `main.stdio`.

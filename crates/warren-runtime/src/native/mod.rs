@@ -133,6 +133,8 @@ pub struct NativeRuntime {
     sandboxes: RwLock<HashMap<SandboxId, Arc<Sandbox>>>,
     netns: pool::NetnsPool,
     reaper: trash::Reaper,
+    /// The sandbox seccomp policy, compiled once and sent to every init.
+    seccomp: Vec<u64>,
 }
 
 impl NativeRuntime {
@@ -173,7 +175,14 @@ impl NativeRuntime {
                 reason: "id ranges must fit below 2^32".into(),
             });
         }
+        let seccomp = warren_init::seccomp::compile()
+            .map(|p| warren_init::seccomp::pack(&p))
+            .map_err(|e| RuntimeError::InvalidSpec {
+                field: "seccomp policy",
+                reason: e.to_string(),
+            })?;
         Ok(NativeRuntime {
+            seccomp,
             netns: pool::NetnsPool::start(cfg.netns_pool),
             reaper: trash::Reaper::start(),
             ids: Mutex::new(ids::IdAllocator::new(cfg.id_slots)),
@@ -302,6 +311,7 @@ impl NativeRuntime {
             tmp_size_bytes: spec.limits.memory_bytes,
             main,
             main_log: log.is_some(),
+            seccomp: self.seccomp.clone(),
             fds: BootstrapFds::UsernsListenerResultNetnsLogStdio,
         };
         let msg = warren_proto::encode(&boot)?;
