@@ -1,6 +1,7 @@
 //! The sandbox's default seccomp policy: reviewed data
 //! (`seccomp/default.json`, embedded at build time), compiled into one
-//! classic-BPF program with `seccompiler` once per init, at start-up.
+//! classic-BPF program with `seccompiler` once per node (the runtime calls
+//! [`compile`] and ships [`pack`]ed instructions to every init).
 //!
 //! The JSON holds two `seccompiler` filters, because a filter has a single
 //! match action: `deny_eperm` (most rules: `EPERM`, so programs can fall
