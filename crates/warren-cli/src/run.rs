@@ -159,6 +159,7 @@ fn run_local(data_dir: &Path, a: RunArgs) -> Result<i32> {
         cpu_millis: a.cpu.map(|c| (c * 1000.0).round() as u64),
         memory_bytes: a.memory.map(|m| m << 20),
         pids: None,
+        disk_bytes: None,
     };
     // The command writes straight into our stdout and stderr.
     let io = MainIo {

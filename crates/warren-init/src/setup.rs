@@ -124,7 +124,28 @@ pub fn build(
             .step("mount_layer", layer)?;
         lowers.push(target);
     }
-    let opts = format!("lowerdir={},upperdir=upper,workdir=work", lowers.join(":"));
+    // With a disk limit the writable layer lives on a tmpfs of that size.
+    let (upper, work) = match b.disk_bytes {
+        Some(size) => {
+            let opts = format!("size={size},mode=0755,uid={},gid={}", b.id_base, b.id_base);
+            mount(
+                Some("tmpfs"),
+                "disk",
+                Some("tmpfs"),
+                MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                Some(opts.as_str()),
+            )
+            .step("mount_disk", "tmpfs writable layer")?;
+            ensure_dir(Path::new("disk/upper"), 0o755, b.id_base).step("mount_disk", "upper")?;
+            fs::create_dir("disk/work").step("mount_disk", "work")?;
+            ("disk/upper", "disk/work")
+        }
+        None => ("upper", "work"),
+    };
+    let opts = format!(
+        "lowerdir={},upperdir={upper},workdir={work}",
+        lowers.join(":")
+    );
     mount(
         Some("overlay"),
         "rootfs",

@@ -136,6 +136,10 @@ pub struct Bootstrap {
     pub cgroup_procs: Vec<String>,
     /// Size of the sandbox's `/tmp` tmpfs in bytes (`None` = kernel default).
     pub tmp_size_bytes: Option<u64>,
+    /// The writable layer lives on a tmpfs of this size (writes beyond it
+    /// fail with `ENOSPC`); `None` = on the node's disk, unbounded.
+    #[serde(default)]
+    pub disk_bytes: Option<u64>,
     /// The main command; `None` = idle until terminated.
     pub main: Option<ProcessSpec>,
     /// A log ring file (see [`crate::log`]) comes with the descriptors;

@@ -80,6 +80,10 @@ pub struct Limits {
     pub cpu_millis: Option<u64>,
     pub memory_bytes: Option<u64>,
     pub pids: Option<u64>,
+    /// Size of the writable layer (and `/tmp`): writes beyond it fail with
+    /// `ENOSPC` inside the sandbox. It is kept in memory (tmpfs) and so also
+    /// counts against `memory_bytes`.
+    pub disk_bytes: Option<u64>,
 }
 
 /// A user inside the sandbox (ids as the sandbox sees them).

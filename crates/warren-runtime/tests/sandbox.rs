@@ -639,6 +639,41 @@ fn hardening_caps_nnp_and_masked_paths() -> Result<()> {
     Ok(())
 }
 
+fn disk_limit_gives_enospc() -> Result<()> {
+    let sb = Sb::with(
+        "disk",
+        |s| s.limits.disk_bytes = Some(16 << 20),
+        MainIo::default(),
+    )?;
+    let out = sb.sh_ok("dd if=/dev/zero of=/root/fill bs=1M count=64 2>&1; true")?;
+    ensure!(out.contains("No space left on device"), "dd said {out:?}");
+    // /tmp is bounded too.
+    let out = sb.sh_ok("dd if=/dev/zero of=/tmp/fill bs=1M count=64 2>&1; true")?;
+    ensure!(out.contains("No space left on device"), "/tmp: {out:?}");
+    // The sandbox stays healthy: delete, then write again.
+    let after =
+        sb.sh_ok("rm -f /root/fill /tmp/fill && echo ok > /root/after && cat /root/after")?;
+    ensure!(after == "ok\n", "after: {after:?}");
+    // The host's disk holds nothing of it.
+    let dir =
+        sb.f.rt
+            .config()
+            .data_dir
+            .join("sandboxes")
+            .join(sb.id.as_str());
+    let du = std::process::Command::new("du")
+        .arg("-sk")
+        .arg(&dir)
+        .output()?;
+    let kib: u64 = String::from_utf8_lossy(&du.stdout)
+        .split_whitespace()
+        .next()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(u64::MAX);
+    ensure!(kib < 1024, "state dir grew to {kib} KiB on the host disk");
+    Ok(())
+}
+
 fn distinct_host_ids_per_sandbox() -> Result<()> {
     let a = Sb::idle("ida")?;
     let b = Sb::idle("idb")?;
@@ -749,6 +784,7 @@ fn limits_are_applied() -> Result<()> {
                 cpu_millis: Some(500),
                 memory_bytes: Some(128 << 20),
                 pids: Some(100),
+                disk_bytes: None,
             }
         },
         MainIo::default(),
@@ -909,6 +945,7 @@ fn main() {
             "hardening_caps_nnp_and_masked_paths",
             hardening_caps_nnp_and_masked_paths,
         ),
+        trial("disk_limit_gives_enospc", disk_limit_gives_enospc),
         trial(
             "filesystem_is_writable_and_private",
             filesystem_is_writable_and_private,

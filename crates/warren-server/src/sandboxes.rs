@@ -120,10 +120,6 @@ pub async fn create(
 ) -> Result<(StatusCode, Json<api::Sandbox>), ApiError> {
     let req = body(req)?;
     api::validate_create(&req).map_err(ApiError::invalid)?;
-    if req.disk_mib.is_some() {
-        // Accepted by the API, enforced once disk quotas land (issue 4).
-        tracing::debug!("disk_mib is recorded but not yet enforced");
-    }
     let image = req
         .image
         .clone()
@@ -162,6 +158,7 @@ pub async fn create(
             cpu_millis: req.cpu.map(|c| (c * 1000.0).round() as u64),
             memory_bytes: req.memory_mib.map(|m| m << 20),
             pids: None,
+            disk_bytes: req.disk_mib.map(|d| d << 20),
         },
         log_capacity: Some(crate::logs::LOG_CAPACITY),
     };

@@ -21,15 +21,36 @@ pub fn sealed_memfd_copy(name: &std::ffi::CStr, source: &std::path::Path) -> Res
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     let mut src = std::fs::File::open(source).map_err(crate::clone::io_errno)?;
     let mut dst = std::fs::File::from(fd);
-    std::io::copy(&mut src, &mut dst).map_err(crate::clone::io_errno)?;
+    // A plain read/write loop: `std::io::copy` may splice, and pages still
+    // referenced by an in-flight splice make `F_SEAL_WRITE` fail with EBUSY.
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        use std::io::Read;
+        let n = match src.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(crate::clone::io_errno(e)),
+        };
+        dst.write_all(&buf[..n]).map_err(crate::clone::io_errno)?;
+    }
     dst.flush().map_err(crate::clone::io_errno)?;
     let seals = libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
-    // SAFETY: F_ADD_SEALS on a memfd we own.
-    let rc = unsafe { libc::fcntl(dst.as_raw_fd(), libc::F_ADD_SEALS, seals) };
-    if rc < 0 {
-        return Err(Errno::last());
+    // The kernel refuses the write seal (EBUSY) while something still holds
+    // a transient reference to the file's pages; it clears quickly.
+    for attempt in 0..20 {
+        // SAFETY: F_ADD_SEALS on a memfd we own.
+        let rc = unsafe { libc::fcntl(dst.as_raw_fd(), libc::F_ADD_SEALS, seals) };
+        if rc == 0 {
+            return Ok(OwnedFd::from(dst));
+        }
+        let e = Errno::last();
+        if e != Errno::EBUSY || attempt == 19 {
+            return Err(e);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
     }
-    Ok(OwnedFd::from(dst))
+    Err(Errno::EBUSY)
 }
 
 /// Returns the seals set on a memfd.

@@ -308,7 +308,11 @@ impl NativeRuntime {
                 .iter()
                 .map(|p| path_str(p))
                 .collect::<Result<_, _>>()?,
-            tmp_size_bytes: spec.limits.memory_bytes,
+            tmp_size_bytes: match (spec.limits.memory_bytes, spec.limits.disk_bytes) {
+                (Some(m), Some(d)) => Some(m.min(d)),
+                (m, d) => m.or(d),
+            },
+            disk_bytes: spec.limits.disk_bytes,
             main,
             main_log: log.is_some(),
             seccomp: self.seccomp.clone(),
@@ -856,6 +860,7 @@ fn prepare_dirs(dir: &Path, layers: usize, base: u32) -> Result<(), RuntimeError
     mk(dir.join("upper"), 0o755)?;
     mk(dir.join("work"), 0o700)?;
     mk(dir.join("rootfs"), 0o755)?;
+    mk(dir.join("disk"), 0o700)?;
     mk(dir.join("lower"), 0o700)?;
     for i in 0..layers {
         mk(dir.join("lower").join(i.to_string()), 0o755)?;
