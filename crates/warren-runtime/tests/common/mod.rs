@@ -1,0 +1,179 @@
+//! Shared fixture of the real-sandbox test binaries (`harness = false`: each
+//! binary is also the sandbox init and calls `warren_init::run_if_init()`
+//! first). One runtime per test process, under its own cgroup subtree
+//! `warren-test-<tag>-<pid>` and data dir, both removed by [`teardown`].
+
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::sync::{Arc, OnceLock};
+
+use anyhow::{anyhow, ensure, Context, Result};
+use warren_runtime::{
+    ExecExit, ExecIo, ExecSpec, ExitStatus, MainIo, NativeConfig, NativeRuntime, RootfsSpec,
+    Runtime, SandboxId, SandboxSpec,
+};
+
+pub struct Fixture {
+    pub rt: NativeRuntime,
+    pub rootfs: RootfsSpec,
+    pub env: Vec<String>,
+    data: tempfile::TempDir,
+}
+
+static FIXTURE: OnceLock<Result<Arc<Fixture>, String>> = OnceLock::new();
+static TAG: OnceLock<&'static str> = OnceLock::new();
+
+fn cgroup_parent(tag: &str) -> String {
+    format!("warren-test-{tag}-{}", std::process::id())
+}
+
+/// Sets the tag naming this binary's cgroup subtree; call first in `main`.
+pub fn init(tag: &'static str) {
+    let _ = TAG.set(tag);
+}
+
+pub fn fixture() -> Result<Arc<Fixture>> {
+    FIXTURE
+        .get_or_init(|| build().map(Arc::new).map_err(|e| format!("{e:#}")))
+        .clone()
+        .map_err(|e| anyhow!(e))
+}
+
+fn build() -> Result<Fixture> {
+    let tag = TAG.get().copied().unwrap_or("misc");
+    let data = tempfile::Builder::new()
+        .prefix(&format!("warren-rt-{tag}-"))
+        .tempdir_in("/var/tmp")
+        .context("tempdir")?;
+    let store = warren_image::ImageStore::open(data.path().join("images"))?;
+    let img = store.host_image()?;
+    let mut cfg = NativeConfig::new(data.path().join("runtime"));
+    cfg.cgroup_parent = cgroup_parent(tag);
+    let rt = NativeRuntime::new(cfg)?;
+    Ok(Fixture {
+        rt,
+        rootfs: RootfsSpec {
+            layers: img.layers.clone(),
+            binds: img
+                .binds
+                .iter()
+                .map(|b| warren_runtime::BindMount {
+                    source: b.source.clone(),
+                    target: b.target.clone(),
+                    readonly: b.readonly,
+                })
+                .collect(),
+        },
+        env: img.config.env.clone(),
+        data,
+    })
+}
+
+/// Destroys what the fixture still runs and removes its data dir and
+/// cgroup subtree; call last in `main`.
+pub fn teardown() {
+    if let Some(Ok(f)) = FIXTURE.get() {
+        for id in f.rt.list() {
+            let _ = f.rt.destroy(&id);
+        }
+        f.rt.flush_trash();
+        let _ = std::fs::remove_dir_all(f.data.path());
+    }
+    let tag = TAG.get().copied().unwrap_or("misc");
+    if let Ok(m) = warren_cgroup::CgroupManager::detect("/sys/fs/cgroup", &cgroup_parent(tag)) {
+        let _ = m.destroy_parent();
+    }
+}
+
+static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// A sandbox that is destroyed when dropped.
+pub struct Sb {
+    pub f: Arc<Fixture>,
+    pub id: SandboxId,
+}
+
+impl Drop for Sb {
+    fn drop(&mut self) {
+        let _ = self.f.rt.destroy(&self.id);
+    }
+}
+
+impl Sb {
+    /// An idle sandbox of the host image, edited by `edit`.
+    pub fn with(prefix: &str, edit: impl FnOnce(&mut SandboxSpec)) -> Result<Sb> {
+        let f = fixture()?;
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let id = SandboxId::new(format!("{prefix}-{}-{n}", std::process::id()))?;
+        let mut spec = SandboxSpec::new(id.clone(), f.rootfs.clone());
+        spec.env = f.env.clone();
+        edit(&mut spec);
+        f.rt.create(&spec, MainIo::default())?;
+        Ok(Sb { f, id })
+    }
+
+    pub fn idle(prefix: &str) -> Result<Sb> {
+        Self::with(prefix, |_| {})
+    }
+
+    /// Runs `spec`, returning (exit, stdout, stderr).
+    pub fn run(&self, spec: ExecSpec) -> Result<(ExecExit, String, String)> {
+        let mut e = self
+            .f
+            .rt
+            .exec(&self.id, &spec, ExecIo::Pipes { stdin: false })?;
+        let mut out = e.stdout.take().context("piped stdout")?;
+        let mut err = e.stderr.take().context("piped stderr")?;
+        let t = std::thread::spawn(move || {
+            let mut v = Vec::new();
+            err.read_to_end(&mut v).map(|_| v)
+        });
+        let mut o = Vec::new();
+        out.read_to_end(&mut o)?;
+        let errb = t.join().map_err(|_| anyhow!("stderr reader panicked"))??;
+        Ok((
+            e.wait()?,
+            String::from_utf8_lossy(&o).into_owned(),
+            String::from_utf8_lossy(&errb).into_owned(),
+        ))
+    }
+
+    pub fn argv(&self, argv: &[&str]) -> Result<(ExecExit, String, String)> {
+        self.run(ExecSpec::new(argv.iter().map(|s| s.to_string()).collect()))
+    }
+
+    /// Runs `sh -c script`.
+    pub fn sh(&self, script: &str) -> Result<(ExecExit, String, String)> {
+        self.argv(&["sh", "-c", script])
+    }
+
+    /// Runs `argv`, requiring exit code 0; returns stdout.
+    pub fn ok(&self, argv: &[&str]) -> Result<String> {
+        let (exit, out, err) = self.argv(argv)?;
+        ensure!(
+            exit.status == ExitStatus::Code(0),
+            "{argv:?} ended {exit:?}; stdout: {out}; stderr: {err}"
+        );
+        Ok(out)
+    }
+
+    pub fn sh_ok(&self, script: &str) -> Result<String> {
+        self.ok(&["sh", "-c", script])
+    }
+
+    pub fn python(&self, script: &str) -> Result<String> {
+        self.ok(&["python3", "-c", script])
+    }
+}
+
+/// Runs a libtest-mimic trial body only as root (skip with a reason, or fail
+/// under CI).
+pub fn trial(name: &'static str, f: fn() -> Result<()>) -> libtest_mimic::Trial {
+    libtest_mimic::Trial::test(name, move || {
+        if !warren_testkit::require_root(name) {
+            return Ok(());
+        }
+        f().map_err(|e| libtest_mimic::Failed::from(format!("{e:#}")))
+    })
+}
