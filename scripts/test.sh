@@ -17,6 +17,10 @@ fi
 profile=default
 [[ ${CI:-} == true ]] && profile=ci
 
+baseline=$(mktemp)
+trap 'rm -f "$baseline"' EXIT
+cargo run --quiet -p warren-testkit --bin warren-leak-check -- --baseline "$baseline"
+
 echo "test: cargo fmt --check"
 cargo fmt --all --check
 echo "test: cargo clippy"
@@ -26,4 +30,4 @@ cargo nextest run --workspace --profile "$profile"
 echo "test: doc tests"
 cargo test --workspace --doc --quiet
 echo "test: leak check"
-cargo run --quiet -p warren-testkit --bin warren-leak-check
+cargo run --quiet -p warren-testkit --bin warren-leak-check -- --since "$baseline"
