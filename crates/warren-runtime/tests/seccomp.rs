@@ -9,129 +9,11 @@
 //! The harness is our own `main` (libtest-mimic) because the test binary is
 //! also the sandbox init (see `tests/sandbox.rs`).
 
-use std::io::Read;
-use std::sync::{Arc, OnceLock};
+mod common;
 
-use anyhow::{anyhow, ensure, Context, Result};
-use libtest_mimic::{Arguments, Failed, Trial};
-use warren_runtime::{
-    BindMount, ExecExit, ExecIo, ExecSpec, ExitStatus, MainIo, NativeConfig, NativeRuntime,
-    RootfsSpec, Runtime, SandboxId, SandboxSpec, User,
-};
-
-struct Fixture {
-    rt: NativeRuntime,
-    rootfs: RootfsSpec,
-    env: Vec<String>,
-    _data: tempfile::TempDir,
-}
-
-static FIXTURE: OnceLock<Result<Arc<Fixture>, String>> = OnceLock::new();
-
-fn cgroup_parent() -> String {
-    format!("warren-test-sec-{}", std::process::id())
-}
-
-fn fixture() -> Result<Arc<Fixture>> {
-    FIXTURE
-        .get_or_init(|| build_fixture().map(Arc::new).map_err(|e| format!("{e:#}")))
-        .clone()
-        .map_err(|e| anyhow!(e))
-}
-
-fn build_fixture() -> Result<Fixture> {
-    let data = tempfile::Builder::new()
-        .prefix("warren-sec-test-")
-        .tempdir_in("/var/tmp")
-        .context("tempdir")?;
-    let store = warren_image::ImageStore::open(data.path().join("images"))?;
-    let img = store.host_image()?;
-    let mut cfg = NativeConfig::new(data.path().join("runtime"));
-    cfg.cgroup_parent = cgroup_parent();
-    let rt = NativeRuntime::new(cfg)?;
-    Ok(Fixture {
-        rt,
-        rootfs: RootfsSpec {
-            layers: img.layers.clone(),
-            binds: img
-                .binds
-                .iter()
-                .map(|b| BindMount {
-                    source: b.source.clone(),
-                    target: b.target.clone(),
-                    readonly: b.readonly,
-                })
-                .collect(),
-        },
-        env: img.config.env.clone(),
-        _data: data,
-    })
-}
-
-static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-
-/// A sandbox that is destroyed when dropped.
-struct Sb {
-    f: Arc<Fixture>,
-    id: SandboxId,
-}
-
-impl Drop for Sb {
-    fn drop(&mut self) {
-        let _ = self.f.rt.destroy(&self.id);
-    }
-}
-
-impl Sb {
-    fn idle(prefix: &str) -> Result<Sb> {
-        let f = fixture()?;
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let id = SandboxId::new(format!("{prefix}-{}-{n}", std::process::id()))?;
-        let mut spec = SandboxSpec::new(id.clone(), f.rootfs.clone());
-        spec.env = f.env.clone();
-        f.rt.create(&spec, MainIo::default())?;
-        Ok(Sb { f, id })
-    }
-
-    fn run(&self, spec: ExecSpec) -> Result<(ExecExit, String, String)> {
-        let mut e = self
-            .f
-            .rt
-            .exec(&self.id, &spec, ExecIo::Pipes { stdin: false })?;
-        let mut out = e.stdout.take().expect("piped stdout");
-        let mut err = e.stderr.take().expect("piped stderr");
-        let t = std::thread::spawn(move || {
-            let mut v = Vec::new();
-            err.read_to_end(&mut v).map(|_| v)
-        });
-        let mut o = Vec::new();
-        out.read_to_end(&mut o)?;
-        let errb = t.join().map_err(|_| anyhow!("stderr reader panicked"))??;
-        Ok((
-            e.wait()?,
-            String::from_utf8_lossy(&o).into_owned(),
-            String::from_utf8_lossy(&errb).into_owned(),
-        ))
-    }
-
-    fn argv(&self, argv: &[&str]) -> Result<(ExecExit, String, String)> {
-        self.run(ExecSpec::new(argv.iter().map(|s| s.to_string()).collect()))
-    }
-
-    /// Runs `argv`, requiring exit code 0; returns stdout.
-    fn ok(&self, argv: &[&str]) -> Result<String> {
-        let (exit, out, err) = self.argv(argv)?;
-        ensure!(
-            exit.status == ExitStatus::Code(0),
-            "{argv:?} ended {exit:?}; stdout: {out}; stderr: {err}"
-        );
-        Ok(out)
-    }
-
-    fn python(&self, script: &str) -> Result<String> {
-        self.ok(&["python3", "-c", script])
-    }
-}
+use anyhow::{ensure, Result};
+use common::{trial, Sb};
+use warren_runtime::{ExecSpec, ExitStatus, User};
 
 /// Helpers for the python snippets: `sc(nr, *args)` returns (result, errno).
 const PY_PRELUDE: &str = r#"
@@ -357,22 +239,14 @@ fn init_and_execs_are_filtered() -> Result<()> {
     Ok(())
 }
 
-fn trial(name: &'static str, f: fn() -> Result<()>) -> Trial {
-    Trial::test(name, move || {
-        if !warren_testkit::require_root(name) {
-            return Ok(());
-        }
-        f().map_err(|e| Failed::from(format!("{e:#}")))
-    })
-}
-
 fn main() {
     warren_init::run_if_init();
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_writer(std::io::stderr)
         .try_init();
-    let args = Arguments::from_args();
+    common::init("sec");
+    let args = libtest_mimic::Arguments::from_args();
     let tests = vec![
         trial(
             "refused_calls_fail_with_the_policy_errno",
@@ -390,14 +264,6 @@ fn main() {
         trial("init_and_execs_are_filtered", init_and_execs_are_filtered),
     ];
     let conclusion = libtest_mimic::run(&args, tests);
-    if let Some(Ok(f)) = FIXTURE.get() {
-        for id in f.rt.list() {
-            let _ = f.rt.destroy(&id);
-        }
-        let _ = std::fs::remove_dir_all(f._data.path());
-    }
-    if let Ok(m) = warren_cgroup::CgroupManager::detect("/sys/fs/cgroup", &cgroup_parent()) {
-        let _ = m.destroy_parent();
-    }
+    common::teardown();
     conclusion.exit()
 }
