@@ -25,11 +25,12 @@ packages=(
     util-linux     # unshare, nsenter, mount, losetup
     e2fsprogs      # mkfs.ext4, for loop-device disk limits
     python3        # helper scripts in tests
+    git            # "normal programs still work" under the seccomp policy
 )
 
 # Commands that must work afterwards; checked so a broken install fails here
 # rather than as a confusing test failure later.
-commands=(crun runc bwrap busybox ip nft ps fuser unshare nsenter losetup mkfs.ext4 python3)
+commands=(crun runc bwrap busybox ip nft ps fuser unshare nsenter losetup mkfs.ext4 python3 git)
 
 [[ $(id -u) -eq 0 ]] || die "must run as root (try: sudo $0)"
 command -v apt-get >/dev/null || die "apt-get not found: this script supports Debian only"

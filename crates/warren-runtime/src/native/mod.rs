@@ -587,8 +587,9 @@ impl Runtime for NativeRuntime {
         }
         let dir = self.sandboxes_dir.join(spec.id.as_str());
         {
+            // A leftover directory is caught by the atomic mkdir below.
             let map = self.sandboxes.read().expect("sandbox map lock poisoned");
-            if map.contains_key(&spec.id) || dir.exists() {
+            if map.contains_key(&spec.id) {
                 return Err(RuntimeError::AlreadyExists {
                     id: spec.id.to_string(),
                 });
