@@ -729,6 +729,27 @@ fn destroy_is_idempotent_and_complete() -> Result<()> {
     Ok(())
 }
 
+fn concurrent_destroys_of_one_sandbox_all_succeed() -> Result<()> {
+    // The server's supervisor and a terminate request can destroy the same
+    // sandbox at once; both must succeed (destroy is idempotent).
+    for _ in 0..5 {
+        let sb = Sb::idle("ddestroy")?;
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                let f = sb.f.clone();
+                let id = sb.id.clone();
+                std::thread::spawn(move || f.rt.destroy(&id).map_err(|e| format!("{e:#}")))
+            })
+            .collect();
+        for h in handles {
+            h.join()
+                .map_err(|_| anyhow!("destroy thread panicked"))?
+                .map_err(|e| anyhow!(e))?;
+        }
+    }
+    Ok(())
+}
+
 fn failed_create_leaves_nothing() -> Result<()> {
     let f = fixture()?;
     let id = new_id("fail");
@@ -946,6 +967,10 @@ fn main() {
             hardening_caps_nnp_and_masked_paths,
         ),
         trial("disk_limit_gives_enospc", disk_limit_gives_enospc),
+        trial(
+            "concurrent_destroys_of_one_sandbox_all_succeed",
+            concurrent_destroys_of_one_sandbox_all_succeed,
+        ),
         trial(
             "filesystem_is_writable_and_private",
             filesystem_is_writable_and_private,

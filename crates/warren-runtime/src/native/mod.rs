@@ -455,11 +455,17 @@ impl NativeRuntime {
                 .map(|d| d.as_nanos())
                 .unwrap_or(0);
             let trash = self.trash_dir.join(format!("{id}.{nanos}"));
-            fs::rename(&dir, &trash).map_err(|source| RuntimeError::Cleanup {
-                path: dir.clone(),
-                source,
-            })?;
-            self.reaper.delete(trash);
+            match fs::rename(&dir, &trash) {
+                Ok(()) => self.reaper.delete(trash),
+                // A concurrent destroy of the same id got there first.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(RuntimeError::Cleanup {
+                        path: dir.clone(),
+                        source,
+                    })
+                }
+            }
         }
         if let Some(slot) = slot {
             self.ids.lock().expect("id lock poisoned").release(slot);
