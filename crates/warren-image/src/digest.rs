@@ -67,6 +67,53 @@ impl<W: Write> Write for HashingWriter<W> {
     }
 }
 
+/// A reader that hashes and counts everything read through it, and fails
+/// once more than `limit` bytes were read.
+pub struct HashingReader<R> {
+    inner: R,
+    hasher: Sha256,
+    len: u64,
+    limit: u64,
+}
+
+impl<R: Read> HashingReader<R> {
+    pub fn new(inner: R, limit: u64) -> Self {
+        Self {
+            inner,
+            hasher: Sha256::new(),
+            len: 0,
+            limit,
+        }
+    }
+
+    /// Reads the rest of the stream (hashing it), then returns the hex
+    /// digest and the byte count.
+    pub fn finish(mut self) -> io::Result<(String, u64)> {
+        io::copy(&mut self, &mut io::sink())?;
+        Ok((hex::encode(self.hasher.finalize()), self.len))
+    }
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.len += n as u64;
+        if self.len > self.limit {
+            return Err(io::Error::new(
+                io::ErrorKind::FileTooLarge,
+                LimitExceeded(self.limit),
+            ));
+        }
+        Ok(n)
+    }
+}
+
+/// The error inside the `io::Error` a [`HashingReader`] returns past its limit.
+#[derive(Debug, thiserror::Error)]
+#[error("stream is longer than {0} bytes")]
+pub struct LimitExceeded(pub u64);
+
 /// Hashes a whole stream, returning the hex digest and the byte count.
 pub fn hash_reader(mut reader: impl Read) -> io::Result<(String, u64)> {
     let mut writer = HashingWriter::new(io::sink());

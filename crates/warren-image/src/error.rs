@@ -131,6 +131,44 @@ pub enum ImageError {
         #[source]
         source: io::Error,
     },
+
+    /// Content does not hash to the digest that names it (manifest,
+    /// config, blob or a layer's uncompressed diff id). Nothing was stored.
+    #[error("digest mismatch for {what}: expected {expected}, got {actual}")]
+    DigestMismatch {
+        what: String,
+        expected: String,
+        actual: String,
+    },
+
+    /// A blob's size differs from the size its descriptor declares.
+    #[error("size mismatch for {digest}: expected {expected} bytes, got at least {actual}")]
+    SizeMismatch {
+        digest: String,
+        expected: u64,
+        actual: u64,
+    },
+
+    /// A multi-platform index has no manifest for the host platform.
+    #[error("no manifest for platform {platform} (available: {available})")]
+    NoMatchingPlatform { platform: String, available: String },
+
+    /// A manifest, index, config or archive index is malformed or uses a
+    /// media type the store does not handle.
+    #[error("invalid image manifest: {reason}")]
+    InvalidManifest { reason: String },
+
+    /// An image archive (docker save, OCI layout) is malformed.
+    #[error("invalid image archive: {reason}")]
+    InvalidArchive { reason: String },
+
+    /// A layer (or a file in it) exceeds the configured size limits.
+    #[error("layer exceeds the size limit: {reason}")]
+    LayerTooLarge { reason: String },
+
+    /// The image is used by a live sandbox and cannot be removed.
+    #[error("image {id} is in use")]
+    ImageInUse { id: String },
 }
 
 impl ImageError {
@@ -155,6 +193,12 @@ impl ImageError {
             Self::MissingLayer { .. } => "layer_missing",
             Self::RemoveStore { .. } => "store_remove_failed",
             Self::ReadHost { .. } => "host_image_failed",
+            Self::DigestMismatch { .. } | Self::SizeMismatch { .. } => "digest_mismatch",
+            Self::NoMatchingPlatform { .. } => "no_matching_platform",
+            Self::InvalidManifest { .. } => "invalid_manifest",
+            Self::InvalidArchive { .. } => "invalid_image_archive",
+            Self::LayerTooLarge { .. } => "layer_too_large",
+            Self::ImageInUse { .. } => "image_in_use",
         }
     }
 }

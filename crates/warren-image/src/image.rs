@@ -41,9 +41,13 @@ pub struct HostBind {
 pub struct ImageConfig {
     /// `"K=V"` entries.
     pub env: Vec<String>,
+    /// Working directory (`WorkingDir`).
     pub workdir: Option<String>,
+    /// `Entrypoint`.
     pub entrypoint: Option<Vec<String>>,
+    /// `Cmd`.
     pub cmd: Option<Vec<String>>,
+    /// `User` (`name`, `uid`, `uid:gid`, ...).
     pub user: Option<String>,
 }
 
@@ -54,10 +58,10 @@ pub(crate) const IMAGE_RECORD_VERSION: u32 = 1;
 pub(crate) const LAYER_RECORD_VERSION: u32 = 1;
 
 /// OCI media type of an uncompressed layer blob.
-pub(crate) const MEDIA_TYPE_LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
+pub const MEDIA_TYPE_LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
 
 /// OCI media type of a gzip layer blob.
-pub(crate) const MEDIA_TYPE_LAYER_TAR_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+pub const MEDIA_TYPE_LAYER_TAR_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 
 /// `images/<hex>.json`. Its exact bytes (compact serde_json of this struct,
 /// fields in declaration order) hash to the image id.
@@ -69,6 +73,27 @@ pub(crate) struct ImageRecord {
     pub layers: Vec<String>,
     pub binds: Vec<HostBind>,
     pub config: ImageConfig,
+    /// Where the image came from (pulls and archive imports); absent for
+    /// directory and tar imports and the host image, so their ids are
+    /// unchanged from record version 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<SourceRecord>,
+    /// `"sha256:<hex>"` of the cached flattened layer that replaces the
+    /// stack when there are more layers than the runtime stacks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flattened: Option<String>,
+}
+
+/// Provenance of an OCI image in its record.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SourceRecord {
+    /// Digest of the platform manifest (kept in `blobs/`).
+    pub manifest_digest: String,
+    /// Digest of the image config blob (kept in `blobs/`).
+    pub config_digest: String,
+    /// The config's `created` time, if any.
+    pub created: Option<String>,
 }
 
 /// `layers/<hex>/layer.json`.
@@ -80,8 +105,12 @@ pub(crate) struct LayerRecord {
     pub diff_id: String,
     /// Size of the uncompressed tar in bytes.
     pub size: u64,
-    /// The blob this layer was unpacked from.
-    pub blob: BlobRef,
+    /// The blob this layer was unpacked from (none for a flattened layer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blob: Option<BlobRef>,
+    /// For a flattened layer: the diff ids it merges, lowest first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flattened_from: Option<Vec<String>>,
 }
 
 /// A blob under `blobs/sha256/`.

@@ -56,21 +56,31 @@
 //! layer has nothing to white out; overlay char 0/0 whiteouts are skipped).
 //! Only `user.*` and `security.capability` xattrs are preserved.
 
+mod archive;
 mod digest;
 mod error;
 mod fsutil;
 mod host;
 mod image;
+mod ingest;
+mod manage;
 mod name;
+pub mod oci;
 mod pack;
+mod reference;
 mod store;
 mod unpack;
 
 #[cfg(test)]
 mod tests;
 
+pub use archive::ANNOTATION_REF_NAME;
 pub use error::ImageError;
 pub use host::HOST_PATH_ENV;
 pub use image::{HostBind, Image, ImageConfig};
+pub use ingest::{BlobDownload, BlobLock, LayerOutcome, StoreLease};
+pub use manage::{GcReport, ImageInspect, LayerInspect};
 pub use name::{ImageName, DEFAULT_TAG, HOST_IMAGE_NAME, MAX_NAME_LEN};
-pub use store::{ImageStore, MIN_ID_PREFIX_LEN};
+pub use reference::{Reference, Target, DEFAULT_REGISTRY};
+pub use store::{ImageStore, StoreLimits, MAX_STACKED_LAYERS, MIN_ID_PREFIX_LEN};
+pub use unpack::{OPAQUE_MARKER, OVERLAY_OPAQUE_XATTR, WHITEOUT_PREFIX};

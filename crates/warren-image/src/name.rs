@@ -16,7 +16,7 @@
 
 use std::fmt;
 
-use crate::digest::is_sha256_hex;
+use crate::digest::{is_sha256_hex, parse_sha256_digest};
 use crate::error::ImageError;
 
 /// Repository name of the built-in host image.
@@ -31,11 +31,14 @@ pub const MAX_NAME_LEN: usize = 255;
 /// Maximum length of a tag.
 const MAX_TAG_LEN: usize = 128;
 
-/// A parsed, validated image name.
+/// A parsed, validated image name: `repository:tag`, or
+/// `repository@sha256:<hex>` for images pulled by digest (then
+/// [`ImageName::tag`] is empty).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct ImageName {
     repository: String,
     tag: String,
+    digest: Option<String>,
 }
 
 impl ImageName {
@@ -54,10 +57,10 @@ impl ImageName {
         if !name.bytes().all(|b| {
             b.is_ascii_lowercase()
                 || b.is_ascii_digit()
-                || matches!(b, b'.' | b'_' | b'-' | b'/' | b':')
+                || matches!(b, b'.' | b'_' | b'-' | b'/' | b':' | b'@')
         }) {
             return Err(invalid(
-                "name may contain only lowercase letters, digits, '.', '_', '-', '/' and ':'",
+                "name may contain only lowercase letters, digits, '.', '_', '-', '/', ':' and '@'",
             ));
         }
         if name.starts_with('/') {
@@ -65,6 +68,17 @@ impl ImageName {
         }
         if name.contains("..") {
             return Err(invalid("name must not contain '..'"));
+        }
+        if let Some((repository, digest)) = name.split_once('@') {
+            if parse_sha256_digest(digest).is_none() {
+                return Err(invalid("a digest must be sha256:<64 lowercase hex digits>"));
+            }
+            validate_repository(repository).map_err(invalid)?;
+            return Ok(Self {
+                repository: repository.to_owned(),
+                tag: String::new(),
+                digest: Some(digest.to_owned()),
+            });
         }
         // The tag follows the last ':' unless a '/' comes after it (then the
         // ':' belongs to a registry port).
@@ -78,6 +92,7 @@ impl ImageName {
         let parsed = Self {
             repository: repository.to_owned(),
             tag: tag.to_owned(),
+            digest: None,
         };
         if parsed.to_string().len() > MAX_NAME_LEN {
             return Err(invalid("name is longer than 255 bytes"));
@@ -103,13 +118,21 @@ impl ImageName {
         Self {
             repository: HOST_IMAGE_NAME.to_owned(),
             tag: DEFAULT_TAG.to_owned(),
+            digest: None,
         }
     }
 
+    /// `sha256:<hex>` for a by-digest name.
+    pub fn digest(&self) -> Option<&str> {
+        self.digest.as_deref()
+    }
+
+    /// The repository (`registry/path`, or a local name).
     pub fn repository(&self) -> &str {
         &self.repository
     }
 
+    /// The tag; empty for a by-digest name.
     pub fn tag(&self) -> &str {
         &self.tag
     }
@@ -121,16 +144,22 @@ impl ImageName {
 
     /// The file name of this name's ref under `<root>/refs/`.
     ///
-    /// `/` and `:` are percent-encoded; `%` cannot occur in a valid name, so
+    /// `/`, `:` and `@` are percent-encoded; `%` cannot occur in a valid name, so
     /// the encoding is injective and [`ImageName::from_ref_file_name`]
     /// inverts it.
     pub(crate) fn ref_file_name(&self) -> String {
-        self.to_string().replace('/', "%2f").replace(':', "%3a")
+        self.to_string()
+            .replace('/', "%2f")
+            .replace(':', "%3a")
+            .replace('@', "%40")
     }
 
     /// Decodes a ref file name; `None` if it is not one this store wrote.
     pub(crate) fn from_ref_file_name(file_name: &str) -> Option<Self> {
-        let decoded = file_name.replace("%2f", "/").replace("%3a", ":");
+        let decoded = file_name
+            .replace("%2f", "/")
+            .replace("%3a", ":")
+            .replace("%40", "@");
         let parsed = Self::parse(&decoded).ok()?;
         (parsed.ref_file_name() == file_name).then_some(parsed)
     }
@@ -138,7 +167,10 @@ impl ImageName {
 
 impl fmt::Display for ImageName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.repository, self.tag)
+        match &self.digest {
+            Some(digest) => write!(f, "{}@{}", self.repository, digest),
+            None => write!(f, "{}:{}", self.repository, self.tag),
+        }
     }
 }
 
@@ -239,6 +271,9 @@ mod tests {
             "a:",
             ":tag",
             "a:b:c",
+            "a@sha256:00",
+            "a@md5:0000",
+            "@sha256:0000000000000000000000000000000000000000000000000000000000000000",
             "a:-tag",
             "-a",
             "a-",
@@ -273,7 +308,8 @@ mod tests {
 
     #[test]
     fn ref_file_names_round_trip_and_are_plain_file_names() {
-        for name in ["a", "localhost:5000/org/app:v1", "x.y_z-w:t.1"] {
+        let by_digest = format!("docker.io/library/a@sha256:{}", "0".repeat(64));
+        for name in ["a", "localhost:5000/org/app:v1", "x.y_z-w:t.1", &by_digest] {
             let parsed = ImageName::parse(name).unwrap();
             let file = parsed.ref_file_name();
             assert!(!file.contains('/') && !file.contains(':') && !file.starts_with('.'));

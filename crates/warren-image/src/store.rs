@@ -12,28 +12,56 @@ use nix::fcntl::{Flock, FlockArg};
 use tempfile::TempDir;
 
 use crate::digest::{
-    hash_reader, is_lower_hex, is_sha256_hex, parse_sha256_digest, sha256_hex, HashingWriter,
-    SHA256_HEX_LEN, SHA256_PREFIX,
+    is_lower_hex, is_sha256_hex, parse_sha256_digest, sha256_hex, HashingReader, HashingWriter,
+    LimitExceeded, SHA256_HEX_LEN, SHA256_PREFIX,
 };
 use crate::error::ImageError;
 use crate::fsutil::{atomic_write, fsync_dir};
 use crate::host;
 use crate::image::{
     BlobRef, HostBind, Image, ImageConfig, ImageRecord, LayerRecord, IMAGE_RECORD_VERSION,
-    LAYER_RECORD_VERSION, MEDIA_TYPE_LAYER_TAR, MEDIA_TYPE_LAYER_TAR_GZIP,
+    LAYER_RECORD_VERSION,
 };
+use crate::oci::Compression;
 use crate::name::{ImageName, DEFAULT_TAG};
 use crate::pack::archive_dir;
-use crate::unpack::{unpack, UnpackOptions};
+use crate::unpack::{unpack, UnpackOptions, Whiteouts};
 
-const BLOBS_DIR: &str = "blobs/sha256";
-const LAYERS_DIR: &str = "layers";
-const IMAGES_DIR: &str = "images";
-const REFS_DIR: &str = "refs";
-const TMP_DIR: &str = "tmp";
-const LOCK_FILE: &str = "lock";
-const LAYER_FS_DIR: &str = "fs";
-const LAYER_RECORD_FILE: &str = "layer.json";
+pub(crate) const BLOBS_DIR: &str = "blobs/sha256";
+pub(crate) const LAYERS_DIR: &str = "layers";
+pub(crate) const IMAGES_DIR: &str = "images";
+pub(crate) const REFS_DIR: &str = "refs";
+pub(crate) const TMP_DIR: &str = "tmp";
+pub(crate) const LOCK_FILE: &str = "lock";
+pub(crate) const LAYER_FS_DIR: &str = "fs";
+pub(crate) const LAYER_RECORD_FILE: &str = "layer.json";
+pub(crate) const LOCKS_DIR: &str = "locks";
+
+/// Images with more layers than this are flattened once into a single
+/// cached layer (see the crate docs). The kernel stacks at most 500 overlay
+/// lower dirs, but every lower layer also costs the runtime one idmapped
+/// bind mount (`open_tree` + `mount_setattr` + `move_mount`) per sandbox
+/// create; 64 stays well above real images (Docker Hub images rarely exceed
+/// 40 layers) while bounding that cost.
+pub const MAX_STACKED_LAYERS: usize = 64;
+
+/// Size limits applied while unpacking layers (hostile archives).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreLimits {
+    /// Largest uncompressed layer tar, in bytes (default 64 GiB).
+    pub max_layer_bytes: u64,
+    /// Largest single regular file, in bytes (default 16 GiB).
+    pub max_file_bytes: u64,
+}
+
+impl Default for StoreLimits {
+    fn default() -> Self {
+        Self {
+            max_layer_bytes: 64 << 30,
+            max_file_bytes: 16 << 30,
+        }
+    }
+}
 
 /// Shortest accepted image id prefix, in hex digits.
 pub const MIN_ID_PREFIX_LEN: usize = 12;
@@ -42,52 +70,26 @@ pub const MIN_ID_PREFIX_LEN: usize = 12;
 /// crate documentation for the layout and invariants.
 #[derive(Debug, Clone)]
 pub struct ImageStore {
-    root: PathBuf,
+    pub(crate) root: PathBuf,
     host_root: PathBuf,
-    preserve_owners: bool,
+    pub(crate) preserve_owners: bool,
+    pub(crate) limits: StoreLimits,
+    pub(crate) default_registry: String,
+    pub(crate) max_stacked_layers: usize,
 }
 
-/// Compression of an imported layer stream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Compression {
-    None,
-    Gzip,
-}
-
-impl Compression {
-    fn detect(head: &[u8]) -> Result<Self, ImageError> {
-        let unsupported = |format| Err(ImageError::UnsupportedCompression { format });
-        if head.starts_with(&[0x1f, 0x8b]) {
-            Ok(Self::Gzip)
-        } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-            unsupported("zstd")
-        } else if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
-            unsupported("xz")
-        } else if head.starts_with(b"BZh") {
-            unsupported("bzip2")
-        } else {
-            Ok(Self::None)
-        }
-    }
-
-    fn media_type(self) -> &'static str {
-        match self {
-            Self::None => MEDIA_TYPE_LAYER_TAR,
-            Self::Gzip => MEDIA_TYPE_LAYER_TAR_GZIP,
-        }
-    }
-}
-
-/// A layer blob spooled into a work directory.
-struct SpooledBlob {
-    path: PathBuf,
-    hex: String,
-    size: u64,
-    compression: Compression,
+/// A layer blob on disk: spooled into a work directory, or already in
+/// `blobs/`.
+pub(crate) struct SpooledBlob {
+    pub path: PathBuf,
+    pub hex: String,
+    pub size: u64,
+    pub compression: Compression,
+    pub media_type: String,
 }
 
 /// The store lock, held for the duration of an operation.
-type StoreLock = Flock<File>;
+pub(crate) type StoreLock = Flock<File>;
 
 impl ImageStore {
     /// Opens (creating directories if needed) a store rooted at `root`
@@ -103,7 +105,7 @@ impl ImageStore {
         fs::create_dir_all(&root).map_err(open_err(&root))?;
         let root = fs::canonicalize(&root).map_err(open_err(&root))?;
         for dir in [
-            "", "blobs", BLOBS_DIR, LAYERS_DIR, IMAGES_DIR, REFS_DIR, TMP_DIR,
+            "", "blobs", BLOBS_DIR, LAYERS_DIR, IMAGES_DIR, REFS_DIR, TMP_DIR, LOCKS_DIR,
         ] {
             let path = root.join(dir);
             fs::create_dir_all(&path).map_err(open_err(&path))?;
@@ -114,6 +116,9 @@ impl ImageStore {
             root,
             host_root: PathBuf::from("/"),
             preserve_owners: nix::unistd::geteuid().is_root(),
+            limits: StoreLimits::default(),
+            default_registry: crate::reference::DEFAULT_REGISTRY.to_owned(),
+            max_stacked_layers: MAX_STACKED_LAYERS,
         };
         if !store.preserve_owners {
             tracing::warn!(root = %store.root.display(), "not running as root: layer owners will not be preserved");
@@ -127,6 +132,31 @@ impl ImageStore {
     pub fn with_host_root(mut self, host_root: impl Into<PathBuf>) -> Self {
         self.host_root = host_root.into();
         self
+    }
+
+    /// Sets the unpack size limits.
+    pub fn with_limits(mut self, limits: StoreLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Sets the registry that short names (`python:3.12`) resolve to
+    /// (default `docker.io`).
+    pub fn with_default_registry(mut self, registry: impl Into<String>) -> Self {
+        self.default_registry = registry.into();
+        self
+    }
+
+    /// Sets the number of layers above which an image is flattened
+    /// (default [`MAX_STACKED_LAYERS`]; at least 1).
+    pub fn with_max_stacked_layers(mut self, max: usize) -> Self {
+        self.max_stacked_layers = max.max(1);
+        self
+    }
+
+    /// The registry short names resolve to.
+    pub fn default_registry(&self) -> &str {
+        &self.default_registry
     }
 
     /// The absolute store root.
@@ -163,6 +193,7 @@ impl ImageStore {
             hex,
             size,
             compression: Compression::None,
+            media_type: Compression::None.media_type().to_owned(),
         };
         let diff_hex = self.ensure_layer(&work, &blob)?;
         let image = self.commit_image(&[diff_hex], Vec::new(), config, Some(&name))?;
@@ -242,6 +273,18 @@ impl ImageStore {
     /// one deletes the layer directories under a running overlay mount. The
     /// caller (the node) must not remove images its sandboxes use.
     pub fn remove(&self, reference: &str) -> Result<(), ImageError> {
+        self.remove_unless_in_use(reference, &HashSet::new())
+    }
+
+    /// [`ImageStore::remove`], refusing with [`ImageError::ImageInUse`]
+    /// (before changing anything) when the image record would be deleted
+    /// while its id (`sha256:<hex>`) is in `in_use` (the images of live
+    /// sandboxes). Untagging one of several names is always allowed.
+    pub fn remove_unless_in_use(
+        &self,
+        reference: &str,
+        in_use: &HashSet<String>,
+    ) -> Result<(), ImageError> {
         let _lock = self.lock(FlockArg::LockExclusive)?;
         let refs = self.read_refs()?;
         let (hex, name) = self.lookup(reference, &refs)?;
@@ -253,14 +296,18 @@ impl ImageStore {
                 .map(|(name, _)| name.clone())
                 .collect(),
         };
+        let still_named = refs
+            .iter()
+            .any(|(name, id)| *id == hex && !untag.contains(name));
+        let id = format!("{SHA256_PREFIX}{hex}");
+        if !still_named && in_use.contains(&id) {
+            return Err(ImageError::ImageInUse { id });
+        }
         let refs_dir = self.root.join(REFS_DIR);
         for name in &untag {
             remove_file_if_exists(&refs_dir.join(name.ref_file_name()))?;
         }
         fsync_dir(&refs_dir).map_err(|e| write_err(&refs_dir, e))?;
-        let still_named = refs
-            .iter()
-            .any(|(name, id)| *id == hex && !untag.contains(name));
         if still_named {
             tracing::info!(id = %format!("{SHA256_PREFIX}{hex}"), "untagged image");
             return Ok(());
@@ -272,11 +319,26 @@ impl ImageStore {
         fsync_dir(&images_dir).map_err(|e| write_err(&images_dir, e))?;
 
         let mut layers_in_use = HashSet::new();
+        let mut docs_in_use = HashSet::new();
         for other in self.image_hexes()? {
-            layers_in_use.extend(self.read_record(&other)?.layers);
+            let other = self.read_record(&other)?;
+            layers_in_use.extend(other.layers);
+            layers_in_use.extend(other.flattened);
+            if let Some(source) = other.source {
+                docs_in_use.insert(source.manifest_digest);
+                docs_in_use.insert(source.config_digest);
+            }
         }
         let mut removed_blobs = Vec::new();
-        for diff_id in record.layers.iter().filter(|l| !layers_in_use.contains(*l)) {
+        if let Some(source) = &record.source {
+            for doc in [&source.manifest_digest, &source.config_digest] {
+                if !docs_in_use.contains(doc) {
+                    removed_blobs.push(doc.clone());
+                }
+            }
+        }
+        let own_layers = record.layers.iter().chain(record.flattened.iter());
+        for diff_id in own_layers.filter(|l| !layers_in_use.contains(*l)) {
             let Some(diff_hex) = parse_sha256_digest(diff_id) else {
                 continue;
             };
@@ -318,6 +380,7 @@ impl ImageStore {
                 hex: diff_hex.clone(),
                 size: skeleton.tar.len() as u64,
                 compression: Compression::None,
+                media_type: Compression::None.media_type().to_owned(),
             };
             self.ensure_layer(&work, &blob)?;
         }
@@ -331,32 +394,99 @@ impl ImageStore {
 
     // ---- layers -------------------------------------------------------
 
-    fn layer_dir(&self, diff_hex: &str) -> PathBuf {
+    pub(crate) fn layer_dir(&self, diff_hex: &str) -> PathBuf {
         self.root.join(LAYERS_DIR).join(diff_hex)
     }
 
-    fn blob_path(&self, hex: &str) -> PathBuf {
+    pub(crate) fn blob_path(&self, hex: &str) -> PathBuf {
         self.root.join(BLOBS_DIR).join(hex)
     }
 
-    fn layer_is_complete(&self, diff_hex: &str) -> bool {
+    pub(crate) fn layer_is_complete(&self, diff_hex: &str) -> bool {
         self.layer_dir(diff_hex).join(LAYER_RECORD_FILE).is_file()
     }
 
     /// Makes sure the layer of `blob` is unpacked under `layers/` and
-    /// returns its diff id (hex). The unpack happens in `work` and is
-    /// renamed into place only when complete.
+    /// returns its diff id (hex). See [`ImageStore::ensure_layer_verified`].
     fn ensure_layer(&self, work: &TempDir, blob: &SpooledBlob) -> Result<String, ImageError> {
-        let (diff_hex, tar_size) = match blob.compression {
-            Compression::None => (blob.hex.clone(), blob.size),
-            Compression::Gzip => {
-                hash_reader(MultiGzDecoder::new(BufReader::new(open_file(&blob.path)?)))
-                    .map_err(|source| ImageError::ReadArchive { source })?
+        self.ensure_layer_verified(work, blob, None, &[])
+    }
+
+    /// Makes sure the layer of `blob` is unpacked under `layers/` and
+    /// returns its diff id (hex). The blob is decompressed, hashed and
+    /// unpacked in one pass into `work`, and renamed into place only when
+    /// complete and, with `expected_diff`, only when the uncompressed tar
+    /// hashes to it (else [`ImageError::DigestMismatch`], nothing kept).
+    /// `lowers` are the diff ids (hex) of the layers below, lowest first,
+    /// for hard links into them. A blob still in `work` is moved into
+    /// `blobs/` before the layer appears.
+    pub(crate) fn ensure_layer_verified(
+        &self,
+        work: &TempDir,
+        blob: &SpooledBlob,
+        expected_diff: Option<&str>,
+        lowers: &[String],
+    ) -> Result<String, ImageError> {
+        if let Some(diff_hex) = expected_diff {
+            if self.layer_is_complete(diff_hex) {
+                tracing::debug!(diff_id = %diff_hex, "layer already present");
+                self.place_blob(blob)?;
+                return Ok(diff_hex.to_owned());
             }
+        } else if blob.compression == Compression::None && self.layer_is_complete(&blob.hex) {
+            self.place_blob(blob)?;
+            return Ok(blob.hex.clone());
+        }
+        let _layer_lock = match expected_diff {
+            Some(diff_hex) => {
+                let lock = self.named_lock(&format!("layer-{diff_hex}"))?;
+                if self.layer_is_complete(diff_hex) {
+                    tracing::debug!(diff_id = %diff_hex, "layer unpacked concurrently");
+                    self.place_blob(blob)?;
+                    return Ok(diff_hex.to_owned());
+                }
+                Some(lock)
+            }
+            None => None,
         };
+
+        let staging = work.path().join("layer");
+        let fs_dir = staging.join(LAYER_FS_DIR);
+        fs::create_dir(&staging).map_err(|e| write_err(&staging, e))?;
+        fs::create_dir(&fs_dir).map_err(|e| write_err(&fs_dir, e))?;
+        fs::set_permissions(&fs_dir, fs::Permissions::from_mode(0o755))
+            .map_err(|e| write_err(&fs_dir, e))?;
+        let mut reader = HashingReader::new(
+            decompress(BufReader::with_capacity(256 << 10, open_file(&blob.path)?), blob.compression)?,
+            self.limits.max_layer_bytes,
+        );
+        let options = UnpackOptions {
+            preserve_owners: self.preserve_owners,
+            whiteouts: Whiteouts::Overlay,
+            lowers: lowers
+                .iter()
+                .rev()
+                .map(|hex| self.layer_dir(hex).join(LAYER_FS_DIR))
+                .collect(),
+            max_file_bytes: self.limits.max_file_bytes,
+        };
+        let stats = unpack(&mut reader, &fs_dir, &options).map_err(too_large)?;
+        let (diff_hex, tar_size) = reader
+            .finish()
+            .map_err(|source| too_large(ImageError::ReadArchive { source }))?;
+        if let Some(expected) = expected_diff {
+            if expected != diff_hex {
+                return Err(ImageError::DigestMismatch {
+                    what: format!("uncompressed layer of blob {SHA256_PREFIX}{}", blob.hex),
+                    expected: format!("{SHA256_PREFIX}{expected}"),
+                    actual: format!("{SHA256_PREFIX}{diff_hex}"),
+                });
+            }
+        }
         let layer_dir = self.layer_dir(&diff_hex);
         if self.layer_is_complete(&diff_hex) {
             tracing::debug!(diff_id = %diff_hex, "layer already present");
+            self.place_blob(blob)?;
             return Ok(diff_hex);
         }
         if layer_dir.exists() {
@@ -367,51 +497,50 @@ impl ImageStore {
                 .map_err(|e| write_err(&layer_dir, e))?;
         }
 
-        let staging = work.path().join("layer");
-        let fs_dir = staging.join(LAYER_FS_DIR);
-        fs::create_dir(&staging).map_err(|e| write_err(&staging, e))?;
-        fs::create_dir(&fs_dir).map_err(|e| write_err(&fs_dir, e))?;
-        fs::set_permissions(&fs_dir, fs::Permissions::from_mode(0o755))
-            .map_err(|e| write_err(&fs_dir, e))?;
-        let file = BufReader::new(open_file(&blob.path)?);
-        let reader: Box<dyn Read> = match blob.compression {
-            Compression::None => Box::new(file),
-            Compression::Gzip => Box::new(MultiGzDecoder::new(file)),
-        };
-        let options = UnpackOptions {
-            preserve_owners: self.preserve_owners,
-        };
-        let stats = unpack(reader, &fs_dir, &options)?;
-
         let record = LayerRecord {
             schema_version: LAYER_RECORD_VERSION,
             diff_id: format!("{SHA256_PREFIX}{diff_hex}"),
             size: tar_size,
-            blob: BlobRef {
+            blob: Some(BlobRef {
                 digest: format!("{SHA256_PREFIX}{}", blob.hex),
-                media_type: blob.compression.media_type().to_owned(),
+                media_type: blob.media_type.clone(),
                 size: blob.size,
-            },
+            }),
+            flattened_from: None,
         };
         let record_path = staging.join(LAYER_RECORD_FILE);
         let bytes = to_json(&record, &record_path)?;
         fs::write(&record_path, bytes).map_err(|e| write_err(&record_path, e))?;
 
         // Blob first, so that a complete layer always has its blob.
+        self.place_blob(blob)?;
+        self.publish_layer(&staging, &diff_hex)?;
+        tracing::info!(diff_id = %diff_hex, entries = stats.entries, whiteouts = stats.whiteouts, "unpacked layer");
+        Ok(diff_hex)
+    }
+
+    /// Moves a spooled blob into `blobs/` unless it is there already.
+    pub(crate) fn place_blob(&self, blob: &SpooledBlob) -> Result<(), ImageError> {
         let blob_target = self.blob_path(&blob.hex);
-        if !blob_target.exists() {
+        if blob.path != blob_target && !blob_target.exists() {
             fs::rename(&blob.path, &blob_target).map_err(|e| write_err(&blob_target, e))?;
             let blobs_dir = self.root.join(BLOBS_DIR);
             fsync_dir(&blobs_dir).map_err(|e| write_err(&blobs_dir, e))?;
         }
+        Ok(())
+    }
+
+    /// Syncs a staged layer directory and renames it to `layers/<hex>`
+    /// (a concurrent identical unpack that got there first wins).
+    pub(crate) fn publish_layer(&self, staging: &Path, diff_hex: &str) -> Result<(), ImageError> {
+        let layer_dir = self.layer_dir(diff_hex);
         // Everything unpacked must be durable before the layer appears.
-        let staging_dir = open_file(&staging)?;
-        nix::unistd::syncfs(&staging_dir).map_err(|e| write_err(&staging, e.into()))?;
-        match fs::rename(&staging, &layer_dir) {
+        let staging_dir = open_file(staging)?;
+        nix::unistd::syncfs(&staging_dir).map_err(|e| write_err(staging, e.into()))?;
+        match fs::rename(staging, &layer_dir) {
             Ok(()) => {
                 let layers_dir = self.root.join(LAYERS_DIR);
                 fsync_dir(&layers_dir).map_err(|e| write_err(&layers_dir, e))?;
-                tracing::info!(diff_id = %diff_hex, entries = stats.entries, "unpacked layer");
             }
             Err(e)
                 if matches!(
@@ -423,18 +552,19 @@ impl ImageStore {
             }
             Err(e) => return Err(write_err(&layer_dir, e)),
         }
-        Ok(diff_hex)
+        Ok(())
     }
 
     /// Removes a layer directory (atomically from the store's point of
     /// view: it is first renamed into `tmp/`). Returns the digest of the
     /// blob it came from, if known.
-    fn remove_layer(&self, diff_hex: &str) -> Result<Option<String>, ImageError> {
+    pub(crate) fn remove_layer(&self, diff_hex: &str) -> Result<Option<String>, ImageError> {
         let layer_dir = self.layer_dir(diff_hex);
         let blob = self
             .read_layer_record(diff_hex)
             .ok()
-            .map(|record| record.blob.digest);
+            .and_then(|record| record.blob)
+            .map(|blob| blob.digest);
         let trash = self.work_dir()?;
         match fs::rename(&layer_dir, trash.path().join("layer")) {
             Ok(()) => {}
@@ -457,19 +587,22 @@ impl ImageStore {
         Ok(blob)
     }
 
-    fn read_layer_record(&self, diff_hex: &str) -> Result<LayerRecord, ImageError> {
+    pub(crate) fn read_layer_record(&self, diff_hex: &str) -> Result<LayerRecord, ImageError> {
         let path = self.layer_dir(diff_hex).join(LAYER_RECORD_FILE);
         let bytes = read_file(&path)?;
         serde_json::from_slice(&bytes).map_err(|source| ImageError::CorruptRecord { path, source })
     }
 
     /// Blob digests of every layer on disk.
-    fn blobs_in_use(&self) -> Result<HashSet<String>, ImageError> {
+    pub(crate) fn blobs_in_use(&self) -> Result<HashSet<String>, ImageError> {
         let mut blobs = HashSet::new();
         for name in list_dir(&self.root.join(LAYERS_DIR))? {
             if is_sha256_hex(&name) {
-                if let Ok(record) = self.read_layer_record(&name) {
-                    blobs.insert(record.blob.digest);
+                if let Ok(LayerRecord {
+                    blob: Some(blob), ..
+                }) = self.read_layer_record(&name)
+                {
+                    blobs.insert(blob.digest);
                 }
             }
         }
@@ -494,7 +627,22 @@ impl ImageStore {
                 .collect(),
             binds,
             config,
+            source: None,
+            flattened: None,
         };
+        self.commit_record(record, name)
+    }
+
+    /// Flattens the record's layers if there are too many, writes the
+    /// record (if new) and the ref, and loads the image.
+    pub(crate) fn commit_record(
+        &self,
+        mut record: ImageRecord,
+        name: Option<&ImageName>,
+    ) -> Result<Image, ImageError> {
+        if record.layers.len() > self.max_stacked_layers {
+            record.flattened = Some(self.flatten(&record.layers)?);
+        }
         let path_for = |hex: &str| self.root.join(IMAGES_DIR).join(format!("{hex}.json"));
         let bytes = to_json(&record, &self.root.join(IMAGES_DIR))?;
         let hex = sha256_hex(&bytes);
@@ -515,7 +663,7 @@ impl ImageStore {
     }
 
     /// Finds the image a reference means: (id hex, the name used if any).
-    fn lookup(
+    pub(crate) fn lookup(
         &self,
         reference: &str,
         refs: &BTreeMap<ImageName, String>,
@@ -526,6 +674,10 @@ impl ImageStore {
         match ImageName::parse(reference) {
             Ok(name) => match refs.get(&name) {
                 Some(hex) => Ok((hex.clone(), Some(name))),
+                None if self.registry_name(reference).is_some_and(|n| refs.contains_key(&n)) => {
+                    let name = self.registry_name(reference).expect("checked above");
+                    Ok((refs[&name].clone(), Some(name)))
+                }
                 None if is_lower_hex(reference) && reference.len() >= MIN_ID_PREFIX_LEN => {
                     Ok((self.find_id(reference, reference)?, None))
                 }
@@ -536,6 +688,13 @@ impl ImageStore {
             Err(_) if is_lower_hex(reference) => Ok((self.find_id(reference, reference)?, None)),
             Err(e) => Err(e),
         }
+    }
+
+    /// The name a registry pull of `reference` stores its image under.
+    fn registry_name(&self, reference: &str) -> Option<ImageName> {
+        crate::reference::Reference::parse(reference, &self.default_registry)
+            .ok()
+            .map(|r| r.image_name())
     }
 
     /// Finds the unique image whose id starts with `prefix`.
@@ -569,7 +728,7 @@ impl ImageStore {
     }
 
     /// Hex ids of every image record, sorted.
-    fn image_hexes(&self) -> Result<Vec<String>, ImageError> {
+    pub(crate) fn image_hexes(&self) -> Result<Vec<String>, ImageError> {
         let mut hexes: Vec<String> = list_dir(&self.root.join(IMAGES_DIR))?
             .into_iter()
             .filter_map(|name| name.strip_suffix(".json").map(str::to_owned))
@@ -580,7 +739,7 @@ impl ImageStore {
     }
 
     /// Every ref: name → image id hex.
-    fn read_refs(&self) -> Result<BTreeMap<ImageName, String>, ImageError> {
+    pub(crate) fn read_refs(&self) -> Result<BTreeMap<ImageName, String>, ImageError> {
         let dir = self.root.join(REFS_DIR);
         let mut refs = BTreeMap::new();
         for file_name in list_dir(&dir)? {
@@ -605,7 +764,7 @@ impl ImageStore {
     }
 
     /// Reads and verifies `images/<hex>.json`.
-    fn read_record(&self, hex: &str) -> Result<ImageRecord, ImageError> {
+    pub(crate) fn read_record(&self, hex: &str) -> Result<ImageRecord, ImageError> {
         let path = self.root.join(IMAGES_DIR).join(format!("{hex}.json"));
         let bytes = match fs::read(&path) {
             Ok(bytes) => bytes,
@@ -625,7 +784,7 @@ impl ImageStore {
         serde_json::from_slice(&bytes).map_err(|source| ImageError::CorruptRecord { path, source })
     }
 
-    fn load_image(
+    pub(crate) fn load_image(
         &self,
         hex: &str,
         refs: &BTreeMap<ImageName, String>,
@@ -633,7 +792,11 @@ impl ImageStore {
         let record = self.read_record(hex)?;
         let id = format!("{SHA256_PREFIX}{hex}");
         let mut layers = Vec::with_capacity(record.layers.len());
-        for diff_id in &record.layers {
+        let stack = match &record.flattened {
+            Some(flat) => std::slice::from_ref(flat),
+            None => &record.layers[..],
+        };
+        for diff_id in stack {
             let diff_hex =
                 parse_sha256_digest(diff_id).ok_or_else(|| ImageError::CorruptStore {
                     path: self.root.join(IMAGES_DIR).join(format!("{hex}.json")),
@@ -663,9 +826,29 @@ impl ImageStore {
 
     // ---- locking and temporary space ----------------------------------
 
+    /// Takes a named lock under `locks/` (blocking, exclusive): one
+    /// process at a time downloads a blob or unpacks a layer.
+    pub(crate) fn named_lock(&self, name: &str) -> Result<StoreLock, ImageError> {
+        let path = self.root.join(LOCKS_DIR).join(name);
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|source| ImageError::LockStore {
+                path: path.clone(),
+                source,
+            })?;
+        Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, errno)| ImageError::LockStore {
+            path,
+            source: errno.into(),
+        })
+    }
+
     /// Takes the store lock. Imports and reads hold it shared; `remove`
     /// and tmp cleanup hold it exclusively.
-    fn lock(&self, arg: FlockArg) -> Result<StoreLock, ImageError> {
+    pub(crate) fn lock(&self, arg: FlockArg) -> Result<StoreLock, ImageError> {
         let path = self.root.join(LOCK_FILE);
         let file = OpenOptions::new()
             .create(true)
@@ -684,7 +867,7 @@ impl ImageStore {
     }
 
     /// A fresh private directory under `tmp/`, removed on drop.
-    fn work_dir(&self) -> Result<TempDir, ImageError> {
+    pub(crate) fn work_dir(&self) -> Result<TempDir, ImageError> {
         let tmp = self.root.join(TMP_DIR);
         tempfile::Builder::new()
             .prefix("work-")
@@ -693,7 +876,7 @@ impl ImageStore {
     }
 
     /// Removes everything in `tmp/` if nobody else holds the store lock.
-    fn clean_tmp(&self) -> Result<(), ImageError> {
+    pub(crate) fn clean_tmp(&self) -> Result<(), ImageError> {
         let _lock = match self.lock(FlockArg::LockExclusiveNonblock) {
             Ok(lock) => lock,
             Err(ImageError::LockStore { source, .. })
@@ -707,6 +890,10 @@ impl ImageStore {
         let tmp = self.root.join(TMP_DIR);
         let mut removed = 0usize;
         for name in list_dir(&tmp)? {
+            if name.starts_with(crate::ingest::PARTIAL_PREFIX) {
+                // Kept for resuming; `gc` removes them.
+                continue;
+            }
             let path = tmp.join(&name);
             let result = match fs::symlink_metadata(&path) {
                 Ok(meta) if meta.is_dir() => fs::remove_dir_all(&path),
@@ -782,17 +969,54 @@ fn spool(mut reader: impl Read, path: PathBuf) -> Result<SpooledBlob, ImageError
         hex,
         size,
         compression,
+        media_type: compression.media_type().to_owned(),
     })
 }
 
-fn write_err(path: &Path, source: io::Error) -> ImageError {
+/// A decompressing reader for a layer stream.
+pub(crate) fn decompress<'a>(
+    reader: impl io::BufRead + 'a,
+    compression: Compression,
+) -> Result<Box<dyn Read + 'a>, ImageError> {
+    Ok(match compression {
+        Compression::None => Box::new(reader),
+        Compression::Gzip => Box::new(MultiGzDecoder::new(reader)),
+        Compression::Zstd => Box::new(
+            zstd::stream::read::Decoder::with_buffer(reader)
+                .map_err(|source| ImageError::ReadArchive { source })?,
+        ),
+    })
+}
+
+/// Maps a [`HashingReader`] limit error to [`ImageError::LayerTooLarge`].
+pub(crate) fn too_large(e: ImageError) -> ImageError {
+    let limit = |source: &io::Error| {
+        source
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<LimitExceeded>())
+            .map(|l| l.0)
+    };
+    match &e {
+        ImageError::ReadArchive { source } | ImageError::UnpackLayer { source, .. } => {
+            match limit(source) {
+                Some(max) => ImageError::LayerTooLarge {
+                    reason: format!("uncompressed layer is larger than {max} bytes"),
+                },
+                None => e,
+            }
+        }
+        _ => e,
+    }
+}
+
+pub(crate) fn write_err(path: &Path, source: io::Error) -> ImageError {
     ImageError::WriteStore {
         path: path.to_path_buf(),
         source,
     }
 }
 
-fn create_new(path: &Path) -> Result<File, ImageError> {
+pub(crate) fn create_new(path: &Path) -> Result<File, ImageError> {
     OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -801,25 +1025,25 @@ fn create_new(path: &Path) -> Result<File, ImageError> {
         .map_err(|e| write_err(path, e))
 }
 
-fn open_file(path: &Path) -> Result<File, ImageError> {
+pub(crate) fn open_file(path: &Path) -> Result<File, ImageError> {
     File::open(path).map_err(|source| ImageError::ReadStore {
         path: path.to_path_buf(),
         source,
     })
 }
 
-fn read_file(path: &Path) -> Result<Vec<u8>, ImageError> {
+pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>, ImageError> {
     fs::read(path).map_err(|source| ImageError::ReadStore {
         path: path.to_path_buf(),
         source,
     })
 }
 
-fn to_json(value: &impl serde::Serialize, path: &Path) -> Result<Vec<u8>, ImageError> {
+pub(crate) fn to_json(value: &impl serde::Serialize, path: &Path) -> Result<Vec<u8>, ImageError> {
     serde_json::to_vec(value).map_err(|e| write_err(path, io::Error::other(e)))
 }
 
-fn remove_file_if_exists(path: &Path) -> Result<(), ImageError> {
+pub(crate) fn remove_file_if_exists(path: &Path) -> Result<(), ImageError> {
     match fs::remove_file(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -831,7 +1055,7 @@ fn remove_file_if_exists(path: &Path) -> Result<(), ImageError> {
 }
 
 /// UTF-8 entry names of a store directory (others are not ours; skipped).
-fn list_dir(dir: &Path) -> Result<Vec<String>, ImageError> {
+pub(crate) fn list_dir(dir: &Path) -> Result<Vec<String>, ImageError> {
     let read_err = |source| ImageError::ReadStore {
         path: dir.to_path_buf(),
         source,

@@ -323,9 +323,12 @@ fn gzip_tar_is_detected_and_unpacked() {
 #[test]
 fn bad_streams_are_rejected_with_stable_codes() {
     let fx = Fixture::new();
-    let zstd = [0x28, 0xb5, 0x2f, 0xfd, 0, 0, 0, 0];
-    let err = fx.store.import_tar(&zstd[..], "z").unwrap_err();
+    let xz = [0xfd, b'7', b'z', b'X', b'Z', 0, 0, 0];
+    let err = fx.store.import_tar(&xz[..], "x").unwrap_err();
     assert_eq!(err.code(), "unsupported_layer_compression");
+    let broken_zstd = [0x28, 0xb5, 0x2f, 0xfd, 0, 0, 0, 0];
+    let err = fx.store.import_tar(&broken_zstd[..], "z").unwrap_err();
+    assert_eq!(err.code(), "invalid_layer_archive");
     let err = fx.store.import_tar(&b""[..], "empty").unwrap_err();
     assert_eq!(err.code(), "invalid_layer_archive");
     let err = fx.store.import_tar(&[7u8; 700][..], "junk").unwrap_err();

@@ -32,7 +32,7 @@
 //!   `user.*` and `security.capability` on regular files and directories;
 //!   all others (`trusted.*`, `security.selinux`, ACLs) are dropped.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::{self, Read};
@@ -49,7 +49,7 @@ use tar::EntryType;
 use xattr::FileExt as _;
 
 use crate::error::ImageError;
-use crate::fsutil::{lstat_at, open_dir_at, remove_at, Kind, DIR_NOFOLLOW};
+use crate::fsutil::{lstat_at, open_dir_at, read_dir_names, remove_at, Kind, DIR_NOFOLLOW};
 
 /// Longest entry path accepted (Linux `PATH_MAX`).
 pub const MAX_PATH_BYTES: usize = 4096;
@@ -62,11 +62,52 @@ pub fn xattr_is_preserved(name: &[u8]) -> bool {
 /// The pax record prefix for extended attributes.
 pub const PAX_XATTR_PREFIX: &str = "SCHILY.xattr.";
 
+/// Prefix of an OCI/AUFS whiteout file name.
+pub const WHITEOUT_PREFIX: &[u8] = b".wh.";
+
+/// Name of the OCI opaque-directory marker.
+pub const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
+
+/// The xattr that makes an overlayfs directory opaque.
+pub const OVERLAY_OPAQUE_XATTR: &str = "trusted.overlay.opaque";
+
+/// What to do with OCI whiteout entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Whiteouts {
+    /// Convert them for overlayfs: `.wh.NAME` becomes a char 0/0 device at
+    /// `NAME`, `.wh..wh..opq` the `trusted.overlay.opaque=y` xattr on its
+    /// directory. Used for layers that are stacked as lower dirs.
+    Overlay,
+    /// Apply them to what earlier layers left in the same directory
+    /// (delete `NAME`; empty the directory of everything this layer did
+    /// not write). Used when flattening several layers into one tree.
+    Apply,
+}
+
 /// How to unpack.
 #[derive(Debug, Clone)]
 pub struct UnpackOptions {
     /// Apply the archive's numeric owners (requires `CAP_CHOWN`).
     pub preserve_owners: bool,
+    /// Whiteout handling.
+    pub whiteouts: Whiteouts,
+    /// Unpacked trees of the layers below this one, highest first: a hard
+    /// link whose target is not in this layer is copied from the first of
+    /// them that has it (with [`Whiteouts::Overlay`] only).
+    pub lowers: Vec<std::path::PathBuf>,
+    /// Largest regular file accepted, in bytes (header size claim).
+    pub max_file_bytes: u64,
+}
+
+impl Default for UnpackOptions {
+    fn default() -> Self {
+        Self {
+            preserve_owners: false,
+            whiteouts: Whiteouts::Overlay,
+            lowers: Vec::new(),
+            max_file_bytes: u64::MAX,
+        }
+    }
 }
 
 /// What an unpack did.
@@ -74,6 +115,9 @@ pub struct UnpackOptions {
 pub struct UnpackStats {
     pub entries: u64,
     pub whiteouts_skipped: u64,
+    pub whiteouts: u64,
+    pub opaque_dirs: u64,
+    pub lower_links_copied: u64,
 }
 
 /// Unpacks the tar stream `reader` into the existing, empty directory
@@ -93,6 +137,7 @@ pub fn unpack(
         root,
         options,
         dirs: BTreeMap::new(),
+        touched: HashSet::new(),
         stats: UnpackStats::default(),
     };
     let mut archive = tar::Archive::new(reader);
@@ -172,6 +217,8 @@ struct Unpacker<'a> {
     options: &'a UnpackOptions,
     /// Directories whose owner/mode/mtime are applied at the end.
     dirs: BTreeMap<Vec<OsString>, Meta>,
+    /// Paths this layer wrote (for opaque dirs in [`Whiteouts::Apply`]).
+    touched: HashSet<Vec<OsString>>,
     stats: UnpackStats,
 }
 
@@ -194,6 +241,31 @@ impl Unpacker<'_> {
         let meta = read_meta(&mut entry, &shown)?;
         self.stats.entries += 1;
         let ctx = Ctx { shown: &shown };
+
+        if let Some(last) = components.last() {
+            if last.as_bytes().starts_with(WHITEOUT_PREFIX) {
+                return self.whiteout(&ctx, &components);
+            }
+        }
+        if self.options.whiteouts == Whiteouts::Apply {
+            for i in 1..=components.len() {
+                self.touched.insert(components[..i].to_vec());
+            }
+        }
+        if matches!(
+            kind,
+            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse
+        ) {
+            let size = entry.size();
+            if size > self.options.max_file_bytes {
+                return Err(ImageError::LayerTooLarge {
+                    reason: format!(
+                        "{shown:?} claims {size} bytes, more than the {} byte limit per file",
+                        self.options.max_file_bytes
+                    ),
+                });
+            }
+        }
 
         match kind {
             EntryType::Directory => self.directory(&ctx, components, meta),
@@ -315,6 +387,184 @@ impl Unpacker<'_> {
         Ok(())
     }
 
+    /// Handles a `.wh.*` entry (whatever its tar type).
+    fn whiteout(&mut self, ctx: &Ctx<'_>, components: &[OsString]) -> Result<(), ImageError> {
+        let (last, dirs) = components.split_last().expect("checked non-empty");
+        let last = last.as_bytes();
+        if last == OPAQUE_MARKER {
+            self.stats.opaque_dirs += 1;
+            return match self.options.whiteouts {
+                Whiteouts::Overlay => {
+                    let dir = match ctx.io(self.walk(dirs, true))? {
+                        Walk::Found(fd) => fd,
+                        Walk::Symlink => return Err(ctx.unsafe_entry("path traverses a symlink")),
+                        _ => return Err(ctx.unsafe_entry("a parent path component is not a directory")),
+                    };
+                    ctx.io(File::from(dir).set_xattr(OVERLAY_OPAQUE_XATTR, b"y"))
+                }
+                Whiteouts::Apply => {
+                    for i in 1..=dirs.len() {
+                        self.touched.insert(dirs[..i].to_vec());
+                    }
+                    match ctx.io(self.walk(dirs, false))? {
+                        Walk::Found(fd) => ctx.io(self.clear_untouched(&fd, dirs.to_vec())),
+                        Walk::Missing => Ok(()),
+                        Walk::Symlink => Err(ctx.unsafe_entry("path traverses a symlink")),
+                        Walk::NotDir => Err(ctx.unsafe_entry("a parent path component is not a directory")),
+                    }
+                }
+            };
+        }
+        let name = &last[WHITEOUT_PREFIX.len()..];
+        if name.starts_with(WHITEOUT_PREFIX) {
+            // `.wh..wh.*` other than the opaque marker: AUFS metadata.
+            tracing::debug!(path = %ctx.shown, "skipping aufs metadata entry");
+            return Ok(());
+        }
+        if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') {
+            return Err(ctx.unsafe_entry("whiteout names no valid file"));
+        }
+        let name = OsStr::from_bytes(name);
+        self.stats.whiteouts += 1;
+        match self.options.whiteouts {
+            Whiteouts::Overlay => {
+                let mut target = dirs.to_vec();
+                target.push(name.to_owned());
+                let (parent, name) = self.parent_of(ctx, &target)?;
+                ctx.io(remove_at(&parent, name))?;
+                ctx.nix(mknodat(
+                    &parent,
+                    name,
+                    SFlag::S_IFCHR,
+                    Mode::empty(),
+                    nix::sys::stat::makedev(0, 0),
+                ))
+            }
+            Whiteouts::Apply => match ctx.io(self.walk(dirs, false))? {
+                Walk::Found(parent) => ctx.io(remove_at(&parent, name)),
+                Walk::Missing | Walk::NotDir => Ok(()),
+                Walk::Symlink => Err(ctx.unsafe_entry("path traverses a symlink")),
+            },
+        }
+    }
+
+    /// Removes everything below `dir` that this layer did not write
+    /// (an opaque directory while flattening).
+    fn clear_untouched(&self, dir: &OwnedFd, path: Vec<OsString>) -> io::Result<()> {
+        for name in read_dir_names(dir)? {
+            let mut child = path.clone();
+            child.push(name.clone());
+            if !self.touched.contains(&child) {
+                remove_at(dir, &name)?;
+            } else if let Some(st) = lstat_at(dir, &name)? {
+                if Kind::of(&st) == Some(Kind::Dir) {
+                    let fd = open_dir_at(dir, &name)?;
+                    self.clear_untouched(&fd, child)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A hard link whose target is not in this layer: copies the target's
+    /// content and metadata from the highest lower layer that has it,
+    /// opening every component with `O_NOFOLLOW`. Refuses when the target
+    /// is whited out, hidden by an opaque directory, or not a regular file.
+    fn copy_from_lower(
+        &mut self,
+        ctx: &Ctx<'_>,
+        components: &[OsString],
+        target_dirs: &[OsString],
+        target_name: &OsStr,
+    ) -> Result<(), ImageError> {
+        let not_found = || ctx.unsafe_entry("hard link target is in neither this layer nor a lower one");
+        for lower in self.options.lowers.clone() {
+            let mut dir = ctx.nix(nix::fcntl::open(&lower, DIR_NOFOLLOW, Mode::empty()))?;
+            let mut hidden = false;
+            let mut missing = false;
+            for component in target_dirs {
+                match ctx.io(lstat_at(&dir, component))? {
+                    Some(st) if Kind::of(&st) == Some(Kind::Dir) => {
+                        dir = ctx.nix(open_dir_at(&dir, component))?;
+                        if is_opaque(&dir) {
+                            hidden = true;
+                        }
+                    }
+                    Some(st) if Kind::of(&st) == Some(Kind::Char) && st.st_rdev == 0 => {
+                        return Err(not_found());
+                    }
+                    Some(_) => return Err(ctx.unsafe_entry("hard link target path traverses a symlink or file")),
+                    None => {
+                        missing = true;
+                        break;
+                    }
+                }
+            }
+            if missing {
+                if hidden {
+                    return Err(not_found());
+                }
+                continue;
+            }
+            match ctx.io(lstat_at(&dir, target_name))? {
+                None if hidden => return Err(not_found()),
+                None => continue,
+                Some(st) if Kind::of(&st) == Some(Kind::File) => {
+                    let src = File::from(ctx.nix(openat(
+                        &dir,
+                        target_name,
+                        OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                        Mode::empty(),
+                    ))?);
+                    let st = ctx.nix(nix::sys::stat::fstat(src.as_fd()))?;
+                    if u64::try_from(st.st_size).unwrap_or(u64::MAX) > self.options.max_file_bytes {
+                        return Err(ImageError::LayerTooLarge {
+                            reason: format!("{:?} is larger than the per-file limit", ctx.shown),
+                        });
+                    }
+                    let mut xattrs = Vec::new();
+                    if let Ok(names) = src.list_xattr() {
+                        for name in names {
+                            if xattr_is_preserved(name.as_bytes()) {
+                                if let Ok(Some(value)) = src.get_xattr(&name) {
+                                    xattrs.push((name, value));
+                                }
+                            }
+                        }
+                    }
+                    let meta = Meta {
+                        mode: st.st_mode & 0o7777,
+                        uid: st.st_uid,
+                        gid: st.st_gid,
+                        mtime: TimeSpec::new(st.st_mtime, st.st_mtime_nsec),
+                        xattrs,
+                    };
+                    let (parent, name) = self.parent_of(ctx, components)?;
+                    ctx.io(remove_at(&parent, name))?;
+                    let fd = ctx.nix(openat(
+                        &parent,
+                        name,
+                        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                        Mode::from_bits_truncate(0o600),
+                    ))?;
+                    let mut file = File::from(fd);
+                    ctx.io(io::copy(&mut (&src).take(st.st_size as u64), &mut file))?;
+                    self.stats.lower_links_copied += 1;
+                    return self.apply_fd_meta(ctx, &file, &meta, true);
+                }
+                Some(st) if Kind::of(&st) == Some(Kind::Char) && st.st_rdev == 0 => {
+                    return Err(not_found())
+                }
+                Some(_) => {
+                    return Err(ctx.unsupported(
+                        "hard link to a non-regular file of a lower layer",
+                    ))
+                }
+            }
+        }
+        Err(not_found())
+    }
+
     fn hard_link(
         &mut self,
         ctx: &Ctx<'_>,
@@ -329,10 +579,14 @@ impl Unpacker<'_> {
         if target == components {
             return Ok(());
         }
+        let from_lower = !self.options.lowers.is_empty();
         let target_parent = match ctx.io(self.walk(target_dirs, false))? {
             Walk::Found(fd) => fd,
             Walk::Symlink => {
                 return Err(ctx.unsafe_entry("hard link target path traverses a symlink"))
+            }
+            Walk::Missing if from_lower => {
+                return self.copy_from_lower(ctx, components, target_dirs, target_name)
             }
             Walk::Missing | Walk::NotDir => {
                 return Err(
@@ -341,10 +595,16 @@ impl Unpacker<'_> {
             }
         };
         match ctx.io(lstat_at(&target_parent, target_name))? {
+            None if from_lower => {
+                return self.copy_from_lower(ctx, components, target_dirs, target_name)
+            }
             None => {
                 return Err(
                     ctx.unsafe_entry("hard link target is not an earlier entry of this layer")
                 )
+            }
+            Some(st) if Kind::of(&st) == Some(Kind::Char) && st.st_rdev == 0 => {
+                return Err(ctx.unsafe_entry("hard link target is a whiteout"))
             }
             Some(st) if Kind::of(&st) == Some(Kind::Dir) => {
                 return Err(ctx.unsafe_entry("hard link target is a directory"))
@@ -402,6 +662,9 @@ impl Unpacker<'_> {
                     }
                     self.dirs
                         .insert(components[..=i].to_vec(), Meta::implicit_dir());
+                    if self.options.whiteouts == Whiteouts::Apply {
+                        self.touched.insert(components[..=i].to_vec());
+                    }
                     match open_dir_at(&current, component) {
                         Ok(fd) => current = fd,
                         Err(e) => return Err(e.into()),
@@ -503,6 +766,14 @@ impl Ctx<'_> {
     fn nix<T>(&self, result: nix::Result<T>) -> Result<T, ImageError> {
         self.io(result.map_err(io::Error::from))
     }
+}
+
+/// Whether an open directory carries the overlay opaque xattr.
+fn is_opaque(dir: &OwnedFd) -> bool {
+    let Ok(fd) = dir.try_clone() else {
+        return false;
+    };
+    matches!(File::from(fd).get_xattr(OVERLAY_OPAQUE_XATTR), Ok(Some(v)) if v == b"y")
 }
 
 fn set_xattrs(

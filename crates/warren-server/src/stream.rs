@@ -3,6 +3,15 @@
 //! frame. Back-pressure both ways: output is read from the process only as
 //! fast as the WebSocket accepts it, stdin is read from the WebSocket only
 //! as fast as the process accepts it.
+//!
+//! Stdin waits in a small queue ([`STDIN_QUEUE`]) while the process is not
+//! reading; the WebSocket is not read while the queue is full, so the
+//! client's sends block (TCP flow control) instead of the server's memory
+//! growing. Output keeps flowing meanwhile: a process like `cat` that
+//! writes while its input is still arriving never deadlocks. A control
+//! frame (signal, resize, EOF) sent behind more stdin than the queue holds
+//! waits until the process reads that stdin or exits (exec timeouts and
+//! terminate still end it).
 
 use std::os::fd::OwnedFd;
 use std::time::Duration;
@@ -24,6 +33,10 @@ use crate::{ApiError, AppState};
 
 /// Largest frame of output sent at once.
 const CHUNK: usize = 64 * 1024;
+
+/// Most stdin bytes queued for a process that is not reading them; beyond
+/// this the WebSocket is not read (plus one frame, at most 4 MiB).
+const STDIN_QUEUE: usize = 1024 * 1024;
 
 /// Longest wait for the client's start message.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -175,6 +188,13 @@ async fn session(
     let mut buf_out = vec![0u8; CHUNK];
     let mut buf_err = vec![0u8; CHUNK];
     let mut client_open = true;
+    // Stdin frames not yet written to the process, and the offset written
+    // of the first one.
+    let mut queued: std::collections::VecDeque<axum::body::Bytes> = Default::default();
+    let mut queued_bytes = 0usize;
+    let mut written = 0usize;
+    // An EOF asked for while stdin was still queued: close after the queue.
+    let mut eof_pending = false;
 
     loop {
         tokio::select! {
@@ -187,19 +207,42 @@ async fn session(
                 Some(Ok(n)) if n > 0 => send_data(ws, STREAM_STDERR, &buf_err[..n]).await?,
                 _ => err = None,
             },
-            m = ws.recv(), if client_open => match m {
-                Some(Ok(Message::Binary(b))) => {
-                    if b.first() == Some(&STREAM_STDIN) {
-                        if let Some(w) = stdin.as_mut() {
-                            if w.write_all(&b[1..]).await.is_err() {
-                                // The process closed its stdin; drop the rest.
-                                stdin = None;
-                            }
+            r = write_front(&mut stdin, &queued, written), if !queued.is_empty() => match r {
+                Ok(n) => {
+                    written += n;
+                    if written == queued[0].len() {
+                        queued_bytes -= written;
+                        written = 0;
+                        queued.pop_front();
+                        if queued.is_empty() && eof_pending {
+                            stdin = None;
                         }
                     }
                 }
+                // The process closed its stdin (or has none): drop the rest.
+                Err(_) => {
+                    stdin = None;
+                    queued.clear();
+                    queued_bytes = 0;
+                    written = 0;
+                }
+            },
+            m = ws.recv(), if client_open && queued_bytes < STDIN_QUEUE => match m {
+                Some(Ok(Message::Binary(b))) => {
+                    if b.first() == Some(&STREAM_STDIN) && b.len() > 1 && stdin.is_some() && !eof_pending {
+                        let data = b.slice(1..);
+                        queued_bytes += data.len();
+                        queued.push_back(data);
+                    }
+                }
                 Some(Ok(Message::Text(t))) => match serde_json::from_str::<StreamClientMsg>(&t) {
-                    Ok(StreamClientMsg::StdinEof {}) => stdin = None,
+                    Ok(StreamClientMsg::StdinEof {}) => {
+                        if queued.is_empty() {
+                            stdin = None;
+                        } else {
+                            eof_pending = true;
+                        }
+                    }
                     Ok(StreamClientMsg::Signal { signal }) => {
                         exec.signal(signal)?;
                     }
@@ -241,6 +284,19 @@ async fn session(
                 }
             }
         }
+    }
+}
+
+/// Writes what it can of the first queued stdin frame (cancel-safe: one
+/// `write`).
+async fn write_front(
+    w: &mut Option<pipe::Sender>,
+    queued: &std::collections::VecDeque<axum::body::Bytes>,
+    written: usize,
+) -> std::io::Result<usize> {
+    match (w, queued.front()) {
+        (Some(w), Some(front)) => w.write(&front[written..]).await,
+        _ => Err(std::io::Error::from(std::io::ErrorKind::BrokenPipe)),
     }
 }
 

@@ -663,6 +663,254 @@ async fn streaming_exec_over_websocket() -> Result<()> {
     Ok(())
 }
 
+/// This process's resident memory (the server runs in it), in MiB.
+fn rss_mib() -> Result<u64> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("VmRSS")?;
+    Ok(kib / 1024)
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Opens an exec stream over a real socket and sends the start message.
+async fn connect_exec(
+    addr: std::net::SocketAddr,
+    token: &str,
+    id: &str,
+    start: Value,
+) -> Result<Ws> {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
+    let mut req = format!("ws://{addr}/v1/sandboxes/{id}/exec/stream").into_client_request()?;
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse()?);
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await?;
+    ws.send(Message::Text(start.to_string().into())).await?;
+    Ok(ws)
+}
+
+/// Reads frames until the exit frame; returns (stdout byte count, its first
+/// 64 KiB, exit frame). Only counts the rest, so that the test's own
+/// buffers don't show up in the memory it measures.
+async fn drain_exec(ws: &mut Ws, limit: Duration) -> Result<(u64, Vec<u8>, Value)> {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut out = Vec::new();
+    let mut count = 0u64;
+    while let Ok(Some(m)) = tokio::time::timeout_at(deadline, ws.next()).await {
+        match m? {
+            Message::Binary(b) if b.first() == Some(&1) => {
+                count += b.len() as u64 - 1;
+                let room = (64 * 1024usize).saturating_sub(out.len()).min(b.len() - 1);
+                out.extend_from_slice(&b[1..1 + room]);
+            }
+            Message::Text(t) => {
+                let v: Value = serde_json::from_str(&t)?;
+                if v["type"] == "exit" {
+                    return Ok((count, out, v));
+                }
+                ensure!(v["type"] == "started", "frame {v}");
+            }
+            Message::Close(_) => break,
+            _ => {}
+        }
+    }
+    anyhow::bail!("no exit frame ({count} bytes of stdout)")
+}
+
+/// Floods through the server (issue #4): a process writing as fast as it
+/// can to a client that stops reading, a client sending stdin as fast as it
+/// can to a process that is not reading, and `cat` echoing a large input.
+/// Neither direction grows this process's memory without bound, the writer
+/// is held back, and nothing is lost.
+async fn floods_are_bounded() -> Result<()> {
+    let e = env().await?;
+    let r = floods(&e).await;
+    e.teardown().await;
+    r
+}
+
+async fn floods(e: &Env) -> Result<()> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    const MIB: u64 = 1024 * 1024;
+    let id = e.create(json!({})).await?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let app = warren_server::router(e.state.clone());
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let read_count = |path: &'static str| {
+        let id = id.clone();
+        async move {
+            let (s, v) = e
+                .admin(
+                    "POST",
+                    &format!("/v1/sandboxes/{id}/exec"),
+                    Some(json!({"command": ["cat", path]})),
+                )
+                .await?;
+            ensure!(s == StatusCode::OK, "{s} {v}");
+            let n: u64 = v["stdout"]
+                .as_str()
+                .unwrap_or("")
+                .trim()
+                .parse()
+                .unwrap_or(0);
+            Ok::<_, anyhow::Error>(n)
+        }
+    };
+
+    // 1. Output flood: 256 MiB written as fast as possible; the client reads
+    // nothing for 3 s. The writer records how far it got in /tmp/out.
+    let total = 256 * MIB;
+    let writer = format!(
+        "import os\nbuf=b'x'*65536\nn=0\nwhile n<{total}:\n    n+=os.write(1,buf)\n    open('/tmp/out','w').write(str(n))\n"
+    );
+    let rss0 = rss_mib()?;
+    let mut ws = connect_exec(
+        addr,
+        &e.token,
+        &id,
+        json!({"command": ["python3", "-c", writer]}),
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let produced = read_count("/tmp/out").await?;
+    let rss1 = rss_mib()?;
+    eprintln!(
+        "output flood: writer got {:.1} MiB out in 3 s with no reader; rss {rss0} -> {rss1} MiB",
+        produced as f64 / MIB as f64
+    );
+    ensure!(produced > 0, "the writer never started");
+    ensure!(
+        produced < 48 * MIB,
+        "back-pressure did not reach the writer: {produced} bytes written with no reader"
+    );
+    ensure!(rss1 < rss0 + 48, "memory grew from {rss0} to {rss1} MiB");
+    let (count, _, exit) = drain_exec(&mut ws, Duration::from_secs(60)).await?;
+    ensure!(exit["exit_code"] == 0, "{exit}");
+    ensure!(count == total, "{count} of {total} bytes arrived");
+    let rss1 = rss_mib()?;
+    drop(ws);
+
+    // 2. Stdin flood: the process sleeps 3 s before reading; the client sends
+    // 128 MiB in 1 MiB frames as fast as the connection takes them.
+    let total = 128 * MIB;
+    let reader = "import os,sys,time\ntime.sleep(3)\nn=0\nwhile True:\n    d=os.read(0,1<<20)\n    if not d: break\n    n+=len(d)\nprint(n)\n";
+    let ws = connect_exec(
+        addr,
+        &e.token,
+        &id,
+        json!({"command": ["python3", "-c", reader]}),
+    )
+    .await?;
+    let (mut tx, rx) = ws.split();
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let sent2 = sent.clone();
+    let sender = tokio::spawn(async move {
+        let mut frame = vec![b'y'; MIB as usize + 1];
+        frame[0] = 0;
+        let mut n = 0;
+        while n < total {
+            tx.send(Message::Binary(frame.clone().into())).await?;
+            n += MIB;
+            sent2.store(n, std::sync::atomic::Ordering::Relaxed);
+        }
+        tx.send(Message::Text(
+            json!({"type": "stdin_eof"}).to_string().into(),
+        ))
+        .await?;
+        Ok::<_, anyhow::Error>(tx)
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let accepted = sent.load(std::sync::atomic::Ordering::Relaxed);
+    let rss2 = rss_mib()?;
+    eprintln!(
+        "stdin flood: client got {:.1} MiB sent in 2 s to a process not reading; rss {rss1} -> {rss2} MiB",
+        accepted as f64 / MIB as f64
+    );
+    ensure!(
+        accepted < 48 * MIB,
+        "back-pressure did not reach the client: {accepted} bytes accepted"
+    );
+    ensure!(rss2 < rss0 + 48, "memory grew from {rss0} to {rss2} MiB");
+    let tx = tokio::time::timeout(Duration::from_secs(60), sender).await???;
+    let mut ws = tx.reunite(rx).map_err(|_| anyhow::anyhow!("reunite"))?;
+    let (_, out, exit) = drain_exec(&mut ws, Duration::from_secs(60)).await?;
+    ensure!(exit["exit_code"] == 0, "{exit}");
+    ensure!(
+        String::from_utf8_lossy(&out).trim() == total.to_string(),
+        "the process read {:?} of {total} bytes",
+        String::from_utf8_lossy(&out)
+    );
+    drop(ws);
+
+    // 3. `cat` echoing 32 MiB while it arrives: output must keep flowing
+    // while stdin is queued (no deadlock), and come back byte for byte.
+    let total = 32 * MIB as usize;
+    let ws = connect_exec(addr, &e.token, &id, json!({"command": ["cat"]})).await?;
+    let (mut tx, mut rx) = ws.split();
+    let sender = tokio::spawn(async move {
+        let mut i = 0u32;
+        let mut n = 0;
+        while n < total {
+            let mut frame = Vec::with_capacity(256 * 1024 + 1);
+            frame.push(0u8);
+            while frame.len() < 256 * 1024 + 1 {
+                frame.extend_from_slice(&i.to_le_bytes());
+                i = i.wrapping_add(1);
+            }
+            n += frame.len() - 1;
+            tx.send(Message::Binary(frame.into())).await?;
+        }
+        tx.send(Message::Text(
+            json!({"type": "stdin_eof"}).to_string().into(),
+        ))
+        .await?;
+        Ok::<_, anyhow::Error>(tx)
+    });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut echoed = Vec::with_capacity(total);
+    let mut exit = None;
+    while let Ok(Some(m)) = tokio::time::timeout_at(deadline, rx.next()).await {
+        match m? {
+            Message::Binary(b) if b.first() == Some(&1) => echoed.extend_from_slice(&b[1..]),
+            Message::Text(t) => {
+                let v: Value = serde_json::from_str(&t)?;
+                if v["type"] == "exit" {
+                    exit = Some(v);
+                    break;
+                }
+            }
+            _ => {}
+        }
+    }
+    ensure!(
+        exit.is_some(),
+        "cat never exited ({} bytes echoed)",
+        echoed.len()
+    );
+    let _tx = tokio::time::timeout(Duration::from_secs(10), sender).await???;
+    ensure!(
+        echoed.len() == total,
+        "{} of {total} bytes echoed",
+        echoed.len()
+    );
+    let intact = echoed
+        .chunks(4)
+        .enumerate()
+        .all(|(i, c)| c == (i as u32).to_le_bytes());
+    ensure!(intact, "echoed bytes differ from the input");
+    server.abort();
+    Ok(())
+}
+
 async fn hundred_concurrent_creates() -> Result<()> {
     let e = std::sync::Arc::new(env().await?);
     let mut tasks = Vec::new();
@@ -727,6 +975,7 @@ fn main() {
         t!(restart_readopts_running_sandboxes),
         t!(streaming_exec_over_websocket),
         t!(hundred_concurrent_creates),
+        t!(floods_are_bounded),
     ];
     libtest_mimic::run(&args, tests).exit()
 }
