@@ -26,11 +26,15 @@ packages=(
     e2fsprogs      # mkfs.ext4, for loop-device disk limits
     python3        # helper scripts in tests
     git            # "normal programs still work" under the seccomp policy
+    docker-registry # the reference OCI registry that image pull tests and bench/run pull serve on loopback
+    skopeo         # pushes test images to it; the peer of bench/run pull
+    apache2-utils  # htpasswd (bcrypt) for the registry auth tests
+    zstd           # zstd-compressed test layers
 )
 
 # Commands that must work afterwards; checked so a broken install fails here
 # rather than as a confusing test failure later.
-commands=(crun runc bwrap busybox ip nft ps fuser unshare nsenter losetup mkfs.ext4 python3 git)
+commands=(crun runc bwrap busybox ip nft ps fuser unshare nsenter losetup mkfs.ext4 python3 git docker-registry skopeo htpasswd zstd)
 
 [[ $(id -u) -eq 0 ]] || die "must run as root (try: sudo $0)"
 command -v apt-get >/dev/null || die "apt-get not found: this script supports Debian only"

@@ -922,3 +922,35 @@ fn import_dir_refuses_device_nodes_and_missing_sources() {
     }
     assert_eq!(fx.count("tmp"), 0);
 }
+
+#[test]
+fn whiteouts_become_overlay_whiteouts_and_opaque_xattrs() {
+    if !is_root() {
+        eprintln!("SKIP whiteouts_become_overlay_whiteouts_and_opaque_xattrs: needs root");
+        return;
+    }
+    let fx = Fixture::new();
+    let mut builder = tar::Builder::new(Vec::new());
+    let mut dir = regular_header(0, 0o755);
+    dir.set_entry_type(EntryType::Directory);
+    builder.append_data(&mut dir, "d", &b""[..]).unwrap();
+    let mut h = regular_header(0, 0o644);
+    builder
+        .append_data(&mut h, "d/.wh..wh..opq", &b""[..])
+        .unwrap();
+    let mut h = regular_header(0, 0o644);
+    builder.append_data(&mut h, "a/.wh.gone", &b""[..]).unwrap();
+    let mut h = regular_header(0, 0o644);
+    builder
+        .append_data(&mut h, "x/.wh..wh.plnk", &b""[..])
+        .unwrap();
+    let image = fx.store.import_tar(&finish(builder)[..], "wh").unwrap();
+    let layer = &image.layers[0];
+    let opaque = xattr::get(layer.join("d"), crate::OVERLAY_OPAQUE_XATTR).unwrap();
+    assert_eq!(opaque.as_deref(), Some(&b"y"[..]));
+    let gone = fs::symlink_metadata(layer.join("a/gone")).unwrap();
+    assert!(gone.file_type().is_char_device());
+    assert_eq!(gone.rdev(), 0);
+    assert!(!layer.join("x/.wh..wh.plnk").exists());
+    assert!(!layer.join("d/.wh..wh..opq").exists());
+}

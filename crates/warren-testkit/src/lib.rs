@@ -7,6 +7,8 @@
 //! - [`leaks`]: what Warren may have left on the host (mounts, cgroups,
 //!   processes), for the leak check that ends every suite.
 
+pub mod registry;
+
 use std::time::{Duration, Instant};
 
 /// True when running under CI (`CI=true`).

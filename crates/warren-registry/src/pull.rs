@@ -1,0 +1,478 @@
+//! [`Puller`]: registry pulls into an [`ImageStore`], with verification,
+//! coalescing, resumable downloads and progress events.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::stream::{self, StreamExt as _};
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+use tracing::Instrument as _;
+use warren_image::oci::{
+    check_layer_count, host_platform, parse_manifest, sha256_hex, verify_bytes, ConfigFile,
+    Descriptor, Manifest, ManifestKind, MANIFEST_ACCEPT,
+};
+use warren_image::{Image, ImageError, ImageStore, Reference, Target};
+
+use crate::client::{http_client, RepoClient};
+use crate::config::{Credentials, RegistryConfig};
+use crate::error::PullError;
+
+/// Blobs downloaded at the same time by one pull.
+pub const CONCURRENT_DOWNLOADS: usize = 4;
+
+/// Minimum interval between two [`PullEvent::LayerProgress`] events of one
+/// layer (the last one, at 100%, is always sent).
+pub const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Progress of a pull, in order: one `resolved`, then per layer any number
+/// of `layer_progress` followed by `layer_verified` (or
+/// `layer_already_present`), then `layer_unpacked` in layer order, and
+/// finally `done`. Serialized as JSON objects tagged by `"event"`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum PullEvent {
+    /// The manifest for this platform was fetched and verified.
+    Resolved {
+        /// The normalized reference.
+        reference: String,
+        /// Digest of the platform manifest.
+        manifest_digest: String,
+        /// The layers, lowest first.
+        layers: Vec<LayerSummary>,
+    },
+    /// Bytes of a layer blob received so far.
+    LayerProgress {
+        /// Blob digest.
+        digest: String,
+        /// Bytes present (including any resumed prefix).
+        downloaded: u64,
+        /// Declared size.
+        total: u64,
+    },
+    /// A layer blob was downloaded and its digest verified.
+    LayerVerified {
+        /// Blob digest.
+        digest: String,
+    },
+    /// The layer (or its blob) was already in the store; nothing fetched.
+    LayerAlreadyPresent {
+        /// Blob digest.
+        digest: String,
+    },
+    /// The layer was unpacked (its diff id verified), or found unpacked.
+    LayerUnpacked {
+        /// Blob digest.
+        digest: String,
+        /// Diff id.
+        diff_id: String,
+    },
+    /// The image is stored and named.
+    Done {
+        /// Image id.
+        id: String,
+        /// The name it is stored under.
+        name: String,
+        /// Digest of the platform manifest.
+        manifest_digest: String,
+    },
+}
+
+/// A layer in [`PullEvent::Resolved`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerSummary {
+    /// Blob digest.
+    pub digest: String,
+    /// Blob size in bytes.
+    pub size: u64,
+}
+
+/// Per-pull options.
+#[derive(Debug, Clone, Default)]
+pub struct PullOptions {
+    /// Credentials for this pull, overriding the config's for the
+    /// reference's registry.
+    pub credentials: Option<Credentials>,
+}
+
+/// Pulls images from OCI distribution registries into an [`ImageStore`].
+///
+/// Cheap to clone; clones share the in-flight map, so concurrent pulls of
+/// images that share layers (or of the same image) download each blob
+/// once. Across processes the same is ensured by a per-blob file lock in
+/// the store.
+///
+/// Why not the `oci-client` crate: it would bring a second HTTP stack
+/// (it follows reqwest 0.13, the workspace uses 0.12), and a pull here
+/// needs to stream each blob into the store's own resumable partial file
+/// under a cross-process lock, resume with `Range`, verify as it writes,
+/// and map registry answers to stable error codes. The distribution
+/// protocol subset for pulling is small (two GETs and the token dance), so
+/// this crate speaks it directly over reqwest with rustls.
+#[derive(Debug, Clone)]
+pub struct Puller {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    store: Arc<ImageStore>,
+    config: RegistryConfig,
+    http: reqwest::Client,
+    inflight: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Puller {
+    /// A puller into `store` with registry settings `config`.
+    pub fn new(store: Arc<ImageStore>, config: RegistryConfig) -> Result<Self, PullError> {
+        config.validate()?;
+        let http = http_client().map_err(|source| PullError::Connect {
+            registry: "(client setup)".into(),
+            source,
+        })?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                store,
+                config,
+                http,
+                inflight: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// The store pulls go into.
+    pub fn store(&self) -> &Arc<ImageStore> {
+        &self.inner.store
+    }
+
+    /// Parses a reference with this puller's default registry.
+    pub fn parse_reference(&self, reference: &str) -> Result<Reference, PullError> {
+        Ok(Reference::parse(
+            reference,
+            self.inner.config.default_registry(),
+        )?)
+    }
+
+    /// Pulls `reference` with the configured credentials.
+    pub async fn pull(
+        &self,
+        reference: &str,
+        progress: impl Fn(PullEvent) + Send + Sync,
+    ) -> Result<Image, PullError> {
+        self.pull_with(reference, &PullOptions::default(), progress)
+            .await
+    }
+
+    /// Pulls `reference` (`python:3.12`, `host:5000/a/b:t`,
+    /// `name@sha256:...`): resolves the host platform's manifest, fetches
+    /// and verifies the config and every missing layer blob, unpacks each
+    /// layer (verifying its diff id), and names the image by the
+    /// normalized reference (`docker.io/library/python:3.12`).
+    pub async fn pull_with(
+        &self,
+        reference: &str,
+        options: &PullOptions,
+        progress: impl Fn(PullEvent) + Send + Sync,
+    ) -> Result<Image, PullError> {
+        let r = self.parse_reference(reference)?;
+        let span = tracing::info_span!("pull", reference = %r);
+        self.pull_inner(r, options, &progress)
+            .instrument(span)
+            .await
+    }
+
+    async fn pull_inner(
+        &self,
+        r: Reference,
+        options: &PullOptions,
+        progress: &(dyn Fn(PullEvent) + Send + Sync),
+    ) -> Result<Image, PullError> {
+        let store = self.inner.store.clone();
+        let entry = self.inner.config.entry(&r.registry);
+        let credentials = options.credentials.clone().or(entry.auth);
+        let client = RepoClient::new(
+            self.inner.http.clone(),
+            &r.registry,
+            &r.repository,
+            entry.insecure,
+            credentials,
+        );
+        let display = r.to_string();
+        // Held until the image is committed: gc and remove wait for it.
+        let _lease = blocking({
+            let store = store.clone();
+            move || store.lease()
+        })
+        .await?;
+
+        let (mut bytes, content_type, header_digest) = client
+            .manifest(r.target_str(), MANIFEST_ACCEPT, &display)
+            .await?;
+        let mut manifest_digest = match &r.target {
+            Target::Digest(d) => d.clone(),
+            Target::Tag(_) => header_digest
+                .clone()
+                .filter(|d| d.starts_with("sha256:"))
+                .unwrap_or_else(|| format!("sha256:{}", sha256_hex(&bytes))),
+        };
+        verify_bytes("manifest", &manifest_digest, &bytes)?;
+        let manifest: Manifest = match parse_manifest(content_type.as_deref(), &bytes)? {
+            ManifestKind::Manifest(m) => m,
+            ManifestKind::Index(index) => {
+                let desc = index.select(&host_platform())?.clone();
+                tracing::debug!(digest = %desc.digest, "selected platform manifest");
+                let (platform_bytes, ct, _) = client
+                    .manifest(&desc.digest, MANIFEST_ACCEPT, &display)
+                    .await?;
+                verify_bytes("manifest", &desc.digest, &platform_bytes)?;
+                manifest_digest = desc.digest.clone();
+                bytes = platform_bytes;
+                match parse_manifest(ct.as_deref().or(Some(&desc.media_type)), &bytes)? {
+                    ManifestKind::Manifest(m) => m,
+                    ManifestKind::Index(_) => {
+                        return Err(ImageError::InvalidManifest {
+                            reason: "an index inside an index is not supported".into(),
+                        }
+                        .into())
+                    }
+                }
+            }
+        };
+
+        let config_digest = manifest.config.digest.clone();
+        let config_bytes = if store.has_blob(&config_digest) {
+            let store = store.clone();
+            let digest = config_digest.clone();
+            blocking(move || store.read_blob(&digest)).await?
+        } else {
+            let b = client.blob_bytes(&config_digest, &display).await?;
+            verify_bytes("config", &config_digest, &b)?;
+            b
+        };
+        verify_bytes("config", &config_digest, &config_bytes)?;
+        let config = ConfigFile::parse(&config_bytes)?;
+        check_layer_count(&manifest, &config)?;
+        progress(PullEvent::Resolved {
+            reference: display.clone(),
+            manifest_digest: manifest_digest.clone(),
+            layers: manifest
+                .layers
+                .iter()
+                .map(|l| LayerSummary {
+                    digest: l.digest.clone(),
+                    size: l.size,
+                })
+                .collect(),
+        });
+
+        // Downloads run concurrently; unpacking goes in layer order (a
+        // layer's hard links may point into the ones below) as soon as
+        // each blob is there.
+        let n = manifest.layers.len();
+        let (senders, receivers): (Vec<_>, Vec<_>) = (0..n)
+            .map(|_| oneshot::channel::<Result<(), PullError>>())
+            .unzip();
+        let layers = manifest.layers.clone();
+        let diff_ids = config.rootfs.diff_ids.clone();
+        let downloads = async {
+            stream::iter(layers.iter().zip(&diff_ids).zip(senders))
+                .for_each_concurrent(CONCURRENT_DOWNLOADS, |((desc, diff_id), tx)| {
+                    let client = &client;
+                    let display = &display;
+                    let store = &store;
+                    async move {
+                        let result = if store.has_layer(diff_id) {
+                            progress(PullEvent::LayerAlreadyPresent {
+                                digest: desc.digest.clone(),
+                            });
+                            Ok(())
+                        } else {
+                            self.ensure_blob(client, desc, display, progress).await
+                        };
+                        let _ = tx.send(result);
+                    }
+                })
+                .await;
+            Ok::<(), PullError>(())
+        };
+        let unpacks = async {
+            let mut lowers: Vec<String> = Vec::new();
+            for ((desc, diff_id), rx) in layers.iter().zip(&diff_ids).zip(receivers) {
+                rx.await.map_err(|_| PullError::InvalidResponse {
+                    registry: r.registry.clone(),
+                    reason: "download task ended without a result".into(),
+                })??;
+                let outcome = {
+                    let store = store.clone();
+                    let desc = desc.clone();
+                    let diff_id = diff_id.clone();
+                    let below = lowers.clone();
+                    blocking(move || store.unpack_layer(&desc, &diff_id, &below)).await?
+                };
+                tracing::debug!(digest = %desc.digest, ?outcome, "layer ready");
+                progress(PullEvent::LayerUnpacked {
+                    digest: desc.digest.clone(),
+                    diff_id: diff_id.clone(),
+                });
+                lowers.push(diff_id.clone());
+            }
+            Ok::<(), PullError>(())
+        };
+        tokio::try_join!(downloads, unpacks)?;
+
+        let image = {
+            let store = store.clone();
+            let name = r.image_name();
+            let manifest_digest = manifest_digest.clone();
+            blocking(move || {
+                store.put_blob_bytes(&manifest_digest, &bytes)?;
+                store.put_blob_bytes(&manifest.config.digest, &config_bytes)?;
+                store.commit_oci(&manifest_digest, &manifest, &config, Some(&name))
+            })
+            .await?
+        };
+        tracing::info!(id = %image.id, manifest = %manifest_digest, "pulled image");
+        progress(PullEvent::Done {
+            id: image.id.clone(),
+            name: r.image_name().to_string(),
+            manifest_digest,
+        });
+        Ok(image)
+    }
+
+    /// Makes sure the blob `desc` is in the store, downloading it at most
+    /// once per process (in-flight map) and per store (blob file lock).
+    async fn ensure_blob(
+        &self,
+        client: &RepoClient,
+        desc: &Descriptor,
+        display: &str,
+        progress: &(dyn Fn(PullEvent) + Send + Sync),
+    ) -> Result<(), PullError> {
+        let store = &self.inner.store;
+        let present = || {
+            progress(PullEvent::LayerAlreadyPresent {
+                digest: desc.digest.clone(),
+            })
+        };
+        if store.has_blob(&desc.digest) {
+            present();
+            return Ok(());
+        }
+        let gate = self
+            .inner
+            .inflight
+            .lock()
+            .expect("inflight map lock poisoned")
+            .entry(desc.digest.clone())
+            .or_default()
+            .clone();
+        let result = async {
+            let _in_process = gate.lock().await;
+            if store.has_blob(&desc.digest) {
+                present();
+                return Ok(());
+            }
+            let _cross_process = {
+                let store = store.clone();
+                let digest = desc.digest.clone();
+                blocking(move || store.lock_blob(&digest)).await?
+            };
+            if store.has_blob(&desc.digest) {
+                present();
+                return Ok(());
+            }
+            self.download(client, desc, display, progress).await
+        }
+        .await;
+        let mut inflight = self
+            .inner
+            .inflight
+            .lock()
+            .expect("inflight map lock poisoned");
+        if Arc::strong_count(&gate) <= 2 {
+            inflight.remove(&desc.digest);
+        }
+        result
+    }
+
+    /// Downloads one blob into its partial file (resuming with `Range`
+    /// when a previous attempt left bytes), verifying as it goes.
+    async fn download(
+        &self,
+        client: &RepoClient,
+        desc: &Descriptor,
+        display: &str,
+        progress: &(dyn Fn(PullEvent) + Send + Sync),
+    ) -> Result<(), PullError> {
+        let store = self.inner.store.clone();
+        let mut download = {
+            let desc = desc.clone();
+            blocking(move || store.begin_blob(&desc)).await?
+        };
+        let offset = download.offset();
+        let mut response = client.blob(&desc.digest, offset, display).await?;
+        if offset > 0 {
+            if response.status() == reqwest::StatusCode::PARTIAL_CONTENT {
+                tracing::info!(digest = %desc.digest, offset, "resuming download");
+            } else {
+                download.restart()?;
+            }
+        }
+        let mut last = Instant::now();
+        let connect_err = |source| PullError::Connect {
+            registry: client.registry().to_owned(),
+            source,
+        };
+        while let Some(chunk) = response.chunk().await.map_err(connect_err)? {
+            download.write(&chunk)?;
+            if last.elapsed() >= PROGRESS_INTERVAL {
+                last = Instant::now();
+                progress(layer_progress(desc, &download));
+            }
+        }
+        progress(layer_progress(desc, &download));
+        blocking(move || download.finish()).await?;
+        progress(PullEvent::LayerVerified {
+            digest: desc.digest.clone(),
+        });
+        Ok(())
+    }
+}
+
+fn layer_progress(desc: &Descriptor, download: &warren_image::BlobDownload) -> PullEvent {
+    PullEvent::LayerProgress {
+        digest: desc.digest.clone(),
+        downloaded: download.offset(),
+        total: download.size(),
+    }
+}
+
+/// Runs store work on tokio's blocking pool.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ImageError> + Send + 'static,
+) -> Result<T, PullError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(PullError::Task)?
+        .map_err(PullError::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_serialize_tagged() {
+        let e = PullEvent::LayerProgress {
+            digest: "sha256:x".into(),
+            downloaded: 1,
+            total: 2,
+        };
+        assert_eq!(
+            serde_json::to_string(&e).unwrap(),
+            r#"{"event":"layer_progress","digest":"sha256:x","downloaded":1,"total":2}"#
+        );
+    }
+}
