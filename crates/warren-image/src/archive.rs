@@ -393,9 +393,10 @@ impl ImageStore {
             },
             layers: descriptors,
         };
-        let manifest_bytes = serde_json::to_vec(&synth).map_err(|e| ImageError::InvalidArchive {
-            reason: format!("cannot encode manifest: {e}"),
-        })?;
+        let manifest_bytes =
+            serde_json::to_vec(&synth).map_err(|e| ImageError::InvalidArchive {
+                reason: format!("cannot encode manifest: {e}"),
+            })?;
         let manifest_digest = format!("{SHA256_PREFIX}{}", sha256_hex(&manifest_bytes));
         let manifest: Manifest = match parse_manifest(None, &manifest_bytes)? {
             ManifestKind::Manifest(m) => m,
@@ -405,12 +406,14 @@ impl ImageStore {
         self.put_blob_bytes(&config_digest, &config_bytes)?;
         let name = match wanted {
             Some(name) => name.clone(),
-            None => tags_of(entry)
-                .into_iter()
-                .next()
-                .ok_or_else(|| ImageError::InvalidArchive {
-                    reason: "the archive does not tag its image; give a name".into(),
-                })?,
+            None => {
+                tags_of(entry)
+                    .into_iter()
+                    .next()
+                    .ok_or_else(|| ImageError::InvalidArchive {
+                        reason: "the archive does not tag its image; give a name".into(),
+                    })?
+            }
         };
         let image = self.commit_oci(&manifest_digest, &manifest, &config, Some(&name))?;
         tracing::info!(id = %image.id, name = %name, "imported docker save archive");

@@ -16,8 +16,8 @@ use sha2::{Digest as _, Sha256};
 
 use crate::digest::{parse_sha256_digest, sha256_hex, HashingReader, SHA256_PREFIX};
 use crate::error::ImageError;
-use crate::image::{Image, ImageRecord, LayerRecord, SourceRecord, IMAGE_RECORD_VERSION};
 use crate::image::LAYER_RECORD_VERSION;
+use crate::image::{Image, ImageRecord, LayerRecord, SourceRecord, IMAGE_RECORD_VERSION};
 use crate::name::ImageName;
 use crate::oci::{verify_bytes, Compression, ConfigFile, Descriptor, Manifest};
 use crate::store::{
@@ -132,9 +132,7 @@ impl BlobDownload {
                 actual: format!("{SHA256_PREFIX}{actual}"),
             });
         }
-        self.file
-            .sync_all()
-            .map_err(|e| write_err(&self.path, e))?;
+        self.file.sync_all().map_err(|e| write_err(&self.path, e))?;
         fs::rename(&self.path, &self.target).map_err(|e| write_err(&self.target, e))?;
         crate::fsutil::fsync_dir(&self.blobs_dir).map_err(|e| write_err(&self.blobs_dir, e))?;
         Ok(())
@@ -185,8 +183,8 @@ impl ImageStore {
             .open(&path)
             .map_err(|e| write_err(&path, e))?;
         let mut hasher = Sha256::new();
-        let mut written = io::copy(&mut file, &mut HashInto(&mut hasher))
-            .map_err(|e| write_err(&path, e))?;
+        let mut written =
+            io::copy(&mut file, &mut HashInto(&mut hasher)).map_err(|e| write_err(&path, e))?;
         if written > desc.size {
             file.set_len(0)
                 .and_then(|()| file.rewind())
@@ -387,7 +385,8 @@ impl ImageStore {
         let diff_hex = digest_hex(diff_id)?;
         let mut head = [0u8; 6];
         let mut file = open_file(path)?;
-        let n = read_head(&mut file, &mut head).map_err(|source| ImageError::ReadArchive { source })?;
+        let n =
+            read_head(&mut file, &mut head).map_err(|source| ImageError::ReadArchive { source })?;
         let compression = Compression::detect(&head[..n])?;
         let (hex, size) = crate::digest::hash_reader(BufReader::new(open_file(path)?))
             .map_err(|source| ImageError::ReadArchive { source })?;
@@ -417,7 +416,10 @@ impl ImageStore {
 }
 
 /// The manifest and config must list the same number of layers.
-pub(crate) fn check_layer_count(manifest: &Manifest, config: &ConfigFile) -> Result<(), ImageError> {
+pub(crate) fn check_layer_count(
+    manifest: &Manifest,
+    config: &ConfigFile,
+) -> Result<(), ImageError> {
     if manifest.layers.len() != config.rootfs.diff_ids.len() {
         return Err(ImageError::InvalidManifest {
             reason: format!(

@@ -78,10 +78,11 @@ impl ImageStore {
         let record = self.read_record(hex)?;
         let mut layers = Vec::with_capacity(record.layers.len());
         for diff_id in &record.layers {
-            let diff_hex = parse_sha256_digest(diff_id).ok_or_else(|| ImageError::CorruptStore {
-                path: self.root.join(IMAGES_DIR),
-                reason: "layer is not a sha256 digest",
-            })?;
+            let diff_hex =
+                parse_sha256_digest(diff_id).ok_or_else(|| ImageError::CorruptStore {
+                    path: self.root.join(IMAGES_DIR),
+                    reason: "layer is not a sha256 digest",
+                })?;
             let layer = self.read_layer_record(diff_hex)?;
             layers.push(LayerInspect {
                 diff_id: diff_id.clone(),

@@ -18,7 +18,8 @@ pub const MEDIA_TYPE_OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1
 /// OCI image config.
 pub const MEDIA_TYPE_OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 /// Docker manifest list (multi-platform).
-pub const MEDIA_TYPE_DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+pub const MEDIA_TYPE_DOCKER_LIST: &str =
+    "application/vnd.docker.distribution.manifest.list.v2+json";
 /// Docker image manifest, schema 2.
 pub const MEDIA_TYPE_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 /// Docker image config.
@@ -236,7 +237,10 @@ pub enum ManifestKind {
 
 /// Parses a manifest or index by its declared media type, falling back to
 /// its shape when the type is missing.
-pub fn parse_manifest(content_type: Option<&str>, bytes: &[u8]) -> Result<ManifestKind, ImageError> {
+pub fn parse_manifest(
+    content_type: Option<&str>,
+    bytes: &[u8],
+) -> Result<ManifestKind, ImageError> {
     let invalid = |e: serde_json::Error| ImageError::InvalidManifest {
         reason: format!("manifest does not parse: {e}"),
     };
@@ -269,7 +273,9 @@ pub fn parse_manifest(content_type: Option<&str>, bytes: &[u8]) -> Result<Manife
         _ => probe.manifests.is_some(),
     };
     if is_index {
-        Ok(ManifestKind::Index(serde_json::from_slice(bytes).map_err(invalid)?))
+        Ok(ManifestKind::Index(
+            serde_json::from_slice(bytes).map_err(invalid)?,
+        ))
     } else {
         let manifest: Manifest = serde_json::from_slice(bytes).map_err(invalid)?;
         if manifest.config.media_type != MEDIA_TYPE_OCI_CONFIG
@@ -453,10 +459,15 @@ mod tests {
             ManifestKind::Index(_)
         ));
         let v1 = br#"{"schemaVersion":1,"fsLayers":[]}"#;
-        assert_eq!(parse_manifest(None, v1).unwrap_err().code(), "invalid_manifest");
+        assert_eq!(
+            parse_manifest(None, v1).unwrap_err().code(),
+            "invalid_manifest"
+        );
         let bad_layer = String::from_utf8_lossy(manifest).replace("tar+zstd", "tar+xz");
         assert_eq!(
-            parse_manifest(None, bad_layer.as_bytes()).unwrap_err().code(),
+            parse_manifest(None, bad_layer.as_bytes())
+                .unwrap_err()
+                .code(),
             "invalid_manifest"
         );
         assert_eq!(

@@ -22,8 +22,8 @@ use crate::image::{
     BlobRef, HostBind, Image, ImageConfig, ImageRecord, LayerRecord, IMAGE_RECORD_VERSION,
     LAYER_RECORD_VERSION,
 };
-use crate::oci::Compression;
 use crate::name::{ImageName, DEFAULT_TAG};
+use crate::oci::Compression;
 use crate::pack::archive_dir;
 use crate::unpack::{unpack, UnpackOptions, Whiteouts};
 
@@ -457,7 +457,10 @@ impl ImageStore {
         fs::set_permissions(&fs_dir, fs::Permissions::from_mode(0o755))
             .map_err(|e| write_err(&fs_dir, e))?;
         let mut reader = HashingReader::new(
-            decompress(BufReader::with_capacity(256 << 10, open_file(&blob.path)?), blob.compression)?,
+            decompress(
+                BufReader::with_capacity(256 << 10, open_file(&blob.path)?),
+                blob.compression,
+            )?,
             self.limits.max_layer_bytes,
         );
         let options = UnpackOptions {
@@ -674,7 +677,10 @@ impl ImageStore {
         match ImageName::parse(reference) {
             Ok(name) => match refs.get(&name) {
                 Some(hex) => Ok((hex.clone(), Some(name))),
-                None if self.registry_name(reference).is_some_and(|n| refs.contains_key(&n)) => {
+                None if self
+                    .registry_name(reference)
+                    .is_some_and(|n| refs.contains_key(&n)) =>
+                {
                     let name = self.registry_name(reference).expect("checked above");
                     Ok((refs[&name].clone(), Some(name)))
                 }

@@ -398,7 +398,11 @@ impl Unpacker<'_> {
                     let dir = match ctx.io(self.walk(dirs, true))? {
                         Walk::Found(fd) => fd,
                         Walk::Symlink => return Err(ctx.unsafe_entry("path traverses a symlink")),
-                        _ => return Err(ctx.unsafe_entry("a parent path component is not a directory")),
+                        _ => {
+                            return Err(
+                                ctx.unsafe_entry("a parent path component is not a directory")
+                            )
+                        }
                     };
                     ctx.io(File::from(dir).set_xattr(OVERLAY_OPAQUE_XATTR, b"y"))
                 }
@@ -410,7 +414,9 @@ impl Unpacker<'_> {
                         Walk::Found(fd) => ctx.io(self.clear_untouched(&fd, dirs.to_vec())),
                         Walk::Missing => Ok(()),
                         Walk::Symlink => Err(ctx.unsafe_entry("path traverses a symlink")),
-                        Walk::NotDir => Err(ctx.unsafe_entry("a parent path component is not a directory")),
+                        Walk::NotDir => {
+                            Err(ctx.unsafe_entry("a parent path component is not a directory"))
+                        }
                     }
                 }
             };
@@ -477,7 +483,8 @@ impl Unpacker<'_> {
         target_dirs: &[OsString],
         target_name: &OsStr,
     ) -> Result<(), ImageError> {
-        let not_found = || ctx.unsafe_entry("hard link target is in neither this layer nor a lower one");
+        let not_found =
+            || ctx.unsafe_entry("hard link target is in neither this layer nor a lower one");
         for lower in self.options.lowers.clone() {
             let mut dir = ctx.nix(nix::fcntl::open(&lower, DIR_NOFOLLOW, Mode::empty()))?;
             let mut hidden = false;
@@ -493,7 +500,11 @@ impl Unpacker<'_> {
                     Some(st) if Kind::of(&st) == Some(Kind::Char) && st.st_rdev == 0 => {
                         return Err(not_found());
                     }
-                    Some(_) => return Err(ctx.unsafe_entry("hard link target path traverses a symlink or file")),
+                    Some(_) => {
+                        return Err(
+                            ctx.unsafe_entry("hard link target path traverses a symlink or file")
+                        )
+                    }
                     None => {
                         missing = true;
                         break;
@@ -544,7 +555,11 @@ impl Unpacker<'_> {
                     let fd = ctx.nix(openat(
                         &parent,
                         name,
-                        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                        OFlag::O_WRONLY
+                            | OFlag::O_CREAT
+                            | OFlag::O_EXCL
+                            | OFlag::O_NOFOLLOW
+                            | OFlag::O_CLOEXEC,
                         Mode::from_bits_truncate(0o600),
                     ))?;
                     let mut file = File::from(fd);
@@ -556,9 +571,7 @@ impl Unpacker<'_> {
                     return Err(not_found())
                 }
                 Some(_) => {
-                    return Err(ctx.unsupported(
-                        "hard link to a non-regular file of a lower layer",
-                    ))
+                    return Err(ctx.unsupported("hard link to a non-regular file of a lower layer"))
                 }
             }
         }
