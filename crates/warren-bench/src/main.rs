@@ -10,6 +10,8 @@
 //! - `api-create`, `api-exec`, `api-throughput`: the same through the HTTP
 //!   API of a real `warren serve` child process, next to the in-process
 //!   runtime, so the API's overhead can be stated.
+//! - `api-fairness`: API exec latency in one sandbox, quiet and while
+//!   another sandbox spins on every CPU.
 //!
 //! What it must not do: leave sandboxes, containers, mounts or its data
 //! directory behind. Every sandbox or container it creates is owned by a guard
@@ -73,6 +75,8 @@ enum Command {
     ApiExec(api::exec::ApiExecArgs),
     /// Sandboxes created per second by concurrent API clients.
     ApiThroughput(api::throughput::ApiThroughputArgs),
+    /// API exec latency while another sandbox pins every CPU.
+    ApiFairness(api::fairness::ApiFairnessArgs),
 }
 
 /// Which image Warren sandboxes use.
@@ -139,7 +143,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Density(_)
         | Command::ApiCreate(_)
         | Command::ApiExec(_)
-        | Command::ApiThroughput(_) => false,
+        | Command::ApiThroughput(_)
+        | Command::ApiFairness(_) => false,
     };
     if wants_crun {
         hostns::prepare_for_crun()?;
@@ -156,6 +161,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::ApiCreate(args) => api::create::run(&args, data.path(), &shutdown),
         Command::ApiExec(args) => api::exec::run(&args, data.path(), &shutdown),
         Command::ApiThroughput(args) => api::throughput::run(&args, data.path(), &shutdown),
+        Command::ApiFairness(args) => api::fairness::run(&args, data.path(), &shutdown),
     }
     // `data` drops here, after every sandbox has been destroyed.
 }

@@ -16,6 +16,12 @@ pub enum RuntimeError {
     NotRunning { id: String },
     #[error("no free host id range for another sandbox ({slots} in use)")]
     IdRangesExhausted { slots: u32 },
+    #[error("host id {id} ({entry} in {file}) lies inside the sandboxes' id ranges; move the ranges (id_base) or that entry")]
+    IdRangeConflict {
+        file: PathBuf,
+        entry: String,
+        id: u64,
+    },
     #[error("could not prepare {path}")]
     PrepareState {
         path: PathBuf,
@@ -65,6 +71,7 @@ impl RuntimeError {
             RuntimeError::NotFound { .. } => "sandbox_not_found",
             RuntimeError::NotRunning { .. } => "sandbox_not_running",
             RuntimeError::IdRangesExhausted { .. } => "capacity_exhausted",
+            RuntimeError::IdRangeConflict { .. } => "id_range_conflict",
             RuntimeError::PrepareState { .. } => "sandbox_setup_failed",
             RuntimeError::Cgroup(_) => "cgroup_failed",
             RuntimeError::Sys { .. } => "system_error",

@@ -67,6 +67,88 @@ fn filesystem_escapes() -> Result<()> {
     Ok(())
 }
 
+/// Host id ranges: every live sandbox maps its ids 0-65535 to its own host
+/// range above 2^30, no two sandboxes share a host id, a process inside
+/// runs as that range's host uid, and nothing in the host's system
+/// directories is owned by an id of any range.
+fn host_id_ranges_are_private() -> Result<()> {
+    const SPAN: u64 = 65536;
+    let sbs = (0..6)
+        .map(|_| Sb::idle("esc-ids"))
+        .collect::<Result<Vec<_>>>()?;
+    let cfg = sbs[0].f.rt.config();
+    let (lo, hi) = (
+        u64::from(cfg.id_base),
+        u64::from(cfg.id_base) + u64::from(cfg.id_slots) * SPAN,
+    );
+    let mut starts = Vec::new();
+    for sb in &sbs {
+        for map in ["uid_map", "gid_map"] {
+            let text = std::fs::read_to_string(format!("/proc/{}/{map}", sb.info.init_pid))?;
+            let f: Vec<u64> = text
+                .split_whitespace()
+                .map(|x| x.parse())
+                .collect::<Result<_, _>>()?;
+            ensure!(
+                f.len() == 3 && f[0] == 0 && f[2] == SPAN,
+                "{map} of {}: {text:?}",
+                sb.id
+            );
+            ensure!(
+                f[1] >= lo && f[1] + SPAN <= hi && f[1] == u64::from(sb.info.host_id_base),
+                "{map} of {} maps to {} outside [{lo}, {hi})",
+                sb.id,
+                f[1]
+            );
+        }
+        starts.push(u64::from(sb.info.host_id_base));
+        // A process inside runs as uid 0 there and as the range's first id
+        // on the host.
+        let inside = sb.sh_ok("id -u; sleep 0.2 & echo $!; wait")?;
+        let mut lines = inside.lines();
+        ensure!(lines.next() == Some("0"), "{inside}");
+        let status = std::fs::read_to_string(format!("/proc/{}/status", sb.info.init_pid))?;
+        let host_uid = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|v| v.split_whitespace().next())
+            .unwrap_or("");
+        ensure!(
+            host_uid == u64::from(sb.info.host_id_base).to_string(),
+            "init of {} runs as host uid {host_uid}",
+            sb.id
+        );
+    }
+    starts.sort();
+    for w in starts.windows(2) {
+        ensure!(w[0] + SPAN <= w[1], "ranges overlap: {starts:?}");
+    }
+    // Nothing the host owns belongs to a sandbox range (bounded walk of the
+    // system directories; Warren's own data directories are excluded by
+    // not being listed: a sandbox's writable layer is its own).
+    let out = std::process::Command::new("timeout")
+        .args(["120", "find"])
+        .args(["/etc", "/usr", "/root", "/home", "/opt", "/srv", "/boot"])
+        .args(["-xdev", "("])
+        .args(["-uid", &format!("+{}", lo - 1), "-uid", &format!("-{hi}")])
+        .args([
+            "-o",
+            "-gid",
+            &format!("+{}", lo - 1),
+            "-gid",
+            &format!("-{hi}"),
+        ])
+        .args([")", "-print", "-quit"])
+        .output()?;
+    let found = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        found.trim().is_empty(),
+        "host file owned by a sandbox id: {found}"
+    );
+    ensure!(out.status.code() != Some(124), "the owner walk timed out");
+    Ok(())
+}
+
 fn mount_and_device_escapes() -> Result<()> {
     let sb = Sb::idle("esc-mnt")?;
     must_fail(&sb, "mount tmpfs", "mount -t tmpfs none /mnt")?;
@@ -221,6 +303,7 @@ fn main() {
     let tests = vec![
         trial("filesystem_escapes", filesystem_escapes),
         trial("mount_and_device_escapes", mount_and_device_escapes),
+        trial("host_id_ranges_are_private", host_id_ranges_are_private),
         trial("kernel_interfaces_are_closed", kernel_interfaces_are_closed),
         trial(
             "processes_and_signals_are_isolated",

@@ -11,6 +11,7 @@
 
 pub mod create;
 pub mod exec;
+pub mod fairness;
 pub mod throughput;
 
 use std::io::{Read, Write};

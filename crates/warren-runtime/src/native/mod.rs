@@ -66,6 +66,9 @@ pub struct NativeConfig {
     pub id_base: u32,
     /// How many id ranges (so, live sandboxes) there are.
     pub id_slots: u32,
+    /// Where the host's `passwd`, `group`, `subuid` and `subgid` are: no id
+    /// they name may fall inside the sandboxes' id ranges.
+    pub host_etc: PathBuf,
     /// Longest wait for init to finish setting a sandbox up.
     pub setup_timeout: Duration,
     /// Network namespaces kept ready ahead of creates (0 = none).
@@ -86,6 +89,7 @@ impl NativeConfig {
             cgroup_parent,
             id_base: 1 << 30,
             id_slots: 16384,
+            host_etc: PathBuf::from("/etc"),
             setup_timeout: Duration::from_secs(20),
             netns_pool: 8,
         }
@@ -175,6 +179,9 @@ impl NativeRuntime {
                 reason: "id ranges must fit below 2^32".into(),
             });
         }
+        // No sandbox id may map to a host id that owns anything: refuse a
+        // span that overlaps an account or another tool's subordinate ids.
+        ids::check_host_ids(&cfg.host_etc, u64::from(cfg.id_base), max_id)?;
         let seccomp = warren_init::seccomp::compile()
             .map(|p| warren_init::seccomp::pack(&p))
             .map_err(|e| RuntimeError::InvalidSpec {

@@ -11,7 +11,7 @@ use std::sync::{Arc, OnceLock};
 use anyhow::{anyhow, ensure, Context, Result};
 use warren_runtime::{
     ExecExit, ExecIo, ExecSpec, ExitStatus, MainIo, NativeConfig, NativeRuntime, RootfsSpec,
-    Runtime, SandboxId, SandboxSpec,
+    Runtime, SandboxId, SandboxInfo, SandboxSpec,
 };
 
 pub struct Fixture {
@@ -92,6 +92,7 @@ static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0)
 pub struct Sb {
     pub f: Arc<Fixture>,
     pub id: SandboxId,
+    pub info: SandboxInfo,
 }
 
 impl Drop for Sb {
@@ -109,8 +110,8 @@ impl Sb {
         let mut spec = SandboxSpec::new(id.clone(), f.rootfs.clone());
         spec.env = f.env.clone();
         edit(&mut spec);
-        f.rt.create(&spec, MainIo::default())?;
-        Ok(Sb { f, id })
+        let info = f.rt.create(&spec, MainIo::default())?;
+        Ok(Sb { f, id, info })
     }
 
     pub fn idle(prefix: &str) -> Result<Sb> {
