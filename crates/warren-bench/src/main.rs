@@ -7,6 +7,7 @@
 //! - `exec`: round trip of running `true` in an already running sandbox.
 //! - `density`: many idle sandboxes; host memory per sandbox and the first
 //!   kernel or runtime limit that would stop a larger count.
+//! - `pull`: MB/s of an image pull from a loopback registry vs `skopeo copy`.
 //! - `api-create`, `api-exec`, `api-throughput`: the same through the HTTP
 //!   API of a real `warren serve` child process, next to the in-process
 //!   runtime, so the API's overhead can be stated.
@@ -28,6 +29,7 @@ mod density;
 mod exec;
 mod hostns;
 mod peers;
+mod pull;
 mod rootfs;
 mod shutdown;
 mod stats;
@@ -77,6 +79,8 @@ enum Command {
     ApiThroughput(api::throughput::ApiThroughputArgs),
     /// API exec latency while another sandbox pins every CPU.
     ApiFairness(api::fairness::ApiFairnessArgs),
+    /// MB/s of pulling a ~100 MB image from a loopback registry vs skopeo.
+    Pull(pull::PullArgs),
 }
 
 /// Which image Warren sandboxes use.
@@ -144,7 +148,8 @@ fn run(cli: Cli) -> Result<()> {
         | Command::ApiCreate(_)
         | Command::ApiExec(_)
         | Command::ApiThroughput(_)
-        | Command::ApiFairness(_) => false,
+        | Command::ApiFairness(_)
+        | Command::Pull(_) => false,
     };
     if wants_crun {
         hostns::prepare_for_crun()?;
@@ -162,6 +167,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::ApiExec(args) => api::exec::run(&args, data.path(), &shutdown),
         Command::ApiThroughput(args) => api::throughput::run(&args, data.path(), &shutdown),
         Command::ApiFairness(args) => api::fairness::run(&args, data.path(), &shutdown),
+        Command::Pull(args) => pull::run(&args, data.path(), &shutdown),
     }
     // `data` drops here, after every sandbox has been destroyed.
 }
