@@ -3,58 +3,81 @@
 //! An image is an ordered list of unpacked layers (lowest first), optional
 //! read-only host binds, and an [`ImageConfig`]. Images come from a
 //! directory ([`ImageStore::import_dir`]), a tar or tar.gz stream
-//! ([`ImageStore::import_tar`]), or the host itself (the built-in `host`
-//! image, [`ImageStore::host_image`]). The format is meant to take OCI
-//! layers later (registry pulls, docker-save/OCI-layout import, whiteouts
-//! and GC are later work).
+//! ([`ImageStore::import_tar`]), a `docker save` archive or OCI image
+//! layout ([`ImageStore::import_archive`]), a registry pull (the
+//! `warren-registry` crate drives [`ImageStore::begin_blob`],
+//! [`ImageStore::unpack_layer`] and [`ImageStore::commit_oci`]), or the
+//! host itself (the built-in `host` image, [`ImageStore::host_image`]).
+//! Management: [`ImageStore::inspect`], [`ImageStore::remove_unless_in_use`]
+//! and [`ImageStore::gc`]. See `docs/images.md` for the user's view.
 //!
 //! # On-disk layout
 //!
 //! ```text
 //! <root>/                      0700; nothing below is reachable by other host users
-//!   lock                       flock: shared for imports and reads, exclusive for remove
-//!   blobs/sha256/<hex>         raw blobs: each layer stream as imported (tar or tar.gz);
-//!                              later also OCI manifests and configs
+//!   lock                       flock: shared for pulls, imports and reads, exclusive for
+//!                              remove and gc
+//!   locks/blob-<hex>           flock: one process at a time downloads a blob
+//!   locks/layer-<hex>          flock: one process at a time unpacks (or flattens) a layer
+//!   blobs/sha256/<hex>         verified blobs: layer blobs as pulled or imported, OCI
+//!                              manifests and configs
 //!   layers/<diff>/fs/          the unpacked tree of the layer whose uncompressed tar has
-//!                              sha256 <diff> (the OCI diff_id)
+//!                              sha256 <diff> (the OCI diff_id); overlayfs whiteouts inside
 //!   layers/<diff>/layer.json   {schema_version, diff_id, size, blob: {digest, media_type, size}}
-//!   images/<id>.json           image record {schema_version, layers: [diff_id], binds, config};
-//!                              its exact bytes hash to <id>
-//!   refs/<name>                "sha256:<id>\n"; <name> is "name:tag" with '/' and ':'
-//!                              percent-encoded ("%2f", "%3a")
-//!   tmp/                       private work dirs of running operations
+//!   layers/<key>/              a flattened layer: key = sha256 of its diff id list;
+//!                              layer.json has flattened_from instead of blob
+//!   images/<id>.json           image record {schema_version, layers: [diff_id], binds, config,
+//!                              source?: {manifest_digest, config_digest, created},
+//!                              flattened?}; its exact bytes hash to <id>
+//!   refs/<name>                "sha256:<id>\n"; <name> is "name:tag" (or "name@sha256:..")
+//!                              with '/', ':' and '@' percent-encoded
+//!   tmp/partial-<hex>          a blob download in progress or interrupted (resumed later)
+//!   tmp/work-*                 private work dirs of running operations
 //! ```
 //!
 //! # Invariants
 //!
 //! - Content addressing: a layer directory is named by the digest of its
 //!   uncompressed tar and an image record by the digest of its bytes, so
-//!   identical content is stored once (a second import reuses the layer).
-//! - A layer is unpacked exactly once, into `tmp/work-*/layer/`, synced,
-//!   and then renamed to `layers/<diff>/` with `layer.json` already inside.
-//!   A crash leaves only a `tmp/` entry, never a partial layer; `tmp/` is
-//!   emptied by [`ImageStore::open`] when no other process holds the lock.
+//!   identical content is stored once (a second import or pull reuses it).
+//! - Nothing unverified becomes visible: a downloaded blob is renamed into
+//!   `blobs/` only when its size and sha256 match its descriptor; a layer
+//!   is unpacked into `tmp/work-*/layer/`, synced, and renamed to
+//!   `layers/<diff>/` (with `layer.json` inside) only when its uncompressed
+//!   tar hashes to the expected diff id; the image record and ref come
+//!   last. A crash leaves only `tmp/` entries. `tmp/work-*` is emptied by
+//!   [`ImageStore::open`] when no other process holds the lock; partial
+//!   downloads are kept for resuming until [`ImageStore::gc`].
 //! - Records and refs are replaced atomically (temp file, fsync, rename,
 //!   fsync of the directory).
 //! - Layer unpacking treats archives as hostile: it runs as host root, so
 //!   it works only through directory file descriptors opened with
 //!   `O_NOFOLLOW` and refuses absolute paths, `..`, writing through
 //!   symlinks, hard links leaving the layer, and device nodes (see the
-//!   `unpack` module for the exact rules). Numeric owners are kept
-//!   unshifted; the runtime maps them with idmapped mounts.
+//!   `unpack` module for the exact rules). Sizes are bounded
+//!   ([`StoreLimits`]): a file's header size claim and the uncompressed
+//!   stream. Numeric owners are kept unshifted; the runtime maps them with
+//!   idmapped mounts.
+//! - OCI whiteouts are converted for overlayfs: `.wh.NAME` becomes a char
+//!   0/0 device `NAME`, `.wh..wh..opq` the `trusted.overlay.opaque=y`
+//!   xattr on its directory. A hard link to a file that only a lower layer
+//!   has is a copy of that file (read through `O_NOFOLLOW` descriptors).
+//! - An image with more than [`MAX_STACKED_LAYERS`] layers is flattened
+//!   once into a cached layer, and [`Image::layers`] is that one layer.
+//! - `gc` and `remove` hold the store lock exclusively, so they never run
+//!   under a pull or import; they never delete an image whose id is in the
+//!   caller's in-use set, nor a layer or blob a remaining image uses.
 //! - Unpacked layers may hold setuid-root files and file capabilities;
 //!   they are safe only because the store root is `0700` and layers are
 //!   only ever used as sandbox lower dirs. Never loosen the root's mode.
 //!
 //! # What this crate must not do
 //!
-//! It contains no `unsafe` (it uses `nix` and `std`), mounts nothing, and
-//! never follows a symlink found inside a layer or a source tree. It does
-//! not yet protect images in use by sandboxes from [`ImageStore::remove`],
-//! does not garbage-collect layers orphaned by a crash between unpack and
-//! record write, and does not convert `.wh.*` whiteout files (a single
-//! layer has nothing to white out; overlay char 0/0 whiteouts are skipped).
-//! Only `user.*` and `security.capability` xattrs are preserved.
+//! It contains no `unsafe` (it uses `nix` and `std`), mounts nothing, does
+//! no network I/O (that is `warren-registry`), and never follows a symlink
+//! found inside a layer or a source tree. Only `user.*` and
+//! `security.capability` xattrs are taken from archives (`trusted.*` ones
+//! are dropped; only the store itself sets `trusted.overlay.opaque`).
 
 mod archive;
 mod digest;

@@ -18,6 +18,17 @@
 //! - Hard links must name an earlier non-directory entry of the same layer,
 //!   found by the same no-symlink walk; `linkat` is called without
 //!   `AT_SYMLINK_FOLLOW`, so a link to a symlink links the symlink itself.
+//! - OCI whiteouts ([`Whiteouts::Overlay`]): `.wh.NAME` becomes a char 0/0
+//!   device at `NAME` and `.wh..wh..opq` the `trusted.overlay.opaque=y`
+//!   xattr on its directory; other `.wh..wh.*` entries (AUFS metadata) are
+//!   skipped; a whiteout naming `.` or `..` is refused. When flattening
+//!   ([`Whiteouts::Apply`]) they delete instead.
+//! - A hard link whose target is not in this layer is, given the lower
+//!   layers' trees, a copy of the target from the highest lower layer that
+//!   has it (regular files only; a whited-out or opaque-hidden target is
+//!   refused), opened one component at a time with `O_NOFOLLOW`.
+//! - A regular file whose header claims more than `max_file_bytes` is
+//!   refused before anything is written ([`ImageError::LayerTooLarge`]).
 //! - Character device 0/0 (an overlayfs whiteout) is skipped; any other
 //!   device node is refused. FIFOs are created. GNU (old-format) sparse
 //!   files are written out in full; pax-format sparse files and unknown
