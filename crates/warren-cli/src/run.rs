@@ -44,6 +44,10 @@ pub struct RunArgs {
     /// Working directory inside the sandbox (default: the image's, or `/`).
     #[arg(long)]
     workdir: Option<String>,
+    /// User to run as: name, uid, uid:gid or name:group (default: the
+    /// image's user, else root).
+    #[arg(long, conflicts_with = "local")]
+    user: Option<String>,
     /// Run in this process with the native runtime instead of a server
     /// (needs root and the data directory).
     #[arg(long)]
@@ -86,6 +90,7 @@ fn run_remote(data_dir: &Path, a: RunArgs) -> Result<i32> {
             timeout_secs: Some((a.timeout + SANDBOX_GRACE_SECS).min(MAX_TIMEOUT_SECS)),
             cpu: a.cpu,
             memory_mib: a.memory,
+            user: a.user.clone(),
             ..Default::default()
         };
         let create = c.create_sandbox(&req);

@@ -76,6 +76,13 @@ pub struct CreateArgs {
     /// Working directory inside the sandbox.
     #[arg(long)]
     workdir: Option<String>,
+    /// User of the main command and default for execs: name, uid, uid:gid
+    /// or name:group (default: the image's user, else root).
+    #[arg(long)]
+    user: Option<String>,
+    /// Without a command, run the image's Entrypoint + Cmd instead of idling.
+    #[arg(long)]
+    image_command: bool,
     /// Name, unique among the workspace's live sandboxes.
     #[arg(long)]
     name: Option<String>,
@@ -131,6 +138,9 @@ pub struct ExecArgs {
     /// Working directory (default: the sandbox's).
     #[arg(long)]
     workdir: Option<String>,
+    /// Run as this user (name, uid, uid:gid); default: the sandbox's user.
+    #[arg(long)]
+    user: Option<String>,
     /// Forward our stdin to the command (EOF closes its stdin).
     #[arg(short, long)]
     interactive: bool,
@@ -172,6 +182,8 @@ async fn dispatch(c: &Client, cmd: SandboxCommand) -> Result<i32> {
                 disk_mib: None,
                 name: a.name,
                 tags: parse_pairs("tag", &a.tag)?,
+                user: a.user,
+                use_image_command: a.image_command,
             };
             let sb = c.create_sandbox(&req).await?;
             outln!("{}", sb.id)?;
@@ -207,6 +219,7 @@ async fn dispatch(c: &Client, cmd: SandboxCommand) -> Result<i32> {
                 workdir: a.workdir,
                 timeout_secs: a.timeout,
                 tty: None,
+                user: a.user,
             };
             let attach = Attach {
                 stdin: a.interactive,

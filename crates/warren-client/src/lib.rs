@@ -16,6 +16,7 @@
 
 #![forbid(unsafe_code)]
 
+mod images;
 pub mod stream;
 
 use std::collections::BTreeMap;
@@ -29,6 +30,7 @@ use warren_proto::api::{
     ExecResult, Sandbox, SandboxList, SandboxState, SetTagsRequest, Token, Workspace,
 };
 
+pub use images::PULL_TIMEOUT;
 pub use stream::{ExecExit, ExecInput, ExecOutput, ExecStream, StreamEvent};
 pub use warren_proto::api::{StreamExecStart, TtySize};
 
@@ -105,6 +107,13 @@ pub enum ClientError {
     /// The token cannot be sent.
     #[error("invalid API token: {reason}")]
     InvalidToken { reason: String },
+    /// A local file could not be read.
+    #[error("could not {what}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 fn display_paths(paths: &[PathBuf]) -> String {
@@ -132,6 +141,7 @@ impl ClientError {
             ClientError::WebSocket { .. } => "websocket",
             ClientError::Encode(_) => "encode",
             ClientError::InvalidToken { .. } => "invalid_token",
+            ClientError::Io { .. } => "io",
         }
     }
 
@@ -146,7 +156,7 @@ impl ClientError {
     }
 
     /// Builds the error for a non-2xx response from its status and body.
-    fn from_response(status: StatusCode, body: &[u8]) -> Self {
+    pub(crate) fn from_response(status: StatusCode, body: &[u8]) -> Self {
         match serde_json::from_slice::<ErrorBody>(body) {
             Ok(b) => ClientError::Api {
                 status: status.as_u16(),
@@ -466,7 +476,11 @@ impl Client {
         Ok(url)
     }
 
-    fn request(&self, method: Method, segments: &[&str]) -> Result<RequestBuilder, ClientError> {
+    pub(crate) fn request(
+        &self,
+        method: Method,
+        segments: &[&str],
+    ) -> Result<RequestBuilder, ClientError> {
         Ok(self
             .http
             .request(method, self.endpoint(segments)?)
@@ -474,7 +488,10 @@ impl Client {
             .timeout(REQUEST_TIMEOUT))
     }
 
-    async fn send_bytes(&self, rb: RequestBuilder) -> Result<(StatusCode, Vec<u8>), ClientError> {
+    pub(crate) async fn send_bytes(
+        &self,
+        rb: RequestBuilder,
+    ) -> Result<(StatusCode, Vec<u8>), ClientError> {
         let transport = |source| ClientError::Transport {
             url: self.base.to_string(),
             source,
@@ -488,13 +505,19 @@ impl Client {
         Ok((status, body.to_vec()))
     }
 
-    async fn send<T: DeserializeOwned>(&self, rb: RequestBuilder) -> Result<T, ClientError> {
+    pub(crate) async fn send<T: DeserializeOwned>(
+        &self,
+        rb: RequestBuilder,
+    ) -> Result<T, ClientError> {
         let (status, body) = self.send_bytes(rb).await?;
         decode(status, &body)
     }
 }
 
-fn decode<T: DeserializeOwned>(status: StatusCode, body: &[u8]) -> Result<T, ClientError> {
+pub(crate) fn decode<T: DeserializeOwned>(
+    status: StatusCode,
+    body: &[u8],
+) -> Result<T, ClientError> {
     serde_json::from_slice(body).map_err(|source| ClientError::BadResponse {
         status: status.as_u16(),
         source,

@@ -21,6 +21,7 @@ pub struct BufferedExec {
     pub workdir: String,
     pub timeout: Option<Duration>,
     pub stdin: Option<Vec<u8>>,
+    pub user: User,
 }
 
 /// The result of a buffered exec.
@@ -43,7 +44,7 @@ pub(crate) async fn buffered(
             argv: req.argv,
             env: req.env,
             workdir: req.workdir,
-            user: User::root(),
+            user: req.user,
             timeout: req.timeout,
         };
         let mut e = rt.exec(

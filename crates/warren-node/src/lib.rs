@@ -8,6 +8,7 @@
 //! server's); outlive a `destroy` with any resource.
 
 mod exec;
+pub mod user;
 
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use std::time::Duration;
 
 use tracing::info_span;
 use warren_image::ImageStore;
+use warren_registry::{Credentials, PullError, PullEvent, PullOptions, Puller, RegistryConfig};
 use warren_runtime::{
     BindMount, Limits, MainIo, NativeRuntime, Recovered, RootfsSpec, Runtime, RuntimeError,
     SandboxExit, SandboxId, SandboxInfo, SandboxSpec,
@@ -31,6 +33,14 @@ pub enum NodeError {
         #[source]
         source: warren_image::ImageError,
     },
+    #[error("pulling {reference:?}: {source}")]
+    Pull {
+        reference: String,
+        #[source]
+        source: PullError,
+    },
+    #[error("user {spec:?}: {reason}")]
+    User { spec: String, reason: String },
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
     #[error("a background task failed")]
@@ -44,6 +54,8 @@ impl NodeError {
     pub fn code(&self) -> &str {
         match self {
             NodeError::Image { source, .. } => source.code(),
+            NodeError::Pull { source, .. } => source.code(),
+            NodeError::User { .. } => "invalid_user",
             NodeError::Runtime(e) => e.code(),
             NodeError::Join(_) | NodeError::Io(_) => "internal",
         }
@@ -59,6 +71,12 @@ pub struct CreateRequest {
     /// `KEY=VALUE` entries layered over the image's environment.
     pub env: Vec<String>,
     pub workdir: Option<String>,
+    /// User of the main command (see [`user::resolve`]); the image's when
+    /// `None`.
+    pub user: Option<String>,
+    /// Run the image's `Entrypoint` + `Cmd` when `command` is `None`
+    /// (otherwise a command-less sandbox idles).
+    pub use_image_command: bool,
     pub limits: Limits,
     /// Capture the main command's output into a ring of this many bytes.
     pub log_capacity: Option<u64>,
@@ -77,15 +95,167 @@ pub struct Node {
     rt: Arc<NativeRuntime>,
     images: Arc<ImageStore>,
     image_cache: Arc<ImageCache>,
+    puller: Puller,
+    /// Image id of every sandbox this node runs (or is creating). Creates
+    /// add to it and image removal and GC read it under the same lock, so
+    /// an image cannot disappear between its resolution and its use.
+    in_use: Arc<std::sync::Mutex<std::collections::HashMap<SandboxId, String>>>,
 }
 
 impl Node {
-    pub fn new(rt: NativeRuntime, images: ImageStore) -> Self {
-        Node {
+    /// A node with the default registry settings (anonymous pulls from
+    /// `docker.io`, HTTPS only).
+    pub fn new(rt: NativeRuntime, images: ImageStore) -> Result<Self, NodeError> {
+        Self::with_registries(rt, images, RegistryConfig::default())
+    }
+
+    /// A node whose pulls use `registries` (credentials, insecure
+    /// registries, the default registry for short names).
+    pub fn with_registries(
+        rt: NativeRuntime,
+        images: ImageStore,
+        registries: RegistryConfig,
+    ) -> Result<Self, NodeError> {
+        let default_registry = registries.default_registry().to_string();
+        let images = Arc::new(images.with_default_registry(default_registry));
+        let puller = Puller::new(images.clone(), registries).map_err(|source| NodeError::Pull {
+            reference: String::new(),
+            source,
+        })?;
+        Ok(Node {
             rt: Arc::new(rt),
-            images: Arc::new(images),
+            images,
             image_cache: Arc::default(),
+            puller,
+            in_use: Arc::default(),
+        })
+    }
+
+    /// The image store.
+    pub fn images(&self) -> &Arc<ImageStore> {
+        &self.images
+    }
+
+    /// Pulls `reference` from its registry, reporting progress.
+    pub async fn pull(
+        &self,
+        reference: &str,
+        credentials: Option<Credentials>,
+        progress: impl Fn(PullEvent) + Send + Sync,
+    ) -> Result<warren_image::Image, NodeError> {
+        let opts = PullOptions { credentials };
+        let img = self
+            .puller
+            .pull_with(reference, &opts, progress)
+            .await
+            .map_err(|source| NodeError::Pull {
+                reference: reference.to_string(),
+                source,
+            })?;
+        self.image_cache
+            .lock()
+            .expect("image cache lock poisoned")
+            .clear();
+        Ok(img)
+    }
+
+    /// The image `reference` names, pulled first when the store does not
+    /// have it and it names a registry image.
+    pub async fn ensure_image(&self, reference: &str) -> Result<warren_image::Image, NodeError> {
+        let node = self.clone();
+        let r = reference.to_string();
+        match tokio::task::spawn_blocking(move || node.resolve_image(&r)).await? {
+            Err(e) if e.code() == "image_not_found" && self.pullable(reference) => {
+                tracing::info!(reference, "image not in the store: pulling");
+                self.pull(reference, None, |_| {}).await
+            }
+            other => other,
         }
+    }
+
+    /// Whether a missing `reference` could come from a registry (not the
+    /// built-in image, not an image id).
+    fn pullable(&self, reference: &str) -> bool {
+        !reference.starts_with("sha256:")
+            && reference != warren_image::HOST_IMAGE_NAME
+            && self.puller.parse_reference(reference).is_ok()
+    }
+
+    /// Image ids in use by this node's sandboxes, plus `extra` (the control
+    /// plane's record of sandboxes this process has not seen yet), held
+    /// locked while `f` runs so no create can pick an image up meanwhile.
+    fn with_in_use<T>(
+        &self,
+        extra: &[String],
+        f: impl FnOnce(&std::collections::HashSet<String>) -> T,
+    ) -> T {
+        let map = self.in_use.lock().expect("in-use lock poisoned");
+        let mut set: std::collections::HashSet<String> = map.values().cloned().collect();
+        set.extend(extra.iter().cloned());
+        let out = f(&set);
+        drop(map);
+        out
+    }
+
+    /// Removes an image name (and the image, when no other name points at
+    /// it), refusing one a live sandbox uses (`image_in_use`).
+    pub async fn remove_image(&self, reference: &str, live: Vec<String>) -> Result<(), NodeError> {
+        let node = self.clone();
+        let r = reference.to_string();
+        tokio::task::spawn_blocking(move || {
+            node.with_in_use(&live, |set| node.images.remove_unless_in_use(&r, set))
+                .map_err(|source| NodeError::Image {
+                    reference: r.clone(),
+                    source,
+                })?;
+            node.image_cache
+                .lock()
+                .expect("image cache lock poisoned")
+                .clear();
+            Ok(())
+        })
+        .await?
+    }
+
+    /// Garbage-collects the image store, keeping every image a live
+    /// sandbox (this node's, or one in `live`) uses.
+    pub async fn gc_images(&self, live: Vec<String>) -> Result<warren_image::GcReport, NodeError> {
+        let node = self.clone();
+        tokio::task::spawn_blocking(move || {
+            node.with_in_use(&live, |set| node.images.gc(set))
+                .map_err(|source| NodeError::Image {
+                    reference: "(gc)".into(),
+                    source,
+                })
+        })
+        .await?
+    }
+
+    /// Records that a sandbox re-adopted after a restart uses `image_id`.
+    pub fn adopt_image(&self, id: &SandboxId, image_id: String) {
+        self.in_use
+            .lock()
+            .expect("in-use lock poisoned")
+            .insert(id.clone(), image_id);
+    }
+
+    /// What an exec in a sandbox of `image` inherits: the image's config,
+    /// and the user `spec` (or the image's user when `None`) resolved
+    /// against the image's `/etc/passwd` and `/etc/group`. One blocking hop.
+    pub async fn exec_defaults(
+        &self,
+        image: &str,
+        spec: Option<String>,
+    ) -> Result<(warren_image::ImageConfig, user::ResolvedUser), NodeError> {
+        let node = self.clone();
+        let image = image.to_string();
+        tokio::task::spawn_blocking(move || {
+            let img = node.resolve_image(&image)?;
+            let spec = spec.or(img.config.user.clone()).unwrap_or_default();
+            let user = user::resolve(&img.layers, &spec)?;
+            Ok((img.config, user))
+        })
+        .await?
     }
 
     /// Resolves an image reference, reusing a recent answer (blocking).
@@ -119,47 +289,133 @@ impl Node {
         &self.rt
     }
 
-    /// Resolves the image and creates the sandbox. The main command's output
-    /// goes to `stdout`/`stderr` when given (else `/dev/null`).
+    /// Resolves the image (pulling it when missing) and creates the
+    /// sandbox. The image's config is honoured: `Env` under the request's
+    /// env, `WorkingDir` and `User` unless the request sets them, and
+    /// `Entrypoint` + `Cmd` when the request asks for the image's command.
+    /// The main command's output goes to `stdout`/`stderr` when given (else
+    /// `/dev/null`). Returns the sandbox and the image id it runs.
     pub async fn create(
         &self,
         req: CreateRequest,
         stdout: Option<OwnedFd>,
         stderr: Option<OwnedFd>,
-    ) -> Result<SandboxInfo, NodeError> {
+    ) -> Result<(SandboxInfo, String), NodeError> {
+        // Pull outside the blocking section (it is async and may be slow).
+        self.ensure_image(&req.image).await?;
         let node = self.clone();
         tokio::task::spawn_blocking(move || {
             let _span = info_span!("node_create", sandbox_id = %req.id).entered();
-            let img = node.resolve_image(&req.image)?;
-            let rootfs = rootfs_of(&img);
-            let mut spec = SandboxSpec::new(req.id.clone(), rootfs);
-            spec.env = merge_env(&img.config.env, &req.env);
-            spec.workdir = req
-                .workdir
-                .clone()
-                .or(img.config.workdir.clone())
-                .unwrap_or_else(|| "/".into());
-            spec.command = req.command.clone();
-            spec.limits = req.limits.clone();
+            // Resolve and claim under the in-use lock: GC cannot remove the
+            // image between the two.
+            let img = {
+                let mut map = node.in_use.lock().expect("in-use lock poisoned");
+                let img = node.resolve_image(&req.image)?;
+                map.insert(req.id.clone(), img.id.clone());
+                img
+            };
+            let release = |node: &Node| {
+                node.in_use
+                    .lock()
+                    .expect("in-use lock poisoned")
+                    .remove(&req.id);
+            };
+            let spec = match node.spec_for(&req, &img) {
+                Ok(s) => s,
+                Err(e) => {
+                    release(&node);
+                    return Err(e);
+                }
+            };
             let io = MainIo {
                 stdin: None,
                 stdout,
                 stderr,
                 log_capacity: req.log_capacity,
             };
-            Ok(node.rt.create(&spec, io)?)
+            match node.rt.create(&spec, io) {
+                Ok(info) => Ok((info, img.id)),
+                Err(e) => {
+                    release(&node);
+                    Err(e.into())
+                }
+            }
         })
         .await?
     }
 
+    fn spec_for(
+        &self,
+        req: &CreateRequest,
+        img: &warren_image::Image,
+    ) -> Result<SandboxSpec, NodeError> {
+        let mut spec = SandboxSpec::new(req.id.clone(), rootfs_of(img));
+        let user_spec = req
+            .user
+            .clone()
+            .or(img.config.user.clone())
+            .unwrap_or_default();
+        let resolved = user::resolve(&img.layers, &user_spec)?;
+        spec.user = resolved.user;
+        spec.env = merge_env(&img.config.env, &req.env);
+        if let Some(home) = resolved.home.filter(|h| !h.is_empty()) {
+            if !spec.env.iter().any(|e| e.starts_with("HOME=")) {
+                spec.env.push(format!("HOME={home}"));
+            }
+        }
+        spec.workdir = req
+            .workdir
+            .clone()
+            .or(img.config.workdir.clone())
+            .filter(|w| !w.is_empty())
+            .unwrap_or_else(|| "/".into());
+        spec.command = match (&req.command, req.use_image_command) {
+            (Some(c), _) => Some(c.clone()),
+            (None, true) => {
+                let argv: Vec<String> = img
+                    .config
+                    .entrypoint
+                    .iter()
+                    .flatten()
+                    .chain(img.config.cmd.iter().flatten())
+                    .cloned()
+                    .collect();
+                if argv.is_empty() {
+                    return Err(NodeError::Runtime(RuntimeError::InvalidSpec {
+                        field: "command",
+                        reason: format!("image {} has no Entrypoint or Cmd", req.image),
+                    }));
+                }
+                Some(argv)
+            }
+            (None, false) => None,
+        };
+        spec.limits = req.limits.clone();
+        Ok(spec)
+    }
+
     /// The environment an image's config sets (`KEY=VALUE` entries).
     pub async fn image_env(&self, reference: &str) -> Result<Vec<String>, NodeError> {
+        Ok(self.image_config(reference).await?.env)
+    }
+
+    /// The id of the image `reference` names now.
+    pub async fn image_id(&self, reference: &str) -> Result<String, NodeError> {
         let node = self.clone();
         let reference = reference.to_string();
-        tokio::task::spawn_blocking(move || {
-            node.resolve_image(&reference).map(|img| img.config.env)
-        })
-        .await?
+        tokio::task::spawn_blocking(move || node.resolve_image(&reference).map(|img| img.id))
+            .await?
+    }
+
+    /// An image's process defaults (env, workdir, user, entrypoint, cmd).
+    pub async fn image_config(
+        &self,
+        reference: &str,
+    ) -> Result<warren_image::ImageConfig, NodeError> {
+        let node = self.clone();
+        let reference = reference.to_string();
+        tokio::task::spawn_blocking(move || node.resolve_image(&reference).map(|img| img.config))
+            .await?
     }
 
     /// The retained end of a running sandbox's main-command output.
@@ -188,8 +444,9 @@ impl Node {
     /// Ends and removes the sandbox (idempotent).
     pub async fn destroy(&self, id: &SandboxId) -> Result<(), NodeError> {
         let rt = self.rt.clone();
-        let id = id.clone();
-        tokio::task::spawn_blocking(move || rt.destroy(&id)).await??;
+        let id2 = id.clone();
+        tokio::task::spawn_blocking(move || rt.destroy(&id2)).await??;
+        self.in_use.lock().expect("in-use lock poisoned").remove(id);
         Ok(())
     }
 

@@ -60,6 +60,15 @@ pub struct CreateSandboxRequest {
     pub name: Option<String>,
     #[serde(default)]
     pub tags: BTreeMap<String, String>,
+    /// User of the main command and default for execs: `name`, `uid`,
+    /// `uid:gid` or `name:group`, resolved in the image's `/etc/passwd` and
+    /// `/etc/group`; the image's `User` when absent, else root.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Without `command`, run the image's `Entrypoint` + `Cmd` as the main
+    /// command instead of idling.
+    #[serde(default)]
+    pub use_image_command: bool,
 }
 
 /// Where a sandbox is in its life.
@@ -153,6 +162,10 @@ pub struct ExecRequest {
     /// Written to the command's stdin, then stdin is closed.
     #[serde(default)]
     pub stdin: Option<String>,
+    /// Run as this user (see `CreateSandboxRequest::user`); the sandbox's
+    /// user when absent.
+    #[serde(default)]
+    pub user: Option<String>,
 }
 
 /// How an exec ended, with its buffered output.
@@ -194,6 +207,9 @@ pub struct StreamExecStart {
     /// Run under a pseudo-terminal of this size.
     #[serde(default)]
     pub tty: Option<TtySize>,
+    /// Run as this user; the sandbox's user when absent.
+    #[serde(default)]
+    pub user: Option<String>,
 }
 
 /// Terminal size.
@@ -233,6 +249,150 @@ pub enum StreamServerMsg {
         code: String,
         message: String,
     },
+}
+
+// ------------------------------------------------------------------ images ---
+
+/// `POST /v1/images/pull`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PullImageRequest {
+    /// `python:3.12`, `registry.example.com:5000/team/app:v1`,
+    /// `name@sha256:...`; short names resolve to the node's default
+    /// registry (`docker.io/library/...`).
+    pub reference: String,
+    /// Credentials for this pull only (admin tokens only; they are not
+    /// stored). Without them the node's registry settings apply.
+    #[serde(default)]
+    pub auth: Option<RegistryAuth>,
+}
+
+/// Registry credentials: a username and password, or a bearer token.
+#[derive(Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(untagged, deny_unknown_fields)]
+pub enum RegistryAuth {
+    Basic { username: String, password: String },
+    Token { token: String },
+}
+
+impl std::fmt::Debug for RegistryAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RegistryAuth::Basic { username, .. } => f
+                .debug_struct("Basic")
+                .field("username", username)
+                .finish_non_exhaustive(),
+            RegistryAuth::Token { .. } => f.write_str("Token(..)"),
+        }
+    }
+}
+
+/// An image in the node's store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ImageInfo {
+    /// `sha256:<hex>`.
+    pub id: String,
+    /// Every `name:tag` pointing at it.
+    pub names: Vec<String>,
+    /// Digest of the registry manifest it came from, if pulled or imported.
+    pub manifest_digest: Option<String>,
+    /// Creation time from the image config, if it has one.
+    pub created: Option<String>,
+    /// Layers, lowest first.
+    pub layers: Vec<ImageLayerInfo>,
+    /// Unpacked bytes of all layers.
+    pub size: u64,
+    pub config: ImageConfigInfo,
+}
+
+/// One layer of an [`ImageInfo`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ImageLayerInfo {
+    /// Digest of the uncompressed layer tar.
+    pub diff_id: String,
+    /// Digest of the blob as stored or pulled.
+    pub digest: Option<String>,
+    pub media_type: Option<String>,
+    /// Size of the blob.
+    pub size: Option<u64>,
+    /// Bytes of the unpacked tree.
+    pub unpacked_size: u64,
+}
+
+/// The process defaults an image's config sets.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ImageConfigInfo {
+    pub env: Vec<String>,
+    pub workdir: Option<String>,
+    pub entrypoint: Option<Vec<String>>,
+    pub cmd: Option<Vec<String>>,
+    pub user: Option<String>,
+}
+
+/// `GET /v1/images`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ImageList {
+    pub images: Vec<ImageInfo>,
+}
+
+/// `POST /v1/images/gc`: what was removed.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ImageGcReport {
+    pub images_removed: u64,
+    pub layers_removed: u64,
+    pub blobs_removed: u64,
+    pub tmp_removed: u64,
+    pub bytes_freed: u64,
+}
+
+/// One progress event of a pull (`event: progress` of the pull stream).
+/// Order: `resolved`, then per layer `layer_progress`* and
+/// `layer_verified` or `layer_already_present`, then `layer_unpacked` per
+/// layer in order, then `done`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum PullProgress {
+    Resolved {
+        reference: String,
+        manifest_digest: String,
+        layers: Vec<PullLayer>,
+    },
+    LayerProgress {
+        digest: String,
+        downloaded: u64,
+        total: u64,
+    },
+    LayerVerified {
+        digest: String,
+    },
+    LayerAlreadyPresent {
+        digest: String,
+    },
+    LayerUnpacked {
+        digest: String,
+        diff_id: String,
+    },
+    Done {
+        id: String,
+        name: String,
+        manifest_digest: String,
+    },
+}
+
+/// A layer of [`PullProgress::Resolved`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PullLayer {
+    pub digest: String,
+    pub size: u64,
+}
+
+/// Checks an image reference's shape (the node parses it fully).
+pub fn validate_image_reference(r: &str) -> Result<(), String> {
+    if r.is_empty() || r.len() > 1024 || r.bytes().any(|b| b.is_ascii_whitespace() || b < 0x20) {
+        Err("reference must be 1-1024 characters without whitespace".into())
+    } else {
+        Ok(())
+    }
 }
 
 /// Stream ids in the first byte of binary frames.
@@ -327,6 +487,23 @@ pub enum ErrorCode {
     WorkdirNotFound,
     /// 503: the node has no capacity for another sandbox.
     CapacityExhausted,
+    /// 400: an image reference that cannot be parsed.
+    InvalidImageReference,
+    /// 409: the image is used by a live sandbox.
+    ImageInUse,
+    /// 403: the registry refused the credentials, or needs some.
+    RegistryAuth,
+    /// 502: the registry could not be reached or answered with an error.
+    RegistryUnavailable,
+    /// 400: plain HTTP to a registry not configured as insecure.
+    RegistryInsecureNotAllowed,
+    /// 422: a blob's digest or size did not match what the manifest says.
+    DigestMismatch,
+    /// 422: the image has no manifest for this machine's platform.
+    NoMatchingPlatform,
+    /// 422: the image or archive is malformed or unsafe (bad manifest,
+    /// hostile layer entries, unsupported compression, oversized layer).
+    InvalidImage,
     /// 500: Warren failed; details are in the server log.
     Internal,
 }
@@ -348,6 +525,14 @@ impl ErrorCode {
             ErrorCode::ExecPermissionDenied => "exec_permission_denied",
             ErrorCode::WorkdirNotFound => "workdir_not_found",
             ErrorCode::CapacityExhausted => "capacity_exhausted",
+            ErrorCode::InvalidImageReference => "invalid_image_reference",
+            ErrorCode::ImageInUse => "image_in_use",
+            ErrorCode::RegistryAuth => "registry_auth",
+            ErrorCode::RegistryUnavailable => "registry_unavailable",
+            ErrorCode::RegistryInsecureNotAllowed => "registry_insecure_not_allowed",
+            ErrorCode::DigestMismatch => "digest_mismatch",
+            ErrorCode::NoMatchingPlatform => "no_matching_platform",
+            ErrorCode::InvalidImage => "invalid_image",
             ErrorCode::Internal => "internal",
         }
     }
@@ -360,7 +545,15 @@ impl ErrorCode {
             | ErrorCode::InvalidJson
             | ErrorCode::ExecNotFound
             | ErrorCode::ExecPermissionDenied
-            | ErrorCode::WorkdirNotFound => 400,
+            | ErrorCode::WorkdirNotFound
+            | ErrorCode::InvalidImageReference
+            | ErrorCode::RegistryInsecureNotAllowed => 400,
+            ErrorCode::RegistryAuth => 403,
+            ErrorCode::ImageInUse => 409,
+            ErrorCode::DigestMismatch | ErrorCode::NoMatchingPlatform | ErrorCode::InvalidImage => {
+                422
+            }
+            ErrorCode::RegistryUnavailable => 502,
             ErrorCode::SandboxNotFound | ErrorCode::ImageNotFound | ErrorCode::NotFound => 404,
             ErrorCode::NameConflict
             | ErrorCode::SandboxTerminated
@@ -403,6 +596,12 @@ pub fn validate_create(req: &CreateSandboxRequest) -> Result<(), String> {
             return Err("disk_mib must be between 1 and 16777216".into());
         }
     }
+    if let Some(u) = &req.user {
+        validate_user(u)?;
+    }
+    if req.use_image_command && req.command.is_some() {
+        return Err("use_image_command and command exclude each other".into());
+    }
     if let Some(name) = &req.name {
         validate_name(name)?;
     }
@@ -418,8 +617,26 @@ pub fn validate_create(req: &CreateSandboxRequest) -> Result<(), String> {
 }
 
 /// Validates an exec request.
+/// A user spec: `name`, `uid`, `uid:gid`, `name:group`.
+pub fn validate_user(user: &str) -> Result<(), String> {
+    let ok = !user.is_empty()
+        && user.len() <= 256
+        && user.split(':').count() <= 2
+        && user
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-:$".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err("user must be name, uid, uid:gid or name:group (at most 256 characters)".into())
+    }
+}
+
 pub fn validate_exec(req: &ExecRequest) -> Result<(), String> {
     validate_command("command", &req.command)?;
+    if let Some(u) = &req.user {
+        validate_user(u)?;
+    }
     if let Some(w) = &req.workdir {
         validate_workdir(w)?;
     }

@@ -63,9 +63,25 @@ impl From<warren_node::NodeError> for ApiError {
     fn from(e: warren_node::NodeError) -> Self {
         let code = match e.code() {
             "image_not_found" => ErrorCode::ImageNotFound,
-            "invalid_image_reference" | "invalid_image_name" | "invalid_argument" => {
-                ErrorCode::InvalidArgument
+            "invalid_image_reference" | "invalid_image_name" | "ambiguous_image_reference" => {
+                ErrorCode::InvalidImageReference
             }
+            "invalid_argument" | "invalid_user" => ErrorCode::InvalidArgument,
+            "image_in_use" => ErrorCode::ImageInUse,
+            "registry_auth" => ErrorCode::RegistryAuth,
+            "registry_unreachable" | "registry_error" | "registry_invalid_response" => {
+                ErrorCode::RegistryUnavailable
+            }
+            "registry_insecure_not_allowed" => ErrorCode::RegistryInsecureNotAllowed,
+            "digest_mismatch" => ErrorCode::DigestMismatch,
+            "no_matching_platform" => ErrorCode::NoMatchingPlatform,
+            "invalid_manifest"
+            | "invalid_image_archive"
+            | "layer_too_large"
+            | "unsafe_layer_entry"
+            | "unsupported_layer_entry"
+            | "unsupported_layer_compression"
+            | "invalid_layer_archive" => ErrorCode::InvalidImage,
             "exec_not_found" => ErrorCode::ExecNotFound,
             "exec_permission_denied" | "exec_format_error" => ErrorCode::ExecPermissionDenied,
             "workdir_not_found" | "workdir_not_directory" => ErrorCode::WorkdirNotFound,

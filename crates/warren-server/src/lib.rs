@@ -12,6 +12,7 @@
 
 mod auth;
 mod error;
+mod images;
 mod logs;
 mod metrics;
 mod openapi;
@@ -46,6 +47,10 @@ pub struct ServerConfig {
     /// The cgroup sub-tree this server's sandboxes live under; `None` = the
     /// runtime's default, derived from the data directory.
     pub cgroup_parent: Option<String>,
+    /// Registry settings file (default registry, credentials, insecure
+    /// registries; see docs/images.md). `None` = `<data_dir>/registries.json`
+    /// when it exists, else anonymous HTTPS pulls from `docker.io`.
+    pub registries: Option<PathBuf>,
 }
 
 impl ServerConfig {
@@ -56,6 +61,7 @@ impl ServerConfig {
             default_image: "host".into(),
             sweep_interval: Duration::from_millis(250),
             cgroup_parent: None,
+            registries: None,
         }
     }
 }
@@ -87,6 +93,12 @@ pub enum ServeError {
     Runtime(#[from] warren_runtime::RuntimeError),
     #[error("could not recover sandboxes")]
     Recover(#[from] warren_node::NodeError),
+    #[error("could not load the registry settings {path}")]
+    Registries {
+        path: PathBuf,
+        #[source]
+        source: warren_registry::PullError,
+    },
     #[error("could not listen on {addr}")]
     Listen {
         addr: SocketAddr,
@@ -113,6 +125,14 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/sandboxes/{id}/exec", post(sandboxes::exec))
         .route("/v1/sandboxes/{id}/logs", get(logs::logs))
         .route("/v1/sandboxes/{id}/exec/stream", get(stream::exec_stream))
+        .route("/v1/images", get(images::list))
+        .route("/v1/images/pull", post(images::pull))
+        .route("/v1/images/import", post(images::import))
+        .route("/v1/images/gc", post(images::gc))
+        .route(
+            "/v1/images/{reference}",
+            get(images::inspect).delete(images::remove),
+        )
         .route(
             "/v1/workspaces",
             post(tokens::create_workspace).get(tokens::list_workspaces),
@@ -153,7 +173,20 @@ pub async fn open(cfg: &ServerConfig) -> Result<AppState, ServeError> {
         rt_cfg.cgroup_parent = parent.clone();
     }
     let rt = warren_runtime::NativeRuntime::new(rt_cfg)?;
-    let node = Node::new(rt, images);
+    let reg_path = cfg
+        .registries
+        .clone()
+        .or_else(|| Some(cfg.data_dir.join("registries.json")).filter(|p| p.exists()));
+    let registries = match &reg_path {
+        Some(path) => warren_registry::RegistryConfig::load(path).map_err(|source| {
+            ServeError::Registries {
+                path: path.clone(),
+                source,
+            }
+        })?,
+        None => warren_registry::RegistryConfig::default(),
+    };
+    let node = Node::with_registries(rt, images, registries).map_err(ServeError::Recover)?;
     let supervisor =
         supervisor::Supervisor::new(store.clone(), node.clone(), cfg.data_dir.join("logs"));
     let state = AppState {

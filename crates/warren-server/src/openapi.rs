@@ -21,6 +21,12 @@ use warren_proto::api;
         crate::tokens::create_token,
         crate::tokens::list_tokens,
         crate::tokens::revoke_token,
+        crate::images::list,
+        crate::images::inspect,
+        crate::images::remove,
+        crate::images::gc,
+        crate::images::pull,
+        crate::images::import,
     ),
     modifiers(&BearerAuth),
     info(
@@ -49,6 +55,15 @@ use warren_proto::api;
         api::StreamClientMsg,
         api::StreamServerMsg,
         api::TtySize,
+        api::PullImageRequest,
+        api::RegistryAuth,
+        api::ImageInfo,
+        api::ImageLayerInfo,
+        api::ImageConfigInfo,
+        api::ImageList,
+        api::ImageGcReport,
+        api::PullProgress,
+        api::PullLayer,
     ))
 )]
 pub struct ApiDoc;

@@ -126,6 +126,7 @@ pub async fn create(
         .unwrap_or_else(|| state.default_image.to_string());
     let id = warren_store::new_sandbox_id();
     let spec = warren_store::SandboxSpec {
+        user: req.user.clone(),
         command: req.command.clone().unwrap_or_default(),
         env: req.env.clone(),
         workdir: req.workdir.clone(),
@@ -154,6 +155,8 @@ pub async fn create(
         command: req.command.clone(),
         env: env_list(&req.env),
         workdir: req.workdir.clone(),
+        user: req.user.clone(),
+        use_image_command: req.use_image_command,
         limits: Limits {
             cpu_millis: req.cpu.map(|c| (c * 1000.0).round() as u64),
             memory_bytes: req.memory_mib.map(|m| m << 20),
@@ -363,9 +366,14 @@ pub async fn exec(
         }
     }
     let sid = SandboxId::new(id.clone()).map_err(|e| ApiError::internal("sandbox id", &e))?;
-    let mut env = state.node.image_env(&rec.image).await.unwrap_or_default();
-    env = warren_node::merge_env(&env, &env_list(&rec.spec.env));
-    env = warren_node::merge_env(&env, &env_list(&req.env));
+    let ctx = exec_context(
+        &state,
+        &rec,
+        &req.env,
+        req.workdir.clone(),
+        req.user.clone(),
+    )
+    .await?;
     let _busy = state.supervisor.busy(&id);
     state
         .metrics
@@ -377,14 +385,11 @@ pub async fn exec(
             &sid,
             BufferedExec {
                 argv: req.command.clone(),
-                env,
-                workdir: req
-                    .workdir
-                    .clone()
-                    .or(rec.spec.workdir.clone())
-                    .unwrap_or_else(|| "/".into()),
+                env: ctx.env,
+                workdir: ctx.workdir,
                 timeout: req.timeout_secs.map(Duration::from_secs),
                 stdin: req.stdin.map(String::into_bytes),
+                user: ctx.user,
             },
         )
         .await
@@ -414,6 +419,47 @@ pub async fn exec(
         stdout_truncated: out.stdout_truncated,
         stderr_truncated: out.stderr_truncated,
     }))
+}
+
+/// What an exec inherits from its sandbox and image.
+pub(crate) struct ExecContext {
+    /// Image env, under the sandbox's, under the exec's; `HOME` from the
+    /// user's passwd entry when none of them sets it.
+    pub env: Vec<String>,
+    pub user: warren_runtime::User,
+    /// The exec's, else the sandbox's, else the image's, else `/`.
+    pub workdir: String,
+}
+
+pub(crate) async fn exec_context(
+    state: &AppState,
+    rec: &SandboxRecord,
+    env: &BTreeMap<String, String>,
+    workdir: Option<String>,
+    user: Option<String>,
+) -> Result<ExecContext, ApiError> {
+    // The exact image the sandbox runs (its id), even if its name moved.
+    let image = rec.image_id.as_deref().unwrap_or(&rec.image);
+    let (cfg, resolved) = state
+        .node
+        .exec_defaults(image, user.or(rec.spec.user.clone()))
+        .await?;
+    let mut all = warren_node::merge_env(&cfg.env, &env_list(&rec.spec.env));
+    all = warren_node::merge_env(&all, &env_list(env));
+    if let Some(home) = resolved.home.filter(|h| !h.is_empty()) {
+        if !all.iter().any(|e| e.starts_with("HOME=")) {
+            all.push(format!("HOME={home}"));
+        }
+    }
+    Ok(ExecContext {
+        env: all,
+        user: resolved.user,
+        workdir: workdir
+            .or(rec.spec.workdir.clone())
+            .or(cfg.workdir)
+            .filter(|w| !w.is_empty())
+            .unwrap_or_else(|| "/".into()),
+    })
 }
 
 #[cfg(test)]

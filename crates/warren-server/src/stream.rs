@@ -25,7 +25,7 @@ use warren_proto::api::{
     self, ErrorCode, StreamClientMsg, StreamExecStart, StreamServerMsg, STREAM_STDERR,
     STREAM_STDIN, STREAM_STDOUT,
 };
-use warren_runtime::{ExecIo, ExecSpec, ExitStatus, SandboxId, User};
+use warren_runtime::{ExecIo, ExecSpec, ExitStatus, SandboxId};
 use warren_store::SandboxState;
 
 use crate::auth::Auth;
@@ -96,10 +96,6 @@ async fn send_json(ws: &mut WebSocket, m: &StreamServerMsg) -> Result<(), ApiErr
         .map_err(|_| ApiError::new(ErrorCode::Internal, "client went away"))
 }
 
-fn env_list(env: &std::collections::BTreeMap<String, String>) -> Vec<String> {
-    env.iter().map(|(k, v)| format!("{k}={v}")).collect()
-}
-
 async fn session(
     state: &AppState,
     rec: &warren_store::SandboxRecord,
@@ -116,23 +112,26 @@ async fn session(
         workdir: start.workdir.clone(),
         timeout_secs: start.timeout_secs,
         stdin: None,
+        user: start.user.clone(),
     })
     .map_err(ApiError::invalid)?;
-    let mut env = state.node.image_env(&rec.image).await.unwrap_or_default();
-    env = warren_node::merge_env(&env, &env_list(&rec.spec.env));
-    env = warren_node::merge_env(&env, &env_list(&start.env));
+    let ctx = crate::sandboxes::exec_context(
+        state,
+        rec,
+        &start.env,
+        start.workdir.clone(),
+        start.user.clone(),
+    )
+    .await?;
+    let mut env = ctx.env;
     if start.tty.is_some() && !env.iter().any(|e| e.starts_with("TERM=")) {
         env.push("TERM=xterm-256color".into());
     }
     let spec = ExecSpec {
         argv: start.command.clone(),
         env,
-        workdir: start
-            .workdir
-            .clone()
-            .or(rec.spec.workdir.clone())
-            .unwrap_or_else(|| "/".into()),
-        user: User::root(),
+        workdir: ctx.workdir,
+        user: ctx.user,
         timeout: start.timeout_secs.map(Duration::from_secs),
     };
     let io = match start.tty {

@@ -131,13 +131,16 @@ impl Supervisor {
         req: CreateRequest,
     ) -> Result<Option<i64>, ApiError> {
         let id = req.id.clone();
-        if let Err(e) = self.node.create(req, None, None).await {
-            let t = Termination::new(TerminationReason::Error).with_detail(e.to_string());
-            let _ = self.store.finish_sandbox(&rec.id, &t).await;
-            self.ended.notify_waiters();
-            return Err(e.into());
-        }
-        let started = self.store.mark_running_at(&rec.id).await?;
+        let image_id = match self.node.create(req, None, None).await {
+            Ok((_, image_id)) => image_id,
+            Err(e) => {
+                let t = Termination::new(TerminationReason::Error).with_detail(e.to_string());
+                let _ = self.store.finish_sandbox(&rec.id, &t).await;
+                self.ended.notify_waiters();
+                return Err(e.into());
+            }
+        };
+        let started = self.store.mark_running_at(&rec.id, Some(&image_id)).await?;
         self.watch(id);
         Ok(started)
     }
@@ -234,11 +237,21 @@ impl Supervisor {
                     if let Some(rec) = unfinished.iter().find(|u| u.id == id.as_str()) {
                         info!(sandbox_id = %id, "re-adopted a running sandbox");
                         running.insert(id.to_string());
+                        // Its image must survive GC. A record that never
+                        // got its image id (a crash mid-create) resolves
+                        // its reference now.
+                        let image_id = match &rec.image_id {
+                            Some(i) => Some(i.clone()),
+                            None => self.node.image_id(&rec.image).await.ok(),
+                        };
+                        if let Some(image_id) = image_id {
+                            self.node.adopt_image(&id, image_id);
+                        }
                         // A crash between the node's create and the record's
                         // `running` left it `creating`: it runs, so say so
                         // (and start its timeout).
                         if rec.state == warren_store::SandboxState::Creating {
-                            if let Err(e) = self.store.mark_running(id.as_str()).await {
+                            if let Err(e) = self.store.mark_running_at(id.as_str(), None).await {
                                 warn!(sandbox_id = %id, error = %e, "marking a re-adopted sandbox running failed");
                             }
                         }

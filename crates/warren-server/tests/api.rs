@@ -31,10 +31,18 @@ fn cgroup_parent(data: &std::path::Path) -> String {
 }
 
 async fn env() -> Result<Env> {
+    env_with(|_, _| Ok(())).await
+}
+
+/// An environment whose config `edit` may change (given the data dir).
+async fn env_with(
+    edit: impl FnOnce(&mut ServerConfig, &std::path::Path) -> Result<()>,
+) -> Result<Env> {
     let data = tempfile::Builder::new()
         .prefix("warren-e2e-api-")
         .tempdir_in("/var/tmp")?;
     let mut cfg = ServerConfig::new("127.0.0.1:0".parse()?, data.path());
+    edit(&mut cfg, data.path())?;
     cfg.cgroup_parent = Some(cgroup_parent(data.path()));
     cfg.sweep_interval = Duration::from_millis(100);
     let state = warren_server::open(&cfg).await?;
@@ -500,6 +508,8 @@ async fn restart_readopts_running_sandboxes() -> Result<()> {
                         command: None,
                         env: vec![],
                         workdir: None,
+                        user: None,
+                        use_image_command: false,
                         limits: Default::default(),
                         log_capacity: None,
                     },
@@ -1009,6 +1019,283 @@ fn cpu_used(parent: &str) -> Result<f64> {
     Ok(usec.trim().parse::<f64>()? / 1e6)
 }
 
+/// Issue #5 end to end through the API: a sandbox from an image that is
+/// pulled implicitly from a real registry, with the image's env, workdir,
+/// user and cmd honoured; explicit pulls (JSON and event stream), list,
+/// inspect, removal refused while in use, GC keeping what is in use.
+async fn images_from_a_registry() -> Result<()> {
+    use warren_testkit::registry::{Compress, LayoutBuilder, Registry, TarBuilder, TestConfig};
+    if !warren_testkit::registry::require_tools("images_from_a_registry") {
+        return Ok(());
+    }
+    let reg = Registry::start()?;
+    let work = tempfile::tempdir()?;
+    let busybox = std::fs::read("/bin/busybox").context("busybox-static")?;
+    let mut tar = TarBuilder::new()
+        .dir("bin", 0o755)
+        .file("bin/busybox", 0o755, &busybox);
+    for applet in ["sh", "id", "pwd", "env", "echo", "sleep", "cat", "true"] {
+        tar = tar.symlink(&format!("bin/{applet}"), "busybox");
+    }
+    let tar = tar
+        .dir("etc", 0o755)
+        .file(
+            "etc/passwd",
+            0o644,
+            b"root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n",
+        )
+        .file(
+            "etc/group",
+            0o644,
+            b"root:x:0:\napp:x:1000:\nstaff:x:50:app\n",
+        )
+        .dir("home", 0o755)
+        .dir("srv", 0o755)
+        .dir("srv/app", 0o777)
+        .dir("tmp", 0o1777)
+        .dir("proc", 0o755)
+        .dir("dev", 0o755)
+        .dir("sys", 0o755)
+        .finish();
+    let mut layout = LayoutBuilder::new(&work.path().join("layout"))?;
+    let layer = layout.layer(&tar, Compress::Gzip)?;
+    layout.image(
+        "v1",
+        &[layer],
+        &TestConfig {
+            env: vec!["PATH=/bin".into(), "GREETING=hello".into()],
+            workdir: Some("/srv/app".into()),
+            user: Some("app".into()),
+            cmd: Some(vec![
+                "sh".into(),
+                "-c".into(),
+                "echo cmd-ran $GREETING; id -u; pwd".into(),
+            ]),
+            entrypoint: None,
+        },
+    )?;
+    reg.push(layout.dir(), "v1", "test/app:v1")?;
+    let host = reg.host();
+    let e = env_with(|cfg, data| {
+        let path = data.join("registries.json");
+        std::fs::write(
+            &path,
+            json!({"registries": {host.clone(): {"insecure": true}}}).to_string(),
+        )?;
+        cfg.registries = Some(path);
+        Ok(())
+    })
+    .await?;
+    let r = images_api(&e, &format!("{host}/test/app:v1")).await;
+    e.teardown().await;
+    r
+}
+
+fn enc(s: &str) -> String {
+    s.replace('%', "%25")
+        .replace('/', "%2F")
+        .replace(':', "%3A")
+}
+
+async fn images_api(e: &Env, reference: &str) -> Result<()> {
+    // Implicit pull on create; the image's Cmd runs as its User in its
+    // WorkingDir with its Env.
+    let id = e
+        .create(json!({"image": reference, "use_image_command": true}))
+        .await?;
+    let v = e.wait_end(&id).await?;
+    ensure!(
+        v["termination"]["reason"] == "exited" && v["termination"]["exit_code"] == 0,
+        "{v}"
+    );
+    let (s, logs) = e
+        .admin("GET", &format!("/v1/sandboxes/{id}/logs"), None)
+        .await?;
+    ensure!(
+        s == StatusCode::OK && logs.as_str() == Some("cmd-ran hello\n1000\n/srv/app\n"),
+        "logs: {s} {logs}"
+    );
+    // An idle sandbox of the (now cached) image: execs inherit the same.
+    let idle = e.create(json!({"image": reference})).await?;
+    let exec = |cmd: Value| {
+        let idle = idle.clone();
+        async move {
+            let (s, v) = e
+                .admin("POST", &format!("/v1/sandboxes/{idle}/exec"), Some(cmd))
+                .await?;
+            ensure!(s == StatusCode::OK, "{s} {v}");
+            Ok::<_, anyhow::Error>(v["stdout"].as_str().unwrap_or("").to_string())
+        }
+    };
+    let out =
+        exec(json!({"command": ["sh", "-c", "id -u; id -g; id -G; pwd; echo $GREETING $HOME"]}))
+            .await?;
+    ensure!(
+        out == "1000\n1000\n1000 50\n/srv/app\nhello /home/app\n",
+        "{out:?}"
+    );
+    let out = exec(json!({"command": ["id", "-u"], "user": "root"})).await?;
+    ensure!(out == "0\n", "{out:?}");
+    let out = exec(json!({"command": ["id", "-g"], "user": "app:staff"})).await?;
+    ensure!(out == "50\n", "{out:?}");
+    let (s, v) = e
+        .admin(
+            "POST",
+            &format!("/v1/sandboxes/{idle}/exec"),
+            Some(json!({"command": ["true"], "user": "nobody"})),
+        )
+        .await?;
+    ensure!(
+        s == StatusCode::BAD_REQUEST && code(&v) == "invalid_argument",
+        "{s} {v}"
+    );
+
+    // List and inspect.
+    let (s, v) = e.admin("GET", "/v1/images", None).await?;
+    ensure!(s == StatusCode::OK, "{s} {v}");
+    let listed = v["images"].as_array().context("images")?.iter().any(|i| {
+        i["names"]
+            .as_array()
+            .is_some_and(|n| n.iter().any(|n| n == reference))
+    });
+    ensure!(listed, "{v}");
+    let (s, v) = e
+        .admin("GET", &format!("/v1/images/{}", enc(reference)), None)
+        .await?;
+    ensure!(
+        s == StatusCode::OK
+            && v["config"]["user"] == "app"
+            && v["layers"].as_array().map(Vec::len) == Some(1),
+        "{s} {v}"
+    );
+    let image_id = v["id"].as_str().context("id")?.to_string();
+
+    // In use: removal refused, GC keeps it.
+    let (s, v) = e
+        .admin("DELETE", &format!("/v1/images/{}", enc(reference)), None)
+        .await?;
+    ensure!(
+        s == StatusCode::CONFLICT && code(&v) == "image_in_use",
+        "{s} {v}"
+    );
+    let (s, v) = e.admin("POST", "/v1/images/gc", None).await?;
+    ensure!(s == StatusCode::OK, "{s} {v}");
+    let (s, _) = e
+        .admin("GET", &format!("/v1/images/{image_id}"), None)
+        .await?;
+    ensure!(s == StatusCode::OK, "gc removed an image in use");
+    // Not for ordinary tokens.
+    let (_, t) = e
+        .admin("POST", "/v1/tokens", Some(json!({"name": "plain"})))
+        .await?;
+    if let Some(tok) = t["token"].as_str() {
+        let (s, v) = e.call("POST", "/v1/images/gc", Some(tok), None).await?;
+        ensure!(
+            s == StatusCode::FORBIDDEN && code(&v) == "forbidden",
+            "{s} {v}"
+        );
+    }
+
+    // Once nothing uses it, it can go, and GC frees its layer.
+    let (s, _) = e
+        .admin("POST", &format!("/v1/sandboxes/{idle}/terminate"), None)
+        .await?;
+    ensure!(s == StatusCode::OK, "terminate {s}");
+    e.wait_end(&idle).await?;
+    let (s, v) = e
+        .admin("DELETE", &format!("/v1/images/{}", enc(reference)), None)
+        .await?;
+    ensure!(s == StatusCode::NO_CONTENT, "{s} {v}");
+    let (s, v) = e
+        .admin("GET", &format!("/v1/images/{image_id}"), None)
+        .await?;
+    ensure!(
+        s == StatusCode::NOT_FOUND && code(&v) == "image_not_found",
+        "{s} {v}"
+    );
+    let (s, v) = e.admin("POST", "/v1/images/gc", None).await?;
+    ensure!(s == StatusCode::OK, "{s} {v}");
+
+    // Explicit pull with progress as server-sent events.
+    let req = Request::builder()
+        .method("POST")
+        .uri("/v1/images/pull")
+        .header("authorization", format!("Bearer {}", e.token))
+        .header("content-type", "application/json")
+        .header("accept", "text/event-stream")
+        .body(Body::from(json!({"reference": reference}).to_string()))?;
+    let resp = warren_server::router(e.state.clone()).oneshot(req).await?;
+    ensure!(
+        resp.status() == StatusCode::OK,
+        "pull stream {}",
+        resp.status()
+    );
+    let body = axum::body::to_bytes(resp.into_body(), 1 << 20).await?;
+    let text = String::from_utf8_lossy(&body);
+    for want in [
+        "event: progress",
+        "\"event\":\"resolved\"",
+        "\"event\":\"layer_unpacked\"",
+        "event: done",
+    ] {
+        ensure!(
+            text.contains(want),
+            "no {want:?} in the pull stream: {text}"
+        );
+    }
+    // Plain JSON pull (already present), and errors with their codes.
+    let (s, v) = e
+        .admin(
+            "POST",
+            "/v1/images/pull",
+            Some(json!({"reference": reference})),
+        )
+        .await?;
+    ensure!(
+        s == StatusCode::OK && v["config"]["workdir"] == "/srv/app",
+        "{s} {v}"
+    );
+    let missing = reference.replace(":v1", ":nope");
+    let (s, v) = e
+        .admin(
+            "POST",
+            "/v1/images/pull",
+            Some(json!({"reference": missing})),
+        )
+        .await?;
+    ensure!(
+        s == StatusCode::NOT_FOUND && code(&v) == "image_not_found",
+        "{s} {v}"
+    );
+    let (s, v) = e
+        .admin(
+            "POST",
+            "/v1/images/pull",
+            Some(json!({"reference": "Bad Ref"})),
+        )
+        .await?;
+    ensure!(s == StatusCode::BAD_REQUEST, "{s} {v}");
+    let (s, v) = e
+        .admin(
+            "POST",
+            "/v1/images/pull",
+            Some(json!({"reference": "UPPER/case:x"})),
+        )
+        .await?;
+    ensure!(
+        s == StatusCode::BAD_REQUEST && code(&v) == "invalid_image_reference",
+        "{s} {v}"
+    );
+    let (s, v) = e
+        .admin("POST", "/v1/sandboxes", Some(json!({"image": missing})))
+        .await?;
+    ensure!(
+        s == StatusCode::NOT_FOUND && code(&v) == "image_not_found",
+        "{s} {v}"
+    );
+    Ok(())
+}
+
 async fn hundred_concurrent_creates() -> Result<()> {
     let e = std::sync::Arc::new(env().await?);
     let mut tasks = Vec::new();
@@ -1075,6 +1362,7 @@ fn main() {
         t!(hundred_concurrent_creates),
         t!(floods_are_bounded),
         t!(cpu_hog_does_not_starve_execs),
+        t!(images_from_a_registry),
     ];
     libtest_mimic::run(&args, tests).exit()
 }

@@ -35,7 +35,7 @@ macro_rules! sandbox_columns {
         concat!(
             "SELECT s.id, s.workspace_id, s.name, s.image, s.spec, s.tags, s.state, s.reason, ",
             "s.exit_code, s.reason_detail, s.created_at, s.started_at, s.ended_at, ",
-            "s.deadline_at, s.last_activity_at, s.node_id "
+            "s.deadline_at, s.last_activity_at, s.node_id, s.image_id "
         )
     };
 }
@@ -70,6 +70,7 @@ struct SandboxRow {
     deadline_at: Option<i64>,
     last_activity_at: i64,
     node_id: String,
+    image_id: Option<String>,
 }
 
 impl TryFrom<SandboxRow> for SandboxRecord {
@@ -112,6 +113,7 @@ impl TryFrom<SandboxRow> for SandboxRecord {
             deadline_at: r.deadline_at,
             last_activity_at: r.last_activity_at,
             node_id: r.node_id,
+            image_id: r.image_id,
         })
     }
 }
@@ -203,6 +205,7 @@ pub(crate) async fn insert_sandbox_in(
         deadline_at: None,
         last_activity_at: now,
         node_id: new.node_id.clone(),
+        image_id: None,
     };
     sqlx::query(
         "INSERT INTO sandboxes (id, workspace_id, name, image, spec, tags, state, \
@@ -309,22 +312,25 @@ impl Store {
     /// without a timeout). Returns `false` (and changes nothing) unless the
     /// sandbox was `creating`.
     pub async fn mark_running(&self, id: &str) -> Result<bool> {
-        Ok(self.mark_running_at(id).await?.is_some())
+        Ok(self.mark_running_at(id, None).await?.is_some())
     }
 
     /// Like [`Store::mark_running`], returning the `started_at` it recorded
     /// (`None` if the sandbox was not `creating`), so callers can answer
-    /// without reading the record back.
-    pub async fn mark_running_at(&self, id: &str) -> Result<Option<i64>> {
+    /// without reading the record back. `image_id`, when given, records the
+    /// image the node resolved.
+    pub async fn mark_running_at(&self, id: &str, image_id: Option<&str>) -> Result<Option<i64>> {
         let now = self.now();
         let result = sqlx::query(
             "UPDATE sandboxes SET state = 'running', started_at = $1, last_activity_at = $1, \
              deadline_at = CASE WHEN timeout_secs IS NULL THEN NULL \
-                                ELSE $1 + timeout_secs * 1000 END \
+                                ELSE $1 + timeout_secs * 1000 END, \
+             image_id = COALESCE($3, image_id) \
              WHERE id = $2 AND state = 'creating'",
         )
         .bind(now)
         .bind(id)
+        .bind(image_id)
         .execute(&self.pool)
         .await
         .map_err(|source| StoreError::UpdateSandbox {
@@ -558,6 +564,22 @@ impl Store {
     }
 
     /// How many sandboxes (all workspaces) are in each state, for metrics.
+    /// Image ids of every sandbox that has not ended (they must survive
+    /// image removal and garbage collection).
+    pub async fn live_image_ids(&self) -> Result<Vec<String>> {
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "SELECT DISTINCT image_id FROM sandboxes \
+             WHERE state != 'terminated' AND image_id IS NOT NULL",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|source| StoreError::ListSandboxes {
+            operation: "live image ids",
+            source,
+        })?;
+        Ok(rows.into_iter().map(|(id,)| id).collect())
+    }
+
     pub async fn count_by_state(&self) -> Result<Vec<(SandboxState, i64)>> {
         let rows: Vec<(String, i64)> =
             sqlx::query_as("SELECT state, COUNT(*) FROM sandboxes GROUP BY state")

@@ -83,6 +83,9 @@ pub struct SandboxSpec {
     pub timeout_secs: Option<u64>,
     /// Limit on the time without activity while running.
     pub idle_timeout_secs: Option<u64>,
+    /// User of the main command and default for execs (`name`, `uid`,
+    /// `uid:gid`, `name:group`); the image's user when absent.
+    pub user: Option<String>,
 }
 
 impl fmt::Debug for SandboxSpec {
@@ -96,6 +99,7 @@ impl fmt::Debug for SandboxSpec {
             .field("disk_mib", &self.disk_mib)
             .field("timeout_secs", &self.timeout_secs)
             .field("idle_timeout_secs", &self.idle_timeout_secs)
+            .field("user", &self.user)
             .finish()
     }
 }
@@ -286,6 +290,8 @@ pub struct SandboxRecord {
     pub deadline_at: Option<i64>,
     pub last_activity_at: i64,
     pub node_id: String,
+    /// The resolved image id, once the node has resolved `image`.
+    pub image_id: Option<String>,
 }
 
 /// Filters and paging of [`crate::Store::list_sandboxes`].

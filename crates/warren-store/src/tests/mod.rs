@@ -53,6 +53,7 @@ pub(crate) fn new_sandbox(workspace_id: &str, name: Option<&str>) -> NewSandbox 
             disk_mib: Some(1024),
             timeout_secs: Some(300),
             idle_timeout_secs: None,
+            user: Some("1000".to_owned()),
         },
         tags: BTreeMap::new(),
         node_id: LOCAL_NODE_ID.to_owned(),

@@ -467,3 +467,35 @@ async fn list_unfinished_spans_workspaces_and_skips_terminated() {
         ]
     );
 }
+
+#[tokio::test]
+async fn image_ids_of_live_sandboxes() {
+    let (store, _clock) = memory_store().await;
+    let ws = workspace(&store, "team").await;
+    let a = new_sandbox(&ws.id, None);
+    let b = new_sandbox(&ws.id, None);
+    store.insert_sandbox(&a).await.unwrap();
+    store.insert_sandbox(&b).await.unwrap();
+    assert!(store.live_image_ids().await.unwrap().is_empty());
+    store
+        .mark_running_at(&a.id, Some("sha256:aa"))
+        .await
+        .unwrap();
+    store
+        .mark_running_at(&b.id, Some("sha256:bb"))
+        .await
+        .unwrap();
+    let sb = store.get_sandbox(&ws.id, &a.id).await.unwrap().unwrap();
+    assert_eq!(sb.image_id.as_deref(), Some("sha256:aa"));
+    assert_eq!(sb.spec.user.as_deref(), Some("1000"));
+    let mut live = store.live_image_ids().await.unwrap();
+    live.sort();
+    assert_eq!(live, ["sha256:aa", "sha256:bb"]);
+    let why = Termination {
+        reason: TerminationReason::Exited,
+        exit_code: Some(0),
+        detail: None,
+    };
+    store.finish_sandbox(&b.id, &why).await.unwrap();
+    assert_eq!(store.live_image_ids().await.unwrap(), ["sha256:aa"]);
+}
