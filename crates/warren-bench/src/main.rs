@@ -91,6 +91,10 @@ pub enum ImageChoice {
     Busybox,
     /// Warren's built-in host image (the host's /usr etc., bound read-only).
     Host,
+    /// The busybox rootfs as a three-layer OCI image, pushed to a loopback
+    /// `docker-registry` and pulled through Warren's registry client: the
+    /// path a user's image takes.
+    Pulled,
 }
 
 impl ImageChoice {
@@ -98,6 +102,7 @@ impl ImageChoice {
         match self {
             ImageChoice::Busybox => "busybox",
             ImageChoice::Host => "host",
+            ImageChoice::Pulled => "pulled",
         }
     }
 }

@@ -62,6 +62,7 @@ impl Warren {
                 .import_dir(busybox_rootfs, "bench-busybox")
                 .context("import busybox rootfs")?,
             ImageChoice::Host => store.host_image().context("host image")?,
+            ImageChoice::Pulled => pull_busybox(data, busybox_rootfs)?,
         };
         let rootfs = warren_node::rootfs_of(&img);
         Ok(Self {
@@ -72,6 +73,11 @@ impl Warren {
             id_slots,
             _store: store,
         })
+    }
+
+    /// The layers the sandboxes stack (lowest first).
+    pub fn layer_count(&self) -> usize {
+        self.rootfs.layers.len()
     }
 
     pub fn spec(&self, id: &SandboxId, command: Option<&[&str]>) -> SandboxSpec {
@@ -264,4 +270,63 @@ impl Drop for SandboxSet<'_> {
             eprintln!("warning: {failed} of {n} sandboxes failed to destroy: {err:#}");
         }
     }
+}
+
+/// Packs `rootfs` as a three-layer OCI image (the rootfs, then two small
+/// layers on top, so the overlay stacks several lowers like a real image),
+/// pushes it to a loopback `docker-registry` and pulls it into the store
+/// under `data/images` with Warren's puller.
+fn pull_busybox(data: &Path, rootfs: &Path) -> Result<warren_image::Image> {
+    use warren_testkit::registry::{Compress, LayoutBuilder, Registry, TarBuilder, TestConfig};
+    let registry = Registry::start().context("start docker-registry (scripts/install-deps.sh)")?;
+    let mut base = tar::Builder::new(Vec::new());
+    base.follow_symlinks(false);
+    base.append_dir_all(".", rootfs)
+        .context("pack the busybox rootfs")?;
+    let base = base.into_inner().context("pack the busybox rootfs")?;
+    let mut layout = LayoutBuilder::new(&data.join("pulled-layout"))?;
+    let layers = vec![
+        layout.layer(&base, Compress::Gzip)?,
+        layout.layer(
+            &TarBuilder::new()
+                .dir("opt", 0o755)
+                .file("opt/one", 0o644, b"1")
+                .finish(),
+            Compress::Gzip,
+        )?,
+        layout.layer(
+            &TarBuilder::new()
+                .dir("opt", 0o755)
+                .file("opt/two", 0o644, b"2")
+                .finish(),
+            Compress::Gzip,
+        )?,
+    ];
+    layout.image(
+        "1",
+        &layers,
+        &TestConfig {
+            env: vec!["PATH=/bin:/usr/bin".into()],
+            ..Default::default()
+        },
+    )?;
+    registry.push(layout.dir(), "1", "bench/busybox:1")?;
+    let store =
+        std::sync::Arc::new(ImageStore::open(data.join("images")).context("open image store")?);
+    let mut cfg = warren_registry::RegistryConfig::default();
+    cfg.registries.insert(
+        registry.host(),
+        warren_registry::RegistryEntry {
+            insecure: true,
+            auth: None,
+        },
+    );
+    let puller = warren_registry::Puller::new(store, cfg)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("tokio runtime")?;
+    let reference = format!("{}/bench/busybox:1", registry.host());
+    let img = rt.block_on(puller.pull(&reference, |_| {}))?;
+    Ok(img)
 }

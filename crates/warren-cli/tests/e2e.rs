@@ -26,10 +26,17 @@ struct Server {
 
 impl Server {
     fn start() -> Server {
+        Self::start_with(|_| {})
+    }
+
+    /// Starts a server after `prepare` has seen its (new) data directory.
+    fn start_with(prepare: impl FnOnce(&Path)) -> Server {
         let dir = tempfile::Builder::new()
             .prefix("warren-e2e-")
             .tempdir_in("/var/tmp")
             .expect("create the data dir");
+        std::fs::create_dir_all(dir.path().join("data")).expect("create the data dir");
+        prepare(&dir.path().join("data"));
         let port = {
             let l = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
             l.local_addr().expect("local addr").port()
@@ -262,6 +269,121 @@ fn one_line_error(o: &Output, code_hint: &str) {
     assert!(lines[0].starts_with("warren: "), "{}", describe(o));
     assert!(lines[0].contains(code_hint), "{}", describe(o));
     assert!(!err.contains("panicked"), "{}", describe(o));
+}
+
+/// Issue #5 through the binary: `warren image pull` from a real registry
+/// with plain progress lines (and bars under a terminal), `ls`, `inspect`,
+/// a sandbox from the pulled image, a `docker save` archive import, `rm`
+/// and `gc`.
+#[test]
+fn images_through_the_cli() {
+    use warren_testkit::registry::{busybox_tar, Compress, LayoutBuilder, Registry, TestConfig};
+    if !warren_testkit::require_root("images_through_the_cli")
+        || !warren_testkit::registry::require_tools("images_through_the_cli")
+    {
+        return;
+    }
+    let reg = Registry::start().expect("start docker-registry");
+    let work = tempfile::tempdir().expect("tempdir");
+    let mut layout = LayoutBuilder::new(&work.path().join("layout")).expect("layout");
+    let base = layout
+        .layer(&busybox_tar().expect("busybox tar"), Compress::Gzip)
+        .expect("layer");
+    // A second, incompressible layer large enough to show progress.
+    let noise = warren_testkit::registry::noise(8 << 20, 7);
+    let big = layout
+        .layer(
+            &warren_testkit::registry::TarBuilder::new()
+                .file("blob", 0o644, &noise)
+                .finish(),
+            Compress::Gzip,
+        )
+        .expect("layer");
+    layout
+        .image(
+            "v1",
+            &[base, big],
+            &TestConfig {
+                env: vec!["PATH=/bin".into()],
+                ..Default::default()
+            },
+        )
+        .expect("image");
+    reg.push(layout.dir(), "v1", "e2e/app:v1").expect("push");
+    reg.push(layout.dir(), "v1", "e2e/app:v2").expect("push");
+    let host = reg.host();
+    let server = Server::start_with(|data| {
+        let cfg = serde_json::json!({"registries": {host.clone(): {"insecure": true}}});
+        std::fs::write(data.join("registries.json"), cfg.to_string()).expect("registries.json");
+    });
+    let reference = format!("{host}/e2e/app:v1");
+
+    // Not a terminal: plain progress lines on stderr, the id on stdout.
+    let out = server.cli(&["image", "pull", &reference]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let id = stdout(&out).trim().to_string();
+    assert!(id.starts_with("sha256:"), "{}", describe(&out));
+    let err = stderr(&out);
+    for want in ["2 layer(s)", ": downloaded", ": unpacked", "pulled "] {
+        assert!(err.contains(want), "no {want:?} in: {err}");
+    }
+    let ls = ok(server.cli(&["image", "ls"]));
+    assert!(ls.contains(&reference), "{ls}");
+    let inspect = ok(server.cli(&["image", "inspect", &reference]));
+    let v: serde_json::Value = serde_json::from_str(&inspect).expect("inspect JSON");
+    assert_eq!(v["id"], id.as_str());
+    assert_eq!(v["layers"].as_array().map(Vec::len), Some(2), "{v}");
+
+    // A sandbox from it.
+    let out = ok(server.cli(&["run", "--image", &reference, "--", "cat", "/etc/passwd"]));
+    assert!(out.contains("app:x:1000"), "{out}");
+
+    // A terminal: progress bars (bytes, rate, ETA) drawn on it.
+    let size = nix::pty::Winsize {
+        ws_row: 40,
+        ws_col: 160,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    let (status, tty_out) = under_pty(
+        &server,
+        &["image", "pull", &format!("{host}/e2e/app:v2")],
+        size,
+        b"",
+    );
+    assert!(status.success(), "{tty_out}");
+    assert!(
+        tty_out.contains("ETA") && tty_out.contains("pulled"),
+        "{tty_out:?}"
+    );
+
+    // A `docker save` archive, made by skopeo from the same layout.
+    let archive = work.path().join("saved.tar");
+    let made = Command::new("skopeo")
+        .args(["copy", "--quiet"])
+        .arg(format!("oci:{}:v1", layout.dir().display()))
+        .arg(format!("docker-archive:{}:saved/app:v1", archive.display()))
+        .output()
+        .expect("skopeo");
+    assert!(made.status.success(), "{}", describe(&made));
+    let imported = ok(server.cli(&[
+        "image",
+        "import",
+        archive.to_str().expect("utf-8 path"),
+        "--name",
+        "imported:v1",
+    ]));
+    assert!(imported.starts_with("sha256:"), "{imported}");
+    assert!(ok(server.cli(&["image", "ls"])).contains("imported:v1"));
+
+    // rm and gc; a bad reference is one clear error line.
+    ok(server.cli(&["image", "rm", "imported:v1"]));
+    assert!(!ok(server.cli(&["image", "ls"])).contains("imported:v1"));
+    let gc = ok(server.cli(&["image", "gc"]));
+    assert!(gc.starts_with("removed "), "{gc}");
+    let bad = server.cli(&["image", "pull", "Not A Ref"]);
+    one_line_error(&bad, "invalid");
+    finish(server);
 }
 
 #[test]
