@@ -249,6 +249,60 @@ pub enum StreamServerMsg {
         code: String,
         message: String,
     },
+    /// Attaching to a background exec: the buffered output follows as
+    /// binary frames; `skipped` older bytes no longer fit the buffer.
+    Attached {
+        exec_id: String,
+        pid: i32,
+        skipped: u64,
+    },
+    /// A slow attached client fell behind and missed this many output
+    /// frames (they remain in the buffer: `GET .../output` has them).
+    Lagged {
+        skipped: u64,
+    },
+}
+
+// ---------------------------------------------------------- background execs ---
+
+/// A background exec: started with `POST /v1/sandboxes/{id}/execs` (body:
+/// a [`StreamExecStart`]), it runs detached from any connection; its
+/// output is kept in a bounded buffer, and clients attach, detach and
+/// attach again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct BackgroundExec {
+    pub id: String,
+    pub sandbox_id: String,
+    /// Pid inside the sandbox.
+    pub pid: i32,
+    pub command: Vec<String>,
+    pub tty: bool,
+    /// `running` or `exited`.
+    pub state: String,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub timed_out: bool,
+    pub oom_killed: bool,
+    /// RFC 3339.
+    pub started_at: String,
+    pub ended_at: Option<String>,
+    /// Output bytes produced so far, and how many of them fell out of the
+    /// buffer.
+    pub output_bytes: u64,
+    pub output_dropped: u64,
+}
+
+/// `GET /v1/sandboxes/{id}/execs`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct BackgroundExecList {
+    pub execs: Vec<BackgroundExec>,
+}
+
+/// `POST /v1/sandboxes/{id}/execs/{exec_id}/signal`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SignalRequest {
+    pub signal: i32,
 }
 
 // ------------------------------------------------------------------ images ---

@@ -12,6 +12,7 @@
 
 mod auth;
 mod error;
+mod execs;
 mod images;
 mod logs;
 mod metrics;
@@ -74,6 +75,7 @@ pub struct AppState {
     pub default_image: Arc<str>,
     pub supervisor: supervisor::Supervisor,
     pub metrics: Arc<metrics::Metrics>,
+    pub execs: Arc<execs::Registry>,
 }
 
 /// Errors that stop the server from starting.
@@ -125,6 +127,26 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/sandboxes/{id}/exec", post(sandboxes::exec))
         .route("/v1/sandboxes/{id}/logs", get(logs::logs))
         .route("/v1/sandboxes/{id}/exec/stream", get(stream::exec_stream))
+        .route(
+            "/v1/sandboxes/{id}/execs",
+            post(execs::start).get(execs::list),
+        )
+        .route(
+            "/v1/sandboxes/{id}/execs/{exec_id}",
+            get(execs::get_one).delete(execs::remove),
+        )
+        .route(
+            "/v1/sandboxes/{id}/execs/{exec_id}/output",
+            get(execs::output),
+        )
+        .route(
+            "/v1/sandboxes/{id}/execs/{exec_id}/signal",
+            post(execs::signal),
+        )
+        .route(
+            "/v1/sandboxes/{id}/execs/{exec_id}/attach",
+            get(execs::attach),
+        )
         .route("/v1/images", get(images::list))
         .route("/v1/images/pull", post(images::pull))
         .route("/v1/images/import", post(images::import))
@@ -195,6 +217,7 @@ pub async fn open(cfg: &ServerConfig) -> Result<AppState, ServeError> {
         default_image: cfg.default_image.as_str().into(),
         supervisor,
         metrics: Arc::default(),
+        execs: Arc::default(),
     };
     state.supervisor.recover().await?;
     Ok(state)

@@ -96,7 +96,11 @@ pub fn to_api(r: &SandboxRecord) -> api::Sandbox {
     }
 }
 
-async fn load(state: &AppState, auth: &Auth, id: &str) -> Result<SandboxRecord, ApiError> {
+pub(crate) async fn load(
+    state: &AppState,
+    auth: &Auth,
+    id: &str,
+) -> Result<SandboxRecord, ApiError> {
     state
         .store
         .get_sandbox(&auth.0.workspace_id, id)

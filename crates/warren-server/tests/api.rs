@@ -1296,6 +1296,190 @@ async fn images_api(e: &Env, reference: &str) -> Result<()> {
     Ok(())
 }
 
+/// Background execs (issue #6): start, list, attach with replay, stdin,
+/// detach and attach again, buffered output, a flood that never blocks
+/// the process, signals, kill, and activity for the idle timeout.
+async fn background_execs() -> Result<()> {
+    let e = env().await?;
+    let r = background(&e).await;
+    e.teardown().await;
+    r
+}
+
+async fn background(e: &Env) -> Result<()> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
+    let id = e.create(json!({"idle_timeout_secs": 2})).await?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let app = warren_server::router(e.state.clone());
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let start = |cmd: &str| {
+        let id = id.clone();
+        let cmd = cmd.to_string();
+        async move {
+            let (s, v) = e
+                .admin(
+                    "POST",
+                    &format!("/v1/sandboxes/{id}/execs"),
+                    Some(json!({"command": ["sh", "-c", cmd]})),
+                )
+                .await?;
+            ensure!(
+                s == StatusCode::CREATED && v["state"] == "running",
+                "{s} {v}"
+            );
+            Ok::<_, anyhow::Error>(v["id"].as_str().context("exec id")?.to_string())
+        }
+    };
+    let get = |x: &str| {
+        let path = format!("/v1/sandboxes/{id}/execs/{x}");
+        async move { e.admin("GET", &path, None).await }
+    };
+    let attach = |x: &str| {
+        let url = format!("ws://{addr}/v1/sandboxes/{id}/execs/{x}/attach");
+        let token = e.token.clone();
+        async move {
+            let mut req = url.into_client_request()?;
+            req.headers_mut()
+                .insert("authorization", format!("Bearer {token}").parse()?);
+            let (ws, _) = tokio_tungstenite::connect_async(req).await?;
+            Ok::<_, anyhow::Error>(ws)
+        }
+    };
+    // Reads frames until `until` holds for the output so far or an exit.
+    async fn read_until(
+        ws: &mut Ws,
+        until: impl Fn(&str) -> bool,
+    ) -> Result<(String, Option<Value>)> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let mut out = String::new();
+        while let Ok(Some(m)) = tokio::time::timeout_at(deadline, ws.next()).await {
+            match m? {
+                Message::Binary(b) => out.push_str(&String::from_utf8_lossy(&b[1..])),
+                Message::Text(t) => {
+                    let v: Value = serde_json::from_str(&t)?;
+                    if v["type"] == "exit" {
+                        return Ok((out, Some(v)));
+                    }
+                }
+                Message::Close(_) => break,
+                _ => {}
+            }
+            if until(&out) {
+                return Ok((out, None));
+            }
+        }
+        Ok((out, None))
+    }
+
+    // Output before anyone attaches is replayed; stdin reaches the process.
+    let x = start("for i in 1 2 3; do echo line$i; done; read v; echo got:$v; exit 4").await?;
+    let (s, v) = e
+        .admin("GET", &format!("/v1/sandboxes/{id}/execs"), None)
+        .await?;
+    ensure!(
+        s == StatusCode::OK && v["execs"][0]["id"] == x.as_str(),
+        "{s} {v}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut ws = attach(&x).await?;
+    let (out, exit) = read_until(&mut ws, |o| o.contains("line3")).await?;
+    ensure!(
+        out.contains("line1\nline2\nline3\n") && exit.is_none(),
+        "{out:?}"
+    );
+    // Detach, attach again: the same output is replayed.
+    drop(ws);
+    let mut ws = attach(&x).await?;
+    let (out, _) = read_until(&mut ws, |o| o.contains("line3")).await?;
+    ensure!(out.starts_with("line1"), "{out:?}");
+    ws.send(Message::Binary(b"\0hi\n".to_vec().into())).await?;
+    let (out, exit) = read_until(&mut ws, |_| false).await?;
+    ensure!(out.contains("got:hi"), "{out:?}");
+    let exit = exit.context("no exit frame")?;
+    ensure!(exit["exit_code"] == 4, "{exit}");
+    let (_, v) = get(&x).await?;
+    ensure!(v["state"] == "exited" && v["exit_code"] == 4, "{v}");
+    let (s, _) = e
+        .call(
+            "GET",
+            &format!("/v1/sandboxes/{id}/execs/{x}/output"),
+            Some(&e.token),
+            None,
+        )
+        .await?;
+    ensure!(s == StatusCode::OK, "output {s}");
+
+    // A flood with nobody attached: drained into the bounded buffer, the
+    // process never blocks, the oldest output is dropped and counted.
+    let flood = start("head -c 5242880 /dev/zero; echo done").await?;
+    let ended = exec_ended(e, &id, &flood, Duration::from_secs(20)).await?;
+    ensure!(ended, "the flooding exec never ended (blocked on output?)");
+    let (_, v) = get(&flood).await?;
+    ensure!(
+        v["exit_code"] == 0
+            && v["output_bytes"] == 5 * 1024 * 1024 + 5
+            && v["output_dropped"].as_u64() >= Some(4 * 1024 * 1024),
+        "{v}"
+    );
+
+    // Signals and kill.
+    let sleeper = start("sleep 100").await?;
+    let (s, v) = e
+        .admin(
+            "POST",
+            &format!("/v1/sandboxes/{id}/execs/{sleeper}/signal"),
+            Some(json!({"signal": 15})),
+        )
+        .await?;
+    ensure!(s == StatusCode::ACCEPTED, "{s} {v}");
+    let ok = exec_ended(e, &id, &sleeper, Duration::from_secs(10)).await?;
+    ensure!(ok, "SIGTERM did not end the exec");
+    let (_, v) = get(&sleeper).await?;
+    ensure!(v["signal"] == 15, "{v}");
+    // A running background exec keeps the sandbox from idling out (2 s).
+    let long = start("sleep 4").await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (_, v) = e.admin("GET", &format!("/v1/sandboxes/{id}"), None).await?;
+    ensure!(
+        v["state"] == "running",
+        "idled out during a background exec: {v}"
+    );
+    let (s, _) = e
+        .admin("DELETE", &format!("/v1/sandboxes/{id}/execs/{long}"), None)
+        .await?;
+    ensure!(s == StatusCode::NO_CONTENT, "delete {s}");
+    let (s, v) = get(&long).await?;
+    ensure!(
+        s == StatusCode::NOT_FOUND && code(&v) == "not_found",
+        "{s} {v}"
+    );
+    let (s, v) = get("ex_nosuchexec").await?;
+    ensure!(s == StatusCode::NOT_FOUND, "{s} {v}");
+    server.abort();
+    Ok(())
+}
+
+/// Polls a background exec until it has ended (bounded).
+async fn exec_ended(e: &Env, sandbox: &str, exec: &str, limit: Duration) -> Result<bool> {
+    let deadline = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < deadline {
+        let (_, v) = e
+            .admin(
+                "GET",
+                &format!("/v1/sandboxes/{sandbox}/execs/{exec}"),
+                None,
+            )
+            .await?;
+        if v["state"] == "exited" {
+            return Ok(true);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(false)
+}
+
 async fn hundred_concurrent_creates() -> Result<()> {
     let e = std::sync::Arc::new(env().await?);
     let mut tasks = Vec::new();
@@ -1363,6 +1547,7 @@ fn main() {
         t!(floods_are_bounded),
         t!(cpu_hog_does_not_starve_execs),
         t!(images_from_a_registry),
+        t!(background_execs),
     ];
     libtest_mimic::run(&args, tests).exit()
 }
