@@ -133,8 +133,9 @@ pub fn run(args: &CreateArgs, data: &Path, shutdown: &Shutdown) -> Result<()> {
         args.runs, args.warmup
     );
     println!(
-        "rootfs: busybox-static dir shared by all peers; warren image: {}",
-        args.image.name()
+        "rootfs: busybox-static dir shared by all peers; warren image: {} ({} stacked layer(s))",
+        args.image.name(),
+        warren.as_ref().map_or(0, |w| w.layer_count())
     );
     print_versions(&crun, &runc, &bwrap);
 

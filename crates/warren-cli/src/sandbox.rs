@@ -34,6 +34,30 @@ pub enum SandboxCommand {
     /// Open an interactive login shell in a sandbox (bash if present, else
     /// sh) under a terminal.
     Shell { id: String },
+    /// List a sandbox's background execs (`exec --detach`).
+    Ps {
+        id: String,
+        /// Print them as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Attach to a background exec: its buffered output, then live output;
+    /// Ctrl-C three times detaches (the exec keeps running).
+    Attach {
+        id: String,
+        exec_id: String,
+        /// Forward our stdin to it.
+        #[arg(short, long)]
+        interactive: bool,
+    },
+    /// Signal a background exec (default SIGKILL, which also forgets it).
+    Kill {
+        id: String,
+        exec_id: String,
+        /// Signal number to send instead of killing (e.g. 15).
+        #[arg(long)]
+        signal: Option<i32>,
+    },
     /// Terminate a sandbox.
     Terminate { id: String },
     /// Print the main command's output (the newest 1 MiB is kept).
@@ -141,6 +165,10 @@ pub struct ExecArgs {
     /// Run as this user (name, uid, uid:gid); default: the sandbox's user.
     #[arg(long)]
     user: Option<String>,
+    /// Start it in the background and print its exec id (see `ps`,
+    /// `attach`, `kill`); its output is kept in a bounded buffer.
+    #[arg(short, long, conflicts_with = "interactive")]
+    detach: bool,
     /// Forward our stdin to the command (EOF closes its stdin).
     #[arg(short, long)]
     interactive: bool,
@@ -209,6 +237,62 @@ async fn dispatch(c: &Client, cmd: SandboxCommand) -> Result<i32> {
                 print_json(&sb)?;
             } else {
                 print_details(&sb)?;
+            }
+            Ok(0)
+        }
+        SandboxCommand::Exec(a) if a.detach => {
+            let start = StreamExecStart {
+                command: a.command,
+                env: parse_pairs("env", &a.env)?,
+                workdir: a.workdir,
+                timeout_secs: a.timeout,
+                tty: a.tty.then(crate::term::size),
+                user: a.user,
+            };
+            let bg = c.start_background_exec(&a.id, &start).await?;
+            outln!("{}", bg.id)?;
+            Ok(0)
+        }
+        SandboxCommand::Ps { id, json } => {
+            let execs = c.list_background_execs(&id).await?;
+            if json {
+                print_json(&execs)?;
+            } else {
+                outln!("{:<16}  {:>7}  {:<8}  {:>5}  {:>10}  COMMAND", "EXEC", "PID", "STATE", "CODE", "OUTPUT")?;
+                for e in execs {
+                    outln!(
+                        "{:<16}  {:>7}  {:<8}  {:>5}  {:>10}  {}",
+                        e.id,
+                        e.pid,
+                        e.state,
+                        e.exit_code.map(|c| c.to_string()).unwrap_or_default(),
+                        e.output_bytes,
+                        e.command.join(" ")
+                    )?;
+                }
+            }
+            Ok(0)
+        }
+        SandboxCommand::Attach {
+            id,
+            exec_id,
+            interactive,
+        } => {
+            let attach = Attach {
+                stdin: interactive,
+                tty: false,
+            };
+            let mut signals = Signals::install()?;
+            stream::attach_background(c, &id, &exec_id, attach, &mut signals).await
+        }
+        SandboxCommand::Kill {
+            id,
+            exec_id,
+            signal,
+        } => {
+            match signal {
+                Some(s) => c.signal_background_exec(&id, &exec_id, s).await?,
+                None => c.kill_background_exec(&id, &exec_id).await?,
             }
             Ok(0)
         }

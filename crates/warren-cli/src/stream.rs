@@ -113,6 +113,29 @@ pub async fn exec(
     } else {
         c.exec_stream_without_stdin(id, &start).await?
     };
+    drive(stream, attach, signals, timeout).await
+}
+
+/// Attaches to a background exec: its buffered output, then live output;
+/// our stdin (with `attach.stdin`) and signals go to it. Interrupting
+/// three times detaches; the exec keeps running.
+pub async fn attach_background(
+    c: &Client,
+    id: &str,
+    exec_id: &str,
+    attach: Attach,
+    signals: &mut Signals,
+) -> Result<i32> {
+    let stream = c.attach_exec(id, exec_id).await?;
+    drive(stream, attach, signals, None).await
+}
+
+async fn drive(
+    stream: warren_client::ExecStream,
+    attach: Attach,
+    signals: &mut Signals,
+    timeout: Option<u64>,
+) -> Result<i32> {
     // Raw mode only once the exec runs, so errors print normally, and only
     // when we forward a terminal's keystrokes.
     let raw = if attach.tty && attach.stdin && term::stdin_is_tty() {

@@ -386,6 +386,68 @@ fn images_through_the_cli() {
     finish(server);
 }
 
+/// Background execs through the binary: `exec --detach`, `ps`, `attach`
+/// (replay, then live; a dropped attach leaves the exec running), `kill`.
+#[test]
+fn background_execs_through_the_cli() {
+    if !warren_testkit::require_root("background_execs_through_the_cli") {
+        return;
+    }
+    let server = Server::start();
+    let id = ok(server.cli(&["sandbox", "create"]));
+    let x = ok(server.cli(&[
+        "sandbox",
+        "exec",
+        "--detach",
+        &id,
+        "--",
+        "sh",
+        "-c",
+        "echo hello; sleep 0.5; echo world; sleep 100",
+    ]));
+    assert!(x.starts_with("ex_"), "{x}");
+    let ps = ok(server.cli(&["sandbox", "ps", &id]));
+    assert!(ps.contains(&x) && ps.contains("running"), "{ps}");
+
+    // Attach: the buffered "hello", then the live "world".
+    let mut child = server
+        .command(&["sandbox", "attach", &id, &x])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("attach");
+    let lines = line_reader(child.stdout.take().expect("stdout"));
+    let mut seen = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::time::Instant::now() < deadline && !seen.iter().any(|l| l == "world") {
+        if let Ok(l) = lines.recv_timeout(Duration::from_millis(200)) {
+            seen.push(l);
+        }
+    }
+    assert_eq!(seen, ["hello", "world"]);
+    // The connection drops: the exec keeps running.
+    let _ = child.kill();
+    let _ = child.wait();
+    let ps = ok(server.cli(&["sandbox", "ps", &id, "--json"]));
+    let v: serde_json::Value = serde_json::from_str(&ps).expect("ps JSON");
+    assert_eq!(v[0]["state"], "running", "{v}");
+
+    // SIGTERM ends it; `ps` says how.
+    ok(server.cli(&["sandbox", "kill", &id, &x, "--signal", "15"]));
+    let ended = wait_until(Duration::from_secs(10), || {
+        let out = server.cli(&["sandbox", "ps", &id, "--json"]);
+        serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .is_ok_and(|v| v[0]["state"] == "exited" && v[0]["signal"] == 15)
+    });
+    assert!(ended, "{}", ok(server.cli(&["sandbox", "ps", &id])));
+    ok(server.cli(&["sandbox", "kill", &id, &x]));
+    assert_eq!(ok(server.cli(&["sandbox", "ps", &id, "--json"])), "[]");
+    let missing = server.cli(&["sandbox", "kill", &id, "ex_nosuchexec"]);
+    one_line_error(&missing, "not_found");
+    finish(server);
+}
+
 #[test]
 fn cli_against_a_real_server() {
     if !warren_testkit::require_root("cli_against_a_real_server") {

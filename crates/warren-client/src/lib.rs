@@ -16,6 +16,7 @@
 
 #![forbid(unsafe_code)]
 
+mod execs;
 mod images;
 pub mod stream;
 

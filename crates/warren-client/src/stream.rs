@@ -92,13 +92,32 @@ impl Client {
         self.open_exec_stream(id, start, false).await
     }
 
+    /// Attaches to background exec `exec_id` of sandbox `id`: its buffered
+    /// output arrives first, then live output; stdin, signals and resizes
+    /// reach the process. Dropping the stream detaches (the exec keeps
+    /// running).
+    pub async fn attach_exec(&self, id: &str, exec_id: &str) -> Result<ExecStream, ClientError> {
+        self.open_ws(&["v1", "sandboxes", id, "execs", exec_id, "attach"], None, true)
+            .await
+    }
+
     async fn open_exec_stream(
         &self,
         id: &str,
         start: &StreamExecStart,
         stdin: bool,
     ) -> Result<ExecStream, ClientError> {
-        let url = ws_url(self.endpoint(&["v1", "sandboxes", id, "exec", "stream"])?)?;
+        self.open_ws(&["v1", "sandboxes", id, "exec", "stream"], Some(start), stdin)
+            .await
+    }
+
+    async fn open_ws(
+        &self,
+        segments: &[&str],
+        start: Option<&StreamExecStart>,
+        stdin: bool,
+    ) -> Result<ExecStream, ClientError> {
+        let url = ws_url(self.endpoint(segments)?)?;
         let mut req = url
             .as_str()
             .into_client_request()
@@ -117,10 +136,12 @@ impl Client {
             Ok(r) => r.map_err(|e| self.ws_error(e))?,
             Err(_) => return Err(self.timeout_error("connecting")),
         };
-        let text = serde_json::to_string(start).map_err(ClientError::Encode)?;
-        ws.send(Message::Text(text.into()))
-            .await
-            .map_err(|e| self.ws_error(e))?;
+        if let Some(start) = start {
+            let text = serde_json::to_string(start).map_err(ClientError::Encode)?;
+            ws.send(Message::Text(text.into()))
+                .await
+                .map_err(|e| self.ws_error(e))?;
+        }
         if !stdin {
             let eof = serde_json::to_string(&StreamClientMsg::StdinEof {})
                 .map_err(ClientError::Encode)?;
@@ -406,7 +427,11 @@ fn decode(
             _ => Ok(Frame::Skip),
         },
         Some(Ok(Message::Text(t))) => match serde_json::from_str::<StreamServerMsg>(&t) {
-            Ok(StreamServerMsg::Started { pid }) => Ok(Frame::Started(pid)),
+            Ok(StreamServerMsg::Started { pid }) | Ok(StreamServerMsg::Attached { pid, .. }) => {
+                Ok(Frame::Started(pid))
+            }
+            // Missed live frames of an attach (still in the server's buffer).
+            Ok(StreamServerMsg::Lagged { .. }) => Ok(Frame::Skip),
             Ok(StreamServerMsg::Exit {
                 exit_code,
                 signal,
