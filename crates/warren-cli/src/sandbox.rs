@@ -258,7 +258,14 @@ async fn dispatch(c: &Client, cmd: SandboxCommand) -> Result<i32> {
             if json {
                 print_json(&execs)?;
             } else {
-                outln!("{:<16}  {:>7}  {:<8}  {:>5}  {:>10}  COMMAND", "EXEC", "PID", "STATE", "CODE", "OUTPUT")?;
+                outln!(
+                    "{:<16}  {:>7}  {:<8}  {:>5}  {:>10}  COMMAND",
+                    "EXEC",
+                    "PID",
+                    "STATE",
+                    "CODE",
+                    "OUTPUT"
+                )?;
                 for e in execs {
                     outln!(
                         "{:<16}  {:>7}  {:<8}  {:>5}  {:>10}  {}",

@@ -20,7 +20,10 @@ impl Client {
     }
 
     /// `GET /v1/sandboxes/{id}/execs`
-    pub async fn list_background_execs(&self, id: &str) -> Result<Vec<BackgroundExec>, ClientError> {
+    pub async fn list_background_execs(
+        &self,
+        id: &str,
+    ) -> Result<Vec<BackgroundExec>, ClientError> {
         let rb = self.request(Method::GET, &["v1", "sandboxes", id, "execs"])?;
         let list: BackgroundExecList = self.send(rb).await?;
         Ok(list.execs)

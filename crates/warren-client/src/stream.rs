@@ -97,8 +97,12 @@ impl Client {
     /// reach the process. Dropping the stream detaches (the exec keeps
     /// running).
     pub async fn attach_exec(&self, id: &str, exec_id: &str) -> Result<ExecStream, ClientError> {
-        self.open_ws(&["v1", "sandboxes", id, "execs", exec_id, "attach"], None, true)
-            .await
+        self.open_ws(
+            &["v1", "sandboxes", id, "execs", exec_id, "attach"],
+            None,
+            true,
+        )
+        .await
     }
 
     async fn open_exec_stream(
@@ -107,8 +111,12 @@ impl Client {
         start: &StreamExecStart,
         stdin: bool,
     ) -> Result<ExecStream, ClientError> {
-        self.open_ws(&["v1", "sandboxes", id, "exec", "stream"], Some(start), stdin)
-            .await
+        self.open_ws(
+            &["v1", "sandboxes", id, "exec", "stream"],
+            Some(start),
+            stdin,
+        )
+        .await
     }
 
     async fn open_ws(
