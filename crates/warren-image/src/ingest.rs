@@ -7,7 +7,7 @@
 //! them.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufReader, Read, Seek, Write};
+use std::io::{self, BufReader, BufWriter, Read, Seek, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -25,6 +25,13 @@ use crate::store::{
     BLOBS_DIR, LAYER_FS_DIR, LAYER_RECORD_FILE, TMP_DIR,
 };
 use crate::unpack::{unpack, UnpackOptions, Whiteouts};
+
+/// Write buffer of a blob download: network chunks are small, this makes
+/// them few large writes.
+const BLOB_WRITE_BUF_BYTES: usize = 256 << 10;
+
+/// Read buffer between a blob stream and its decompressor.
+pub(crate) const STREAM_READ_BUF_BYTES: usize = 256 << 10;
 
 /// Prefix of resumable partial downloads in `tmp/`.
 pub(crate) const PARTIAL_PREFIX: &str = "partial-";
@@ -59,8 +66,9 @@ pub enum LayerOutcome {
 /// resumes (its existing bytes are re-hashed first).
 #[derive(Debug)]
 pub struct BlobDownload {
-    file: File,
+    file: BufWriter<File>,
     path: PathBuf,
+    media_type: String,
     target: PathBuf,
     blobs_dir: PathBuf,
     digest: String,
@@ -84,8 +92,9 @@ impl BlobDownload {
     /// Discards what was written (the server ignored a Range request).
     pub fn restart(&mut self) -> Result<(), ImageError> {
         self.file
-            .set_len(0)
-            .and_then(|()| self.file.rewind())
+            .flush()
+            .and_then(|()| self.file.get_ref().set_len(0))
+            .and_then(|()| self.file.get_mut().rewind())
             .map_err(|e| write_err(&self.path, e))?;
         self.written = 0;
         self.hasher = Sha256::new();
@@ -114,28 +123,78 @@ impl BlobDownload {
 
     /// Verifies size and digest, syncs, and moves the blob into `blobs/`.
     /// On a mismatch the partial file is deleted and nothing is stored.
-    pub fn finish(self) -> Result<(), ImageError> {
-        let actual = hex::encode(self.hasher.finalize());
-        if self.written != self.size {
-            let _ = fs::remove_file(&self.path);
-            return Err(ImageError::SizeMismatch {
-                digest: self.digest,
+    pub fn finish(mut self) -> Result<(), ImageError> {
+        self.verify()?;
+        self.sync_and_place()
+    }
+
+    /// Writes out buffered bytes (they stay for a resume).
+    pub(crate) fn flush_partial(&mut self) -> Result<(), ImageError> {
+        self.file.flush().map_err(|e| write_err(&self.path, e))
+    }
+
+    pub(crate) fn media_type(&self) -> &str {
+        &self.media_type
+    }
+
+    pub(crate) fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    /// The partial file.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Syncs the verified partial file and renames it into `blobs/`.
+    pub(crate) fn sync_and_place(&self) -> Result<(), ImageError> {
+        self.file
+            .get_ref()
+            .sync_all()
+            .map_err(|e| write_err(&self.path, e))?;
+        self.place()
+    }
+
+    /// Checks size and digest (deleting the partial file on a mismatch)
+    /// and writes out the buffered tail (not synced).
+    pub(crate) fn verify(&mut self) -> Result<(), ImageError> {
+        let actual = hex::encode(self.hasher.clone().finalize());
+        let mismatch = if self.written != self.size {
+            Some(ImageError::SizeMismatch {
+                digest: self.digest.clone(),
                 expected: self.size,
                 actual: self.written,
-            });
-        }
-        if actual != self.hex {
-            let _ = fs::remove_file(&self.path);
-            return Err(ImageError::DigestMismatch {
+            })
+        } else if actual != self.hex {
+            Some(ImageError::DigestMismatch {
                 what: "blob".to_owned(),
-                expected: self.digest,
+                expected: self.digest.clone(),
                 actual: format!("{SHA256_PREFIX}{actual}"),
-            });
+            })
+        } else {
+            None
+        };
+        if let Some(e) = mismatch {
+            self.discard();
+            return Err(e);
         }
-        self.file.sync_all().map_err(|e| write_err(&self.path, e))?;
+        self.flush_partial()
+    }
+
+    /// Deletes the partial file (it can never become this blob).
+    pub(crate) fn discard(&self) {
+        let _ = fs::remove_file(&self.path);
+    }
+
+    /// Renames the verified, durable partial file into `blobs/` (unless
+    /// the blob is there already) and syncs that directory.
+    pub(crate) fn place(&self) -> Result<(), ImageError> {
+        if self.target.exists() {
+            self.discard();
+            return Ok(());
+        }
         fs::rename(&self.path, &self.target).map_err(|e| write_err(&self.target, e))?;
-        crate::fsutil::fsync_dir(&self.blobs_dir).map_err(|e| write_err(&self.blobs_dir, e))?;
-        Ok(())
+        crate::fsutil::fsync_dir(&self.blobs_dir).map_err(|e| write_err(&self.blobs_dir, e))
     }
 }
 
@@ -196,8 +255,9 @@ impl ImageStore {
             tracing::debug!(digest = %desc.digest, offset = written, "resuming partial download");
         }
         Ok(BlobDownload {
-            file,
+            file: BufWriter::with_capacity(BLOB_WRITE_BUF_BYTES, file),
             path,
+            media_type: desc.media_type.clone(),
             target: self.blob_path(&hex),
             blobs_dir: self.root.join(BLOBS_DIR),
             digest: desc.digest.clone(),
@@ -324,6 +384,7 @@ impl ImageStore {
             whiteouts: Whiteouts::Apply,
             lowers: Vec::new(),
             max_file_bytes: self.limits.max_file_bytes,
+            lowers_ready: None,
         };
         let mut total = 0u64;
         for diff_id in layers {

@@ -92,6 +92,7 @@ pub mod oci;
 mod pack;
 mod reference;
 mod store;
+mod stream;
 mod unpack;
 
 #[cfg(test)]
@@ -106,4 +107,5 @@ pub use manage::{GcReport, ImageInspect, LayerInspect};
 pub use name::{ImageName, DEFAULT_TAG, HOST_IMAGE_NAME, MAX_NAME_LEN};
 pub use reference::{Reference, Target, DEFAULT_REGISTRY};
 pub use store::{ImageStore, StoreLimits, MAX_STACKED_LAYERS, MIN_ID_PREFIX_LEN};
+pub use stream::StreamedLayer;
 pub use unpack::{OPAQUE_MARKER, OVERLAY_OPAQUE_XATTR, WHITEOUT_PREFIX};

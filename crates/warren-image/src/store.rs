@@ -472,6 +472,7 @@ impl ImageStore {
                 .map(|hex| self.layer_dir(hex).join(LAYER_FS_DIR))
                 .collect(),
             max_file_bytes: self.limits.max_file_bytes,
+            lowers_ready: None,
         };
         let stats = unpack(&mut reader, &fs_dir, &options).map_err(too_large)?;
         let (diff_hex, tar_size) = reader
@@ -536,10 +537,15 @@ impl ImageStore {
     /// Syncs a staged layer directory and renames it to `layers/<hex>`
     /// (a concurrent identical unpack that got there first wins).
     pub(crate) fn publish_layer(&self, staging: &Path, diff_hex: &str) -> Result<(), ImageError> {
-        let layer_dir = self.layer_dir(diff_hex);
         // Everything unpacked must be durable before the layer appears.
-        let staging_dir = open_file(staging)?;
-        nix::unistd::syncfs(&staging_dir).map_err(|e| write_err(staging, e.into()))?;
+        sync_fs_of(staging)?;
+        self.rename_layer(staging, diff_hex)
+    }
+
+    /// Renames a staged layer directory, already durable (see
+    /// [`sync_fs_of`]), to `layers/<hex>`.
+    pub(crate) fn rename_layer(&self, staging: &Path, diff_hex: &str) -> Result<(), ImageError> {
+        let layer_dir = self.layer_dir(diff_hex);
         match fs::rename(staging, &layer_dir) {
             Ok(()) => {
                 let layers_dir = self.root.join(LAYERS_DIR);
@@ -977,6 +983,14 @@ fn spool(mut reader: impl Read, path: PathBuf) -> Result<SpooledBlob, ImageError
         compression,
         media_type: compression.media_type().to_owned(),
     })
+}
+
+/// Makes everything written so far to the filesystem holding `path`
+/// durable (`syncfs`: one call for a whole unpacked tree and its blob,
+/// instead of an `fsync` per file).
+pub(crate) fn sync_fs_of(path: &Path) -> Result<(), ImageError> {
+    let file = open_file(path)?;
+    nix::unistd::syncfs(&file).map_err(|e| write_err(path, e.into()))
 }
 
 /// A decompressing reader for a layer stream.

@@ -108,6 +108,11 @@ pub struct UnpackOptions {
     pub lowers: Vec<std::path::PathBuf>,
     /// Largest regular file accepted, in bytes (header size claim).
     pub max_file_bytes: u64,
+    /// Whether `lowers` are complete yet. A layer unpacked while the
+    /// layers below it are still arriving asks before its first read of a
+    /// lower tree; `false` ends the unpack with [`LowersNotReady`] (the
+    /// caller unpacks the layer again once they are). `None`: always.
+    pub lowers_ready: Option<LowersReady>,
 }
 
 impl Default for UnpackOptions {
@@ -117,9 +122,38 @@ impl Default for UnpackOptions {
             whiteouts: Whiteouts::Overlay,
             lowers: Vec::new(),
             max_file_bytes: u64::MAX,
+            lowers_ready: None,
         }
     }
 }
+
+/// See [`UnpackOptions::lowers_ready`].
+#[derive(Clone)]
+pub struct LowersReady(pub std::sync::Arc<dyn Fn() -> bool + Send + Sync>);
+
+impl std::fmt::Debug for LowersReady {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LowersReady(..)")
+    }
+}
+
+/// The error inside [`ImageError::UnpackLayer`] when a hard link needs a
+/// lower layer that [`UnpackOptions::lowers_ready`] says is not there yet.
+#[derive(Debug, thiserror::Error)]
+#[error("the layers below are not unpacked yet")]
+pub struct LowersNotReady;
+
+impl LowersNotReady {
+    /// Whether `e` is this condition.
+    pub fn is(e: &ImageError) -> bool {
+        matches!(e, ImageError::UnpackLayer { source, .. }
+            if source.get_ref().is_some_and(|inner| inner.is::<LowersNotReady>()))
+    }
+}
+
+/// Size of the buffer regular files are copied through: large enough that
+/// a typical file is one `write`, small enough to stay in cache.
+const COPY_BUF_BYTES: usize = 1 << 20;
 
 /// What an unpack did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -150,6 +184,7 @@ pub fn unpack(
         dirs: BTreeMap::new(),
         touched: HashSet::new(),
         stats: UnpackStats::default(),
+        buf: Vec::new(),
     };
     let mut archive = tar::Archive::new(reader);
     let read_err = |source| ImageError::ReadArchive { source };
@@ -231,6 +266,8 @@ struct Unpacker<'a> {
     /// Paths this layer wrote (for opaque dirs in [`Whiteouts::Apply`]).
     touched: HashSet<Vec<OsString>>,
     stats: UnpackStats,
+    /// Reused for copying file contents (see [`COPY_BUF_BYTES`]).
+    buf: Vec<u8>,
 }
 
 impl Unpacker<'_> {
@@ -297,7 +334,7 @@ impl Unpacker<'_> {
                 )
                 .map_err(io::Error::from))?;
                 let mut file = File::from(fd);
-                ctx.io(io::copy(&mut entry, &mut file))?;
+                ctx.io(copy_buffered(&mut entry, &mut file, &mut self.buf))?;
                 self.apply_fd_meta(&ctx, &file, &meta, true)
             }
             EntryType::Symlink => {
@@ -496,6 +533,11 @@ impl Unpacker<'_> {
     ) -> Result<(), ImageError> {
         let not_found =
             || ctx.unsafe_entry("hard link target is in neither this layer nor a lower one");
+        if let Some(ready) = &self.options.lowers_ready {
+            if !(ready.0)() {
+                return ctx.io(Err(io::Error::other(LowersNotReady)));
+            }
+        }
         for lower in self.options.lowers.clone() {
             let mut dir = ctx.nix(nix::fcntl::open(&lower, DIR_NOFOLLOW, Mode::empty()))?;
             let mut hidden = false;
@@ -789,6 +831,35 @@ impl Ctx<'_> {
 
     fn nix<T>(&self, result: nix::Result<T>) -> Result<T, ImageError> {
         self.io(result.map_err(io::Error::from))
+    }
+}
+
+/// Copies `reader` to `file` through `buf` (grown to [`COPY_BUF_BYTES`]
+/// once): one `write` per filled buffer instead of `io::copy`'s 8 KiB.
+fn copy_buffered(reader: &mut impl Read, file: &mut File, buf: &mut Vec<u8>) -> io::Result<u64> {
+    if buf.len() < COPY_BUF_BYTES {
+        buf.resize(COPY_BUF_BYTES, 0);
+    }
+    let mut total = 0u64;
+    loop {
+        // Fill the buffer (decompressors return a little at a time).
+        let mut filled = 0;
+        while filled < buf.len() {
+            match reader.read(&mut buf[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if filled == 0 {
+            return Ok(total);
+        }
+        io::Write::write_all(file, &buf[..filled])?;
+        total += filled as u64;
+        if filled < buf.len() {
+            return Ok(total);
+        }
     }
 }
 

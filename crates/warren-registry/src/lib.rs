@@ -10,9 +10,10 @@
 //!
 //! - Nothing unverified is ever visible in the store: a blob is streamed
 //!   into `tmp/partial-<hex>`, hashed as written, and renamed into
-//!   `blobs/` only when size and digest match; a layer is renamed into
-//!   `layers/` only when its uncompressed tar hashes to the config's diff
-//!   id; the image record and name appear last.
+//!   `blobs/` only when size and digest match; a layer, unpacked from the
+//!   same stream as it arrives, is renamed into `layers/` only when the
+//!   blob and its uncompressed tar (the config's diff id) are verified and
+//!   durable; the image record and name appear last.
 //! - Plain HTTP is used only for registries marked `insecure` in the
 //!   [`RegistryConfig`]; a token realm on plain HTTP is refused otherwise.
 //! - Credentials are never logged ([`Credentials`]' `Debug` redacts them;
@@ -28,6 +29,7 @@
 
 #![forbid(unsafe_code)]
 
+mod body;
 mod client;
 mod config;
 mod error;

@@ -2,6 +2,7 @@
 //! coalescing, resumable downloads and progress events.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -13,14 +14,15 @@ use warren_image::oci::{
     check_layer_count, host_platform, parse_manifest, sha256_hex, verify_bytes, ConfigFile,
     Descriptor, Manifest, ManifestKind, MANIFEST_ACCEPT,
 };
-use warren_image::{Image, ImageError, ImageStore, Reference, Target};
+use warren_image::{Image, ImageError, ImageStore, Reference, StreamedLayer, Target};
 
+use crate::body::{ChannelBody, Chunk};
 use crate::client::{http_client, RepoClient};
 use crate::config::{Credentials, RegistryConfig};
 use crate::error::PullError;
 
 /// Blobs downloaded at the same time by one pull.
-pub const CONCURRENT_DOWNLOADS: usize = 4;
+pub const CONCURRENT_DOWNLOADS: usize = 8;
 
 /// Minimum interval between two [`PullEvent::LayerProgress`] events of one
 /// layer (the last one, at 100%, is always sent).
@@ -266,30 +268,45 @@ impl Puller {
                 .collect(),
         });
 
-        // Downloads run concurrently; unpacking goes in layer order (a
-        // layer's hard links may point into the ones below) as soon as
-        // each blob is there.
+        // Each layer is downloaded and unpacked in one pass, several at a
+        // time. A layer with a hard link into a layer below that is not
+        // complete yet comes back as a stored blob, unpacked here in layer
+        // order once the layers below are in; `layer_unpacked` events go
+        // in layer order.
         let n = manifest.layers.len();
         let (senders, receivers): (Vec<_>, Vec<_>) = (0..n)
-            .map(|_| oneshot::channel::<Result<(), PullError>>())
+            .map(|_| oneshot::channel::<Result<Fetched, PullError>>())
             .unzip();
         let layers = manifest.layers.clone();
         let diff_ids = config.rootfs.diff_ids.clone();
+        let ready: Arc<Vec<AtomicBool>> =
+            Arc::new((0..n).map(|_| AtomicBool::new(false)).collect());
         let downloads = async {
-            stream::iter(layers.iter().zip(&diff_ids).zip(senders))
-                .for_each_concurrent(CONCURRENT_DOWNLOADS, |((desc, diff_id), tx)| {
+            stream::iter(layers.iter().zip(&diff_ids).zip(senders).enumerate())
+                .for_each_concurrent(CONCURRENT_DOWNLOADS, |(i, ((desc, diff_id), tx))| {
                     let client = &client;
                     let display = &display;
                     let store = &store;
+                    let lowers = &diff_ids[..i];
+                    let ready = &ready;
                     async move {
                         let result = if store.has_layer(diff_id) {
                             progress(PullEvent::LayerAlreadyPresent {
                                 digest: desc.digest.clone(),
                             });
-                            Ok(())
+                            Ok(Fetched::Layer)
                         } else {
-                            self.ensure_blob(client, desc, display, progress).await
+                            let layer = LayerJob {
+                                desc,
+                                diff_id,
+                                lowers,
+                                lowers_ready: lowers_ready(ready, i),
+                            };
+                            self.ensure_layer(client, &layer, display, progress).await
                         };
+                        if matches!(result, Ok(Fetched::Layer)) {
+                            ready[i].store(true, Ordering::Release);
+                        }
                         let _ = tx.send(result);
                     }
                 })
@@ -297,25 +314,28 @@ impl Puller {
             Ok::<(), PullError>(())
         };
         let unpacks = async {
-            let mut lowers: Vec<String> = Vec::new();
-            for ((desc, diff_id), rx) in layers.iter().zip(&diff_ids).zip(receivers) {
-                rx.await.map_err(|_| PullError::InvalidResponse {
+            for (i, ((desc, diff_id), rx)) in
+                layers.iter().zip(&diff_ids).zip(receivers).enumerate()
+            {
+                let fetched = rx.await.map_err(|_| PullError::InvalidResponse {
                     registry: r.registry.clone(),
                     reason: "download task ended without a result".into(),
                 })??;
-                let outcome = {
-                    let store = store.clone();
-                    let desc = desc.clone();
-                    let diff_id = diff_id.clone();
-                    let below = lowers.clone();
-                    blocking(move || store.unpack_layer(&desc, &diff_id, &below)).await?
-                };
-                tracing::debug!(digest = %desc.digest, ?outcome, "layer ready");
+                if fetched == Fetched::Blob {
+                    let outcome = {
+                        let store = store.clone();
+                        let desc = desc.clone();
+                        let diff_id = diff_id.clone();
+                        let below = diff_ids[..i].to_vec();
+                        blocking(move || store.unpack_layer(&desc, &diff_id, &below)).await?
+                    };
+                    tracing::debug!(digest = %desc.digest, ?outcome, "layer unpacked from its blob");
+                    ready[i].store(true, Ordering::Release);
+                }
                 progress(PullEvent::LayerUnpacked {
                     digest: desc.digest.clone(),
                     diff_id: diff_id.clone(),
                 });
-                lowers.push(diff_id.clone());
             }
             Ok::<(), PullError>(())
         };
@@ -341,24 +361,32 @@ impl Puller {
         Ok(image)
     }
 
-    /// Makes sure the blob `desc` is in the store, downloading it at most
-    /// once per process (in-flight map) and per store (blob file lock).
-    async fn ensure_blob(
+    /// Makes sure the layer of `job` is in the store, downloading its
+    /// blob at most once per process (in-flight map) and per store (blob
+    /// file lock), and unpacking it as it arrives.
+    async fn ensure_layer(
         &self,
         client: &RepoClient,
-        desc: &Descriptor,
+        job: &LayerJob<'_>,
         display: &str,
         progress: &(dyn Fn(PullEvent) + Send + Sync),
-    ) -> Result<(), PullError> {
+    ) -> Result<Fetched, PullError> {
         let store = &self.inner.store;
+        let desc = job.desc;
         let present = || {
+            store
+                .has_layer(job.diff_id)
+                .then_some(Fetched::Layer)
+                .or_else(|| store.has_blob(&desc.digest).then_some(Fetched::Blob))
+        };
+        let already = |fetched| {
             progress(PullEvent::LayerAlreadyPresent {
                 digest: desc.digest.clone(),
-            })
+            });
+            Ok(fetched)
         };
-        if store.has_blob(&desc.digest) {
-            present();
-            return Ok(());
+        if let Some(fetched) = present() {
+            return already(fetched);
         }
         let gate = self
             .inner
@@ -370,20 +398,18 @@ impl Puller {
             .clone();
         let result = async {
             let _in_process = gate.lock().await;
-            if store.has_blob(&desc.digest) {
-                present();
-                return Ok(());
+            if let Some(fetched) = present() {
+                return already(fetched);
             }
             let _cross_process = {
                 let store = store.clone();
                 let digest = desc.digest.clone();
                 blocking(move || store.lock_blob(&digest)).await?
             };
-            if store.has_blob(&desc.digest) {
-                present();
-                return Ok(());
+            if let Some(fetched) = present() {
+                return already(fetched);
             }
-            self.download(client, desc, display, progress).await
+            self.stream_layer(client, job, display, progress).await
         }
         .await;
         let mut inflight = self
@@ -397,56 +423,119 @@ impl Puller {
         result
     }
 
-    /// Downloads one blob into its partial file (resuming with `Range`
-    /// when a previous attempt left bytes), verifying as it goes.
-    async fn download(
+    /// Downloads one layer blob into its partial file (resuming with
+    /// `Range` when a previous attempt left bytes) and hands the bytes as
+    /// they arrive to a blocking thread that hashes, stores and unpacks
+    /// them ([`ImageStore::ingest_layer_stream`]).
+    async fn stream_layer(
         &self,
         client: &RepoClient,
-        desc: &Descriptor,
+        job: &LayerJob<'_>,
         display: &str,
         progress: &(dyn Fn(PullEvent) + Send + Sync),
-    ) -> Result<(), PullError> {
+    ) -> Result<Fetched, PullError> {
+        let desc = job.desc;
         let store = self.inner.store.clone();
         let mut download = {
+            let store = store.clone();
             let desc = desc.clone();
             blocking(move || store.begin_blob(&desc)).await?
         };
         let offset = download.offset();
         let mut response = client.blob(&desc.digest, offset, display).await?;
+        let mut received = offset;
         if offset > 0 {
             if response.status() == reqwest::StatusCode::PARTIAL_CONTENT {
                 tracing::info!(digest = %desc.digest, offset, "resuming download");
             } else {
                 download.restart()?;
+                received = 0;
             }
         }
-        let mut last = Instant::now();
-        let connect_err = |source| PullError::Connect {
-            registry: client.registry().to_owned(),
-            source,
+        let (tx, mut body) = ChannelBody::channel();
+        let ingest = tokio::task::spawn_blocking({
+            let diff_id = job.diff_id.to_owned();
+            let lowers = job.lowers.to_vec();
+            let lowers_ready = job.lowers_ready.clone();
+            move || store.ingest_layer_stream(download, &mut body, &diff_id, &lowers, lowers_ready)
+        });
+        let layer_progress = |downloaded| PullEvent::LayerProgress {
+            digest: desc.digest.clone(),
+            downloaded,
+            total: desc.size,
         };
-        while let Some(chunk) = response.chunk().await.map_err(connect_err)? {
-            download.write(&chunk)?;
-            if last.elapsed() >= PROGRESS_INTERVAL {
-                last = Instant::now();
-                progress(layer_progress(desc, &download));
+        let mut last = Instant::now();
+        let mut broke = None;
+        loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) => {
+                    received += chunk.len() as u64;
+                    if tx.send(Chunk::Data(chunk)).await.is_err() {
+                        break; // the ingest ended early; its result says why
+                    }
+                    if last.elapsed() >= PROGRESS_INTERVAL {
+                        last = Instant::now();
+                        progress(layer_progress(received));
+                    }
+                }
+                Ok(None) => {
+                    let _ = tx.send(Chunk::End).await;
+                    break;
+                }
+                Err(source) => {
+                    broke = Some(source);
+                    break;
+                }
             }
         }
-        progress(layer_progress(desc, &download));
-        blocking(move || download.finish()).await?;
+        drop(tx);
+        let outcome = ingest.await.map_err(PullError::Task)?;
+        if let Some(source) = broke {
+            return Err(PullError::Connect {
+                registry: client.registry().to_owned(),
+                source,
+            });
+        }
+        let outcome = outcome?;
+        if outcome == StreamedLayer::AlreadyPresent {
+            progress(PullEvent::LayerAlreadyPresent {
+                digest: desc.digest.clone(),
+            });
+            return Ok(Fetched::Layer);
+        }
+        progress(layer_progress(received));
         progress(PullEvent::LayerVerified {
             digest: desc.digest.clone(),
         });
-        Ok(())
+        Ok(match outcome {
+            StreamedLayer::BlobStored => Fetched::Blob,
+            _ => Fetched::Layer,
+        })
     }
 }
 
-fn layer_progress(desc: &Descriptor, download: &warren_image::BlobDownload) -> PullEvent {
-    PullEvent::LayerProgress {
-        digest: desc.digest.clone(),
-        downloaded: download.offset(),
-        total: download.size(),
-    }
+/// One layer of a pull.
+struct LayerJob<'a> {
+    desc: &'a Descriptor,
+    diff_id: &'a str,
+    /// Diff ids of the layers below, lowest first.
+    lowers: &'a [String],
+    lowers_ready: Arc<dyn Fn() -> bool + Send + Sync>,
+}
+
+/// Where a layer's download task left it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fetched {
+    /// The layer is unpacked (now, or it already was).
+    Layer,
+    /// Its blob is stored; it still needs unpacking, in layer order.
+    Blob,
+}
+
+/// Whether layers `0..i` are all unpacked.
+fn lowers_ready(ready: &Arc<Vec<AtomicBool>>, i: usize) -> Arc<dyn Fn() -> bool + Send + Sync> {
+    let ready = ready.clone();
+    Arc::new(move || ready[..i].iter().all(|r| r.load(Ordering::Acquire)))
 }
 
 /// Runs store work on tokio's blocking pool.

@@ -913,5 +913,8 @@ fn killed_pull_leaves_nothing_and_the_next_pull_works() {
         .log()
         .lines()
         .any(|l| l.contains("\"GET ") && l.contains(" 206 "));
-    assert!(resumed, "the partial download was resumed with a Range request");
+    assert!(
+        resumed,
+        "the partial download was resumed with a Range request"
+    );
 }
