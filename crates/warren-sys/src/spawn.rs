@@ -24,7 +24,9 @@
 //! 6. `prctl(PR_SET_NO_NEW_PRIVS)` and `seccomp(SECCOMP_SET_MODE_FILTER)`
 //!    with a program prepared by the caller, when asked (last, so that the
 //!    filter never has to allow the steps above);
-//! 7. `execve`.
+//! 7. `execve`, or `execveat(fd, "", argv, envp, AT_EMPTY_PATH)` when the
+//!    caller gives an executable descriptor ([`SpawnSpec::exec_fd`]), which
+//!    runs a file without any path lookup in the child's mount namespace.
 //!
 //! A failing step is reported exactly: the child stores the step and errno in
 //! a word shared with the parent (the memory is shared, and the parent only
@@ -60,8 +62,13 @@ pub struct Credentials<'a> {
 /// [`spawn`] only.
 #[derive(Debug, Clone, Copy)]
 pub struct SpawnSpec<'a> {
-    /// Path passed to `execve` (absolute, or relative to `cwd`).
+    /// Path passed to `execve` (absolute, or relative to `cwd`). Ignored
+    /// when `exec_fd` is set.
     pub program: &'a CStr,
+    /// Run the file this descriptor refers to (`execveat` with
+    /// `AT_EMPTY_PATH`) instead of looking `program` up. The descriptor may
+    /// be close-on-exec (the kernel opens the file before closing it).
+    pub exec_fd: Option<BorrowedFd<'a>>,
     pub argv: &'a [CString],
     /// The complete environment.
     pub envp: &'a [CString],
@@ -245,6 +252,8 @@ pub fn resolve_program(
 /// it, except for the two atomics it sets when a step fails.
 struct ChildArgs {
     program: *const libc::c_char,
+    /// Descriptor to `execveat`, or -1 to `execve` `program`.
+    exec_fd: RawFd,
     argv: *const *const libc::c_char,
     envp: *const *const libc::c_char,
     /// (source, target) for 0, 1, 2; `source == target` only clears CLOEXEC.
@@ -493,10 +502,27 @@ fn child_steps(a: &ChildArgs) -> (SpawnStep, libc::c_int) {
         }
     }
 
-    // SAFETY: `program` is NUL-terminated; `argv` and `envp` are
-    // NULL-terminated arrays of NUL-terminated strings, all owned by the
-    // parent.
-    let rc = unsafe { libc::syscall(libc::SYS_execve, a.program, a.argv, a.envp) };
+    let rc = if a.exec_fd >= 0 {
+        // SAFETY: the empty path is a static NUL-terminated string; `argv`
+        // and `envp` are NULL-terminated arrays of NUL-terminated strings
+        // owned by the parent; `exec_fd` is a descriptor the parent keeps
+        // open for the duration of the spawn.
+        unsafe {
+            libc::syscall(
+                libc::SYS_execveat,
+                a.exec_fd as libc::c_long,
+                c"".as_ptr(),
+                a.argv,
+                a.envp,
+                libc::AT_EMPTY_PATH as libc::c_long,
+            )
+        }
+    } else {
+        // SAFETY: `program` is NUL-terminated; `argv` and `envp` are
+        // NULL-terminated arrays of NUL-terminated strings, all owned by
+        // the parent.
+        unsafe { libc::syscall(libc::SYS_execve, a.program, a.argv, a.envp) }
+    };
     match check(rc) {
         Err(e) => (SpawnStep::Exec, e),
         // execve does not return on success.
@@ -553,6 +579,7 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<libc::pid_t, SpawnError> {
     let fprog = spec.seccomp.map(SeccompProgram::fprog);
     let args = ChildArgs {
         program: spec.program.as_ptr(),
+        exec_fd: spec.exec_fd.map_or(-1, |fd| fd.as_raw_fd()),
         argv: argv.as_ptr(),
         envp: envp.as_ptr(),
         stdio,
@@ -895,6 +922,7 @@ mod tests {
         ];
         let spec = SpawnSpec {
             program: &cat,
+            exec_fd: None,
             argv: &argv,
             envp: &env,
             stdio: [null.as_fd(), null.as_fd(), null.as_fd()],
@@ -1034,5 +1062,22 @@ mod tests {
         assert_eq!(status_field(&out, "NoNewPrivs"), "1");
         let own = fs::read_to_string("/proc/self/status").unwrap();
         assert_eq!(status_field(&own, "Seccomp"), "0");
+
+        // 6. Exec by descriptor: `program` is not looked up at all.
+        let echo_fd = fs::File::open("/bin/echo").unwrap();
+        let (r, w) = std::io::pipe().unwrap();
+        let argv = [c("echo"), c("by-fd")];
+        let nowhere = c("/nonexistent/program");
+        let pid = spawn(&SpawnSpec {
+            program: &nowhere,
+            exec_fd: Some(echo_fd.as_fd()),
+            argv: &argv,
+            stdio: [null.as_fd(), w.as_fd(), null.as_fd()],
+            ..spec
+        })
+        .unwrap();
+        drop(w);
+        assert_eq!(read_all(r), "by-fd\n");
+        assert_eq!(wait_code(pid), 0);
     }
 }
