@@ -103,6 +103,14 @@ pub struct ProcessSpec {
     /// Killed (whole process group) after this long; reported as timed out.
     #[serde(default)]
     pub timeout_ms: Option<u64>,
+    /// Run init's own executable (its sealed memfd) as the file agent
+    /// instead of looking `argv[0]` up: `argv[0]` must be
+    /// [`crate::agent::AGENT_ARGV0`]; everything else (user, env, cwd,
+    /// stdio, seccomp, `no_new_privs`) is as for any exec. Added after
+    /// version 1 shipped: it defaults to false, and an init that predates
+    /// it refuses it as an unknown field.
+    #[serde(default)]
+    pub agent: bool,
 }
 
 /// One bind mount of a host path into the sandbox's root.
@@ -288,6 +296,7 @@ mod tests {
                 tty: Some(TtySize { rows: 24, cols: 80 }),
                 stdio: StdioFds::default(),
                 timeout_ms: Some(5),
+                agent: false,
             },
         };
         let b = encode(&r).unwrap();

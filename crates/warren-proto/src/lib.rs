@@ -1,5 +1,6 @@
 //! warren-proto: the wire types Warren components exchange. No I/O here.
 //!
+//! - [`agent`]: the node ↔ in-sandbox file agent protocol (framed pipes).
 //! - [`init`]: the node ↔ sandbox-init protocol (versioned, Unix sockets).
 //! - [`log`]: the ring-file format of a main command's output.
 //! - [`api`]: the public HTTP API's request and response bodies (`/v1`),
@@ -9,6 +10,7 @@
 //! Invariants: every request type refuses unknown fields; every error the
 //! API returns has a stable `code` listed in [`api::ErrorCode`].
 
+pub mod agent;
 pub mod api;
 pub mod init;
 pub mod log;
