@@ -25,9 +25,16 @@
 //! When the main command exits, init records its status in the result file
 //! and exits, which makes the kernel kill everything left in the sandbox.
 //!
+//! The same executable is also the sandbox's **file agent** (see
+//! `agent/`): init starts it like any exec, as the requesting user, but
+//! with `execveat` of init's own sealed executable, and it serves file
+//! operations over its stdin/stdout inside the sandbox. [`run_if_init`]
+//! dispatches both modes.
+//!
 //! Must not: trust anything from inside the sandbox, block on one client, or
 //! keep descriptors that sandbox processes could inherit (all are CLOEXEC).
 
+mod agent;
 mod logring;
 pub mod seccomp;
 mod server;
@@ -43,9 +50,19 @@ use warren_proto::{INIT_ARGV0, INIT_ENV_MARKER};
 ///
 /// Call it as the first statement of `main` in every binary that starts
 /// sandboxes (the node re-executes that same binary as init).
+///
+/// It also runs the file agent (and exits) when this process was started as
+/// one (argv[0] [`warren_proto::agent::AGENT_ARGV0`] and the agent's
+/// environment marker), so every binary that can be init can be the agent.
 pub fn run_if_init() {
     let mut args = std::env::args_os();
-    if args.next().as_deref() != Some(OsStr::new(INIT_ARGV0)) {
+    let argv0 = args.next();
+    if argv0.as_deref() == Some(OsStr::new(warren_proto::agent::AGENT_ARGV0))
+        && std::env::var_os(warren_proto::agent::AGENT_ENV_MARKER).is_some()
+    {
+        std::process::exit(agent::main());
+    }
+    if argv0.as_deref() != Some(OsStr::new(INIT_ARGV0)) {
         return;
     }
     if std::env::var_os(INIT_ENV_MARKER).is_none() {

@@ -74,6 +74,25 @@ pub fn open_dev_null() -> Result<BorrowedFd<'static>, SpawnError> {
     Ok(DEV_NULL.get_or_init(|| OwnedFd::from(f)).as_fd())
 }
 
+/// Init's own executable (the sealed memfd the node exec'd), opened at
+/// startup (see [`open_self_exe`]) to start the file agent from.
+static SELF_EXE: OnceLock<OwnedFd> = OnceLock::new();
+
+/// Opens init's own executable, close-on-exec, for later agent spawns. Call
+/// first thing, before the root filesystem changes.
+pub fn open_self_exe() -> Result<(), SpawnError> {
+    if SELF_EXE.get().is_some() {
+        return Ok(());
+    }
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open("/proc/self/exe")
+        .map_err(|e| SpawnError::from_errno("exec_failed", io_errno(&e), "open /proc/self/exe"))?;
+    let _ = SELF_EXE.set(OwnedFd::from(f));
+    Ok(())
+}
+
 /// Starts `spec` with the given stdio descriptors (in stdin, stdout, stderr
 /// order as flagged in `spec.stdio`; absent ones get `/dev/null`).
 pub fn spawn(spec: &ProcessSpec, fds: Vec<OwnedFd>) -> Result<Started, SpawnError> {
@@ -93,17 +112,40 @@ pub fn spawn(spec: &ProcessSpec, fds: Vec<OwnedFd>) -> Result<Started, SpawnErro
     let cwd = CString::new(spec.cwd.as_str())
         .map_err(|_| SpawnError::bad_request("workdir must not contain NUL bytes"))?;
 
-    let exe = match warren_sys::spawn::resolve_program(
-        &argv[0],
-        warren_sys::spawn::env_path(&envp),
-        Path::new(&spec.cwd),
-    ) {
-        Ok(exe) => exe,
-        Err(e) => {
-            // A bad workdir is reported first, as when it is checked first.
-            return Err(workdir_problem(&spec.cwd)
-                .unwrap_or_else(|| SpawnError::from_errno(exec_code(e), e, program)));
+    let exec_fd = if spec.agent {
+        if program != warren_proto::agent::AGENT_ARGV0 {
+            return Err(SpawnError::bad_request(
+                "an agent's argv[0] must be the agent marker",
+            ));
         }
+        match SELF_EXE.get() {
+            Some(fd) => Some(fd.as_fd()),
+            None => {
+                return Err(SpawnError {
+                    code: "exec_failed",
+                    errno: None,
+                    message: "init's own executable is not open".into(),
+                })
+            }
+        }
+    } else {
+        None
+    };
+    let exe = match exec_fd {
+        // Not looked up: the agent is exec'd from init's descriptor.
+        Some(_) => argv[0].clone(),
+        None => match warren_sys::spawn::resolve_program(
+            &argv[0],
+            warren_sys::spawn::env_path(&envp),
+            Path::new(&spec.cwd),
+        ) {
+            Ok(exe) => exe,
+            Err(e) => {
+                // A bad workdir is reported first, as when it is checked first.
+                return Err(workdir_problem(&spec.cwd)
+                    .unwrap_or_else(|| SpawnError::from_errno(exec_code(e), e, program)));
+            }
+        },
     };
 
     let mut pty_master = None;
@@ -143,6 +185,7 @@ pub fn spawn(spec: &ProcessSpec, fds: Vec<OwnedFd>) -> Result<Started, SpawnErro
     }
     let spawn_spec = SpawnSpec {
         program: &exe,
+        exec_fd,
         argv: &argv,
         envp: &envp,
         stdio,

@@ -120,6 +120,25 @@ pub trait Runtime: Send + Sync {
     /// Starts a command in a running sandbox.
     fn exec(&self, id: &SandboxId, spec: &ExecSpec, io: ExecIo) -> Result<Exec, RuntimeError>;
 
+    /// Starts the file agent (`warren-init`'s own executable in agent mode,
+    /// see `warren_proto::agent`) in a running sandbox: like [`Self::exec`]
+    /// (user, env, workdir, stdio, seccomp, `no_new_privs`), but the program
+    /// is init's sealed executable, never a path looked up inside the
+    /// sandbox. `spec.argv[0]` must be `warren_proto::agent::AGENT_ARGV0`;
+    /// the rest are the agent's arguments.
+    fn exec_agent(
+        &self,
+        id: &SandboxId,
+        spec: &ExecSpec,
+        io: ExecIo,
+    ) -> Result<Exec, RuntimeError> {
+        let _ = (id, spec, io);
+        Err(RuntimeError::InvalidSpec {
+            field: "agent",
+            reason: "this backend has no file agent".into(),
+        })
+    }
+
     /// Sends `signal` to the sandbox's main command.
     fn signal(&self, id: &SandboxId, signal: i32) -> Result<(), RuntimeError>;
 

@@ -223,6 +223,7 @@ pub(crate) fn start_exec(
     cgroup: Arc<Cgroup>,
     spec: &ExecSpec,
     io: ExecIo,
+    agent: bool,
 ) -> Result<Exec, RuntimeError> {
     let oom_before = cgroup.oom_kills().unwrap_or(0);
     let mut stdio = StdioFds::default();
@@ -273,6 +274,7 @@ pub(crate) fn start_exec(
         timeout_ms: spec
             .timeout
             .map(|t| t.as_millis().min(u64::MAX as u128) as u64),
+        agent,
     };
     let sock = connect_init(dir)?;
     let borrowed: Vec<BorrowedFd<'_>> = send_fds.iter().map(|f| f.as_fd()).collect();

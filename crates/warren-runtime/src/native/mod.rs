@@ -283,6 +283,7 @@ impl NativeRuntime {
                     stderr: io.stderr.is_some(),
                 },
                 timeout_ms: None,
+                agent: false,
             }),
         };
         let boot = Bootstrap {
@@ -576,6 +577,28 @@ fn classify(
     }
 }
 
+impl NativeRuntime {
+    /// Starts an exec, or (`agent`) the file agent from init's own
+    /// executable.
+    fn start(
+        &self,
+        id: &SandboxId,
+        spec: &ExecSpec,
+        io: ExecIo,
+        agent: bool,
+    ) -> Result<Exec, RuntimeError> {
+        let sb = self.get(id)?;
+        validate_process(&spec.argv, &spec.env, &spec.workdir)?;
+        if sb.exit.lock().expect("exit lock poisoned").is_some() {
+            return Err(RuntimeError::NotRunning { id: id.to_string() });
+        }
+        control::start_exec(&sb.dir, sb.cgroup.clone(), spec, io, agent).map_err(|e| match e {
+            RuntimeError::InitGone => RuntimeError::NotRunning { id: id.to_string() },
+            e => e,
+        })
+    }
+}
+
 impl Runtime for NativeRuntime {
     fn create(&self, spec: &SandboxSpec, io: MainIo) -> Result<SandboxInfo, RuntimeError> {
         let _span = info_span!("create", sandbox_id = %spec.id).entered();
@@ -667,15 +690,16 @@ impl Runtime for NativeRuntime {
     }
 
     fn exec(&self, id: &SandboxId, spec: &ExecSpec, io: ExecIo) -> Result<Exec, RuntimeError> {
-        let sb = self.get(id)?;
-        validate_process(&spec.argv, &spec.env, &spec.workdir)?;
-        if sb.exit.lock().expect("exit lock poisoned").is_some() {
-            return Err(RuntimeError::NotRunning { id: id.to_string() });
-        }
-        control::start_exec(&sb.dir, sb.cgroup.clone(), spec, io).map_err(|e| match e {
-            RuntimeError::InitGone => RuntimeError::NotRunning { id: id.to_string() },
-            e => e,
-        })
+        self.start(id, spec, io, false)
+    }
+
+    fn exec_agent(
+        &self,
+        id: &SandboxId,
+        spec: &ExecSpec,
+        io: ExecIo,
+    ) -> Result<Exec, RuntimeError> {
+        self.start(id, spec, io, true)
     }
 
     fn signal(&self, id: &SandboxId, signal: i32) -> Result<(), RuntimeError> {
