@@ -8,6 +8,7 @@
 //! server's); outlive a `destroy` with any resource.
 
 mod exec;
+pub mod fs;
 pub mod user;
 
 use std::os::fd::OwnedFd;
@@ -47,6 +48,15 @@ pub enum NodeError {
     Join(#[from] tokio::task::JoinError),
     #[error("i/o on the sandbox's streams")]
     Io(#[from] std::io::Error),
+    /// A file operation failed inside the sandbox (see [`fs`]).
+    #[error("{code}: {message}")]
+    Fs {
+        code: fs::FsErrorCode,
+        message: String,
+    },
+    /// The sandbox's file agent misbehaved or died.
+    #[error("file agent: {reason}")]
+    FsAgent { reason: String },
 }
 
 impl NodeError {
@@ -58,6 +68,8 @@ impl NodeError {
             NodeError::User { .. } => "invalid_user",
             NodeError::Runtime(e) => e.code(),
             NodeError::Join(_) | NodeError::Io(_) => "internal",
+            NodeError::Fs { code, .. } => code.as_str(),
+            NodeError::FsAgent { .. } => "fs_agent_failed",
         }
     }
 }
@@ -100,6 +112,8 @@ pub struct Node {
     /// add to it and image removal and GC read it under the same lock, so
     /// an image cannot disappear between its resolution and its use.
     in_use: Arc<std::sync::Mutex<std::collections::HashMap<SandboxId, String>>>,
+    /// Per-sandbox pools of file agents (see [`fs`]).
+    fs: Arc<fs::FsPools>,
 }
 
 impl Node {
@@ -128,6 +142,7 @@ impl Node {
             image_cache: Arc::default(),
             puller,
             in_use: Arc::default(),
+            fs: Arc::default(),
         })
     }
 
@@ -447,6 +462,7 @@ impl Node {
         let id2 = id.clone();
         tokio::task::spawn_blocking(move || rt.destroy(&id2)).await??;
         self.in_use.lock().expect("in-use lock poisoned").remove(id);
+        self.fs.forget(id);
         Ok(())
     }
 
