@@ -30,11 +30,13 @@ packages=(
     skopeo         # pushes test images to it; the peer of bench/run pull
     apache2-utils  # htpasswd (bcrypt) for the registry auth tests
     zstd           # zstd-compressed test layers
+    tmux           # drives `warren sandbox shell` in a real terminal in the e2e tests
+    vim-tiny       # a full-screen editor the terminal test runs inside a sandbox
 )
 
 # Commands that must work afterwards; checked so a broken install fails here
 # rather than as a confusing test failure later.
-commands=(crun runc bwrap busybox ip nft ps fuser unshare nsenter losetup mkfs.ext4 python3 git docker-registry skopeo htpasswd zstd)
+commands=(crun runc bwrap busybox ip nft ps fuser unshare nsenter losetup mkfs.ext4 python3 git docker-registry skopeo htpasswd zstd tmux vim.tiny)
 
 [[ $(id -u) -eq 0 ]] || die "must run as root (try: sudo $0)"
 command -v apt-get >/dev/null || die "apt-get not found: this script supports Debian only"

@@ -36,6 +36,13 @@ impl Server {
             .tempdir_in("/var/tmp")
             .expect("create the data dir");
         std::fs::create_dir_all(dir.path().join("data")).expect("create the data dir");
+        // Tests never reach the internet: short image names resolve to a
+        // loopback port where nothing listens, unless `prepare` says else.
+        std::fs::write(
+            dir.path().join("data/registries.json"),
+            r#"{"default_registry": "127.0.0.1:9", "registries": {"127.0.0.1:9": {"insecure": true}}}"#,
+        )
+        .expect("write registries.json");
         prepare(&dir.path().join("data"));
         let port = {
             let l = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
@@ -313,7 +320,10 @@ fn images_through_the_cli() {
     reg.push(layout.dir(), "v1", "e2e/app:v2").expect("push");
     let host = reg.host();
     let server = Server::start_with(|data| {
-        let cfg = serde_json::json!({"registries": {host.clone(): {"insecure": true}}});
+        let cfg = serde_json::json!({
+            "default_registry": "127.0.0.1:9",
+            "registries": {host.clone(): {"insecure": true}, "127.0.0.1:9": {"insecure": true}}
+        });
         std::fs::write(data.join("registries.json"), cfg.to_string()).expect("registries.json");
     });
     let reference = format!("{host}/e2e/app:v1");
@@ -446,6 +456,182 @@ fn background_execs_through_the_cli() {
     let missing = server.cli(&["sandbox", "kill", &id, "ex_nosuchexec"]);
     one_line_error(&missing, "not_found");
     finish(server);
+}
+
+/// A private tmux server for one test, killed on drop.
+struct Tmux {
+    socket: String,
+}
+
+impl Tmux {
+    fn new(tag: &str) -> Tmux {
+        Tmux {
+            socket: format!("warren-e2e-{}-{tag}", std::process::id()),
+        }
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new("tmux")
+            .args(["-L", &self.socket, "-f", "/dev/null"])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run tmux")
+    }
+
+    fn screen(&self) -> String {
+        stdout(&self.run(&["capture-pane", "-p", "-t", "t"]))
+    }
+
+    fn keys(&self, keys: &[&str]) {
+        let mut args = vec!["send-keys", "-t", "t"];
+        args.extend_from_slice(keys);
+        let out = self.run(&args);
+        assert!(out.status.success(), "{}", describe(&out));
+    }
+
+    /// Waits until the screen shows `text`.
+    fn wait_for(&self, text: &str) -> String {
+        let mut screen = String::new();
+        let found = wait_until(Duration::from_secs(20), || {
+            screen = self.screen();
+            screen.contains(text)
+        });
+        assert!(found, "{text:?} never appeared on the screen:\n{screen}");
+        screen
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self.run(&["kill-server"]);
+    }
+}
+
+/// `warren sandbox shell` in a real terminal (tmux): a shell prompt, resize
+/// forwarded, job control and Ctrl-C, a Python REPL, `top`, `vim`, and the
+/// local terminal restored on exit and on a dropped connection.
+#[test]
+fn shell_under_tmux() {
+    if !warren_testkit::require_root("shell_under_tmux")
+        || !warren_testkit::require(
+            "shell_under_tmux",
+            which("tmux") && which("vim.tiny"),
+            "needs tmux and vim-tiny (scripts/install-deps.sh)",
+        )
+    {
+        return;
+    }
+    let mut server = Server::start();
+    let id = ok(server.cli(&["sandbox", "create", "--timeout", "600"]));
+    let marks = tempfile::tempdir().expect("tempdir");
+    let m = marks.path().display().to_string();
+    let tmux = Tmux::new("a");
+    let script = format!(
+        "stty -g > {m}/before; WARREN_URL={url} WARREN_TOKEN={token} {BIN} sandbox shell {id}; \
+         echo exited:$?; stty -g > {m}/after; sleep 600",
+        url = server.url,
+        token = server.token,
+    );
+    let out = tmux.run(&[
+        "new-session",
+        "-d",
+        "-s",
+        "t",
+        "-x",
+        "120",
+        "-y",
+        "40",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let _ = tmux.run(&["set-option", "-g", "status", "off"]);
+    tmux.keys(&["PS1='wsh$ '", "Enter"]);
+    tmux.wait_for("wsh$");
+    tmux.keys(&["echo $((6*7))", "Enter"]);
+    tmux.wait_for("42");
+    // The terminal's size, then a resize forwarded (SIGWINCH).
+    tmux.keys(&["clear; stty size", "Enter"]);
+    tmux.wait_for("40 120");
+    let _ = tmux.run(&["resize-window", "-t", "t", "-x", "100", "-y", "30"]);
+    tmux.keys(&["clear; stty size", "Enter"]);
+    tmux.wait_for("30 100");
+    // Job control: a background job, and Ctrl-C reaching the foreground.
+    tmux.keys(&["clear; sleep 300 & jobs", "Enter"]);
+    tmux.wait_for("Running");
+    tmux.keys(&["sleep 300", "Enter"]);
+    std::thread::sleep(Duration::from_millis(300));
+    tmux.keys(&["C-c"]);
+    tmux.keys(&["echo after-int-$?", "Enter"]);
+    tmux.wait_for("after-int-130");
+    // A Python REPL.
+    tmux.keys(&["clear; python3 -q", "Enter"]);
+    tmux.wait_for(">>>");
+    tmux.keys(&["print(6*7+1)", "Enter"]);
+    tmux.wait_for("43");
+    tmux.keys(&["C-d"]);
+    // top draws its screen and quits on q.
+    tmux.keys(&["clear; top -d 1", "Enter"]);
+    tmux.wait_for("load average");
+    tmux.keys(&["q"]);
+    // vim edits a file.
+    tmux.keys(&["clear; vim.tiny -N -u NONE /tmp/v.txt", "Enter"]);
+    tmux.wait_for("v.txt");
+    tmux.keys(&["i", "hello from vim"]);
+    tmux.wait_for("hello from vim");
+    // A pause after Escape, or vim reads Escape + ':' as one Alt key.
+    tmux.keys(&["Escape"]);
+    std::thread::sleep(Duration::from_millis(500));
+    tmux.keys(&[":wq", "Enter"]);
+    tmux.wait_for("wsh$");
+    tmux.keys(&["clear; cat /tmp/v.txt", "Enter"]);
+    tmux.wait_for("hello from vim");
+    // Exit: the local terminal is as before.
+    tmux.keys(&["exit", "Enter"]);
+    tmux.wait_for("exited:0");
+    let before = std::fs::read_to_string(marks.path().join("before")).expect("before");
+    let after = std::fs::read_to_string(marks.path().join("after")).expect("after");
+    assert_eq!(before, after, "the terminal was not restored after exit");
+
+    // A dropped connection (the server is killed): the CLI ends and still
+    // restores the terminal.
+    drop(tmux);
+    let tmux = Tmux::new("b");
+    let out = tmux.run(&[
+        "new-session",
+        "-d",
+        "-s",
+        "t",
+        "-x",
+        "120",
+        "-y",
+        "40",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    assert!(out.status.success(), "{}", describe(&out));
+    tmux.keys(&["PS1='wsh$ '", "Enter"]);
+    tmux.wait_for("wsh$");
+    let _ = std::fs::remove_file(marks.path().join("after"));
+    server.kill9_and_restart();
+    tmux.wait_for("exited:");
+    let after = std::fs::read_to_string(marks.path().join("after")).expect("after");
+    assert_eq!(
+        before, after,
+        "the terminal was not restored after a dropped connection"
+    );
+    drop(tmux);
+    finish(server);
+}
+
+fn which(cmd: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {cmd}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
 }
 
 #[test]

@@ -3,7 +3,11 @@
 //! a full pipe).
 
 use std::io::{Read, Write};
+use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use std::time::Duration;
 
 use warren_runtime::{ExecExit, ExecIo, ExecSpec, NativeRuntime, Runtime, SandboxId, User};
@@ -54,28 +58,37 @@ pub(crate) async fn buffered(
                 stdin: req.stdin.is_some(),
             },
         )?;
+        // The exec ends with its main process: a background process it
+        // started may keep the pipes open, so the readers and the writer
+        // stop once the exit is in and the pipes have nothing more for now.
+        let exited = Arc::new(AtomicBool::new(false));
         let stdin = e.stdin.take();
         let input = req.stdin;
+        let ex = exited.clone();
         let writer = std::thread::spawn(move || {
-            if let (Some(mut w), Some(data)) = (stdin, input) {
+            if let (Some(w), Some(data)) = (stdin, input) {
                 // A process that exits without reading its input is fine.
-                let _ = w.write_all(&data);
+                let _ = write_until_exit(w, &data, &ex);
             }
         });
         let err = e.stderr.take();
-        let err_reader = std::thread::spawn(move || err.map(read_bounded).transpose());
-        let (stdout, stdout_truncated) = e
-            .stdout
-            .take()
-            .map(read_bounded)
-            .transpose()?
+        let ex = exited.clone();
+        let err_reader = std::thread::spawn(move || err.map(|f| read_bounded(f, &ex)).transpose());
+        let out = e.stdout.take();
+        let ex = exited.clone();
+        let out_reader = std::thread::spawn(move || out.map(|f| read_bounded(f, &ex)).transpose());
+        let exit = e.wait();
+        exited.store(true, Ordering::SeqCst);
+        let (stdout, stdout_truncated) = out_reader
+            .join()
+            .map_err(|_| std::io::Error::other("stdout reader panicked"))??
             .unwrap_or_default();
         let (stderr, stderr_truncated) = err_reader
             .join()
             .map_err(|_| std::io::Error::other("stderr reader panicked"))??
             .unwrap_or_default();
         let _ = writer.join();
-        let exit = e.wait()?;
+        let exit = exit?;
         Ok(ExecOutput {
             exit,
             stdout,
@@ -87,11 +100,35 @@ pub(crate) async fn buffered(
     .await?
 }
 
-fn read_bounded(mut r: std::fs::File) -> std::io::Result<(Vec<u8>, bool)> {
+/// How often the pipe threads look at whether the process has exited.
+const EXIT_POLL_MS: u16 = 50;
+
+/// Waits up to [`EXIT_POLL_MS`] for `fd` to be ready for `flags`.
+fn ready(fd: &std::fs::File, flags: PollFlags) -> std::io::Result<bool> {
+    let mut fds = [PollFd::new(fd.as_fd(), flags)];
+    match poll(&mut fds, PollTimeout::from(EXIT_POLL_MS)) {
+        Ok(n) => Ok(n > 0),
+        Err(nix::errno::Errno::EINTR) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Reads until EOF, or until the process has exited and nothing more is
+/// waiting; keeps the first [`MAX_BUFFERED_OUTPUT`] bytes.
+fn read_bounded(mut r: std::fs::File, exited: &AtomicBool) -> std::io::Result<(Vec<u8>, bool)> {
     let mut kept = Vec::new();
     let mut truncated = false;
     let mut buf = vec![0u8; 64 * 1024];
     loop {
+        // Check the flag before polling: data written before the exit is
+        // in the pipe by then, and a poll that finds none means it is all read.
+        let done = exited.load(Ordering::SeqCst);
+        if !ready(&r, PollFlags::POLLIN)? {
+            if done {
+                break;
+            }
+            continue;
+        }
         let n = match r.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => n,
@@ -105,4 +142,27 @@ fn read_bounded(mut r: std::fs::File) -> std::io::Result<(Vec<u8>, bool)> {
         kept.extend_from_slice(&buf[..n.min(room)]);
     }
     Ok((kept, truncated))
+}
+
+/// Writes `data` in chunks the pipe has room for, giving up once the
+/// process has exited.
+fn write_until_exit(mut w: std::fs::File, data: &[u8], exited: &AtomicBool) -> std::io::Result<()> {
+    // PIPE_BUF: a pipe that polls writable takes this much without blocking.
+    const CHUNK: usize = 4096;
+    let mut off = 0;
+    while off < data.len() {
+        if exited.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        if !ready(&w, PollFlags::POLLOUT)? {
+            continue;
+        }
+        let end = (off + CHUNK).min(data.len());
+        match w.write(&data[off..end]) {
+            Ok(n) => off += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }

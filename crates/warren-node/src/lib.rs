@@ -500,6 +500,21 @@ pub fn watch_readable(fd: OwnedFd) -> std::io::Result<tokio::io::unix::AsyncFd<O
     warren_sys::asyncfd::register(fd, tokio::io::Interest::READABLE)
 }
 
+/// A terminal master as an async reader and writer. The master is put in
+/// non-blocking mode first (tokio only reads after readiness, but a drain
+/// after the process exits reads it directly, and a background process
+/// can keep the terminal open, so a blocking read would never return).
+pub fn pty_halves(
+    pty: &std::fs::File,
+) -> std::io::Result<(tokio::net::unix::pipe::Receiver, tokio::net::unix::pipe::Sender)> {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    let flags = OFlag::from_bits_truncate(fcntl(pty, FcntlArg::F_GETFL)?);
+    fcntl(pty, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
+    let r = tokio::net::unix::pipe::Receiver::from_file_unchecked(pty.try_clone()?)?;
+    let w = tokio::net::unix::pipe::Sender::from_file_unchecked(pty.try_clone()?)?;
+    Ok((r, w))
+}
+
 /// The root filesystem the runtime needs for an image: its layers and host
 /// binds (the one place an image becomes a `RootfsSpec`).
 pub fn rootfs_of(img: &warren_image::Image) -> RootfsSpec {

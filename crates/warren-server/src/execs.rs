@@ -294,17 +294,10 @@ pub async fn start(
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let io_err = |e: std::io::Error| ApiError::internal("background exec streams", &e);
     let (out, err, stdin) = match exec.pty.as_ref() {
-        Some(pty) => (
-            Some(
-                pipe::Receiver::from_file_unchecked(pty.try_clone().map_err(io_err)?)
-                    .map_err(io_err)?,
-            ),
-            None,
-            Some(
-                pipe::Sender::from_file_unchecked(pty.try_clone().map_err(io_err)?)
-                    .map_err(io_err)?,
-            ),
-        ),
+        Some(pty) => {
+            let (r, w) = warren_node::pty_halves(pty).map_err(io_err)?;
+            (Some(r), None, Some(w))
+        }
         None => (
             exec.stdout
                 .take()
@@ -383,7 +376,9 @@ async fn pump(
                 Some(Ok(n)) if n > 0 => bg.record(STREAM_STDERR, Bytes::copy_from_slice(&buf_err[..n])),
                 _ => err = None,
             },
-            r = control.readable(), if out.is_none() && err.is_none() => {
+            // The exec ends with its main process, even if a background
+            // process it started still holds the pipes.
+            r = control.readable() => {
                 let Ok(mut guard) = r else {
                     bg.finish(lost());
                     return;
@@ -392,6 +387,8 @@ async fn pump(
                 let waited = bg.handle.lock().expect("exec handle lock poisoned").wait_timeout(Duration::ZERO);
                 match waited {
                     Ok(Some(exit)) => {
+                        drain(bg, &mut out, STREAM_STDOUT, &mut buf_out);
+                        drain(bg, &mut err, STREAM_STDERR, &mut buf_err);
                         bg.finish(exit_info(&exit));
                         return;
                     }
@@ -405,6 +402,24 @@ async fn pump(
             }
         }
     }
+}
+
+/// Records what `r` holds right now (what the process wrote before it
+/// exited), without waiting for more.
+fn drain(bg: &BgExec, r: &mut Option<pipe::Receiver>, stream: u8, buf: &mut [u8]) {
+    if let Some(rx) = r.as_ref() {
+        let mut taken = 0;
+        while taken < BUFFER_BYTES * 16 {
+            match nix::unistd::read(std::os::fd::AsFd::as_fd(rx), buf) {
+                Ok(n) if n > 0 => {
+                    bg.record(stream, Bytes::copy_from_slice(&buf[..n]));
+                    taken += n;
+                }
+                _ => break,
+            }
+        }
+    }
+    *r = None;
 }
 
 /// What an exec whose exit could not be read reports: killed (the sandbox

@@ -155,13 +155,8 @@ async fn session(
     // A terminal's master stays in `exec` (for resize); we use duplicates.
     let (mut out, mut err, mut stdin) = match exec.pty.as_ref() {
         Some(pty) => {
-            let r = pty.try_clone().map_err(io_err)?;
-            let w = pty.try_clone().map_err(io_err)?;
-            (
-                Some(pipe::Receiver::from_file_unchecked(r).map_err(io_err)?),
-                None,
-                Some(pipe::Sender::from_file_unchecked(w).map_err(io_err)?),
-            )
+            let (r, w) = warren_node::pty_halves(pty).map_err(io_err)?;
+            (Some(r), None, Some(w))
         }
         None => (
             exec.stdout
@@ -260,10 +255,18 @@ async fn session(
                 }
                 Some(Ok(_)) => {}
             },
-            r = control.readable(), if out.is_none() && err.is_none() => {
+            // The exit can come while output is still open: a background
+            // process the command started may hold the pipes or the
+            // terminal. The exec ends with its main process.
+            r = control.readable() => {
                 let mut guard = r.map_err(io_err)?;
                 guard.clear_ready();
                 if let Some(exit) = exec.wait_timeout(Duration::ZERO)? {
+                    // What the process wrote before exiting is in the pipes.
+                    if client_open {
+                        drain(ws, &mut out, STREAM_STDOUT, &mut buf_out).await?;
+                        drain(ws, &mut err, STREAM_STDERR, &mut buf_err).await?;
+                    }
                     let (exit_code, signal) = match exit.status {
                         ExitStatus::Code(c) => (c, None),
                         ExitStatus::Signal(s) => (128 + s, Some(s)),
@@ -284,6 +287,35 @@ async fn session(
             }
         }
     }
+}
+
+/// Most output forwarded after the process exited (a background process
+/// may still be writing).
+const DRAIN_LIMIT: usize = 16 << 20;
+
+/// Sends what `r` holds right now, without waiting for more.
+async fn drain(
+    ws: &mut WebSocket,
+    r: &mut Option<pipe::Receiver>,
+    stream: u8,
+    buf: &mut [u8],
+) -> Result<(), ApiError> {
+    let Some(rx) = r.as_mut() else { return Ok(()) };
+    let mut sent = 0;
+    while sent < DRAIN_LIMIT {
+        // A direct read of the non-blocking descriptor: tokio's try_read
+        // would answer WouldBlock until its reactor has seen readiness.
+        match nix::unistd::read(std::os::fd::AsFd::as_fd(rx), buf) {
+            Ok(n) if n > 0 => {
+                send_data(ws, stream, &buf[..n]).await?;
+                sent += n;
+            }
+            // EOF, nothing buffered (WouldBlock), or EIO from a terminal.
+            _ => break,
+        }
+    }
+    *r = None;
+    Ok(())
 }
 
 /// Writes what it can of the first queued stdin frame (cancel-safe: one
