@@ -506,7 +506,10 @@ pub fn watch_readable(fd: OwnedFd) -> std::io::Result<tokio::io::unix::AsyncFd<O
 /// can keep the terminal open, so a blocking read would never return).
 pub fn pty_halves(
     pty: &std::fs::File,
-) -> std::io::Result<(tokio::net::unix::pipe::Receiver, tokio::net::unix::pipe::Sender)> {
+) -> std::io::Result<(
+    tokio::net::unix::pipe::Receiver,
+    tokio::net::unix::pipe::Sender,
+)> {
     use nix::fcntl::{fcntl, FcntlArg, OFlag};
     let flags = OFlag::from_bits_truncate(fcntl(pty, FcntlArg::F_GETFL)?);
     fcntl(pty, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;

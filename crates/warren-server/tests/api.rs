@@ -235,7 +235,10 @@ async fn validation_errors() -> Result<()> {
         // Not in the store, and the (loopback) default registry is down.
         (json!({"image": "no-such-image:1"}), "registry_unavailable"),
         // Image ids are never pulled.
-        (json!({"image": format!("sha256:{}", "0".repeat(64))}), "image_not_found"),
+        (
+            json!({"image": format!("sha256:{}", "0".repeat(64))}),
+            "image_not_found",
+        ),
     ];
     for (body, want) in cases {
         let (s, v) = e.admin("POST", "/v1/sandboxes", Some(body.clone())).await?;
@@ -1522,7 +1525,11 @@ async fn ends_with_main(e: &Env) -> Result<()> {
         s == StatusCode::OK && v["exit_code"] == 3 && v["stdout"] == "started-bg\n",
         "{s} {v}"
     );
-    ensure!(t0.elapsed() < Duration::from_secs(10), "buffered exec took {:?}", t0.elapsed());
+    ensure!(
+        t0.elapsed() < Duration::from_secs(10),
+        "buffered exec took {:?}",
+        t0.elapsed()
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let app = warren_server::router(e.state.clone());
@@ -1540,7 +1547,11 @@ async fn ends_with_main(e: &Env) -> Result<()> {
             "{start}: {:?}",
             String::from_utf8_lossy(&out)
         );
-        ensure!(t0.elapsed() < Duration::from_secs(10), "{start} took {:?}", t0.elapsed());
+        ensure!(
+            t0.elapsed() < Duration::from_secs(10),
+            "{start} took {:?}",
+            t0.elapsed()
+        );
     }
     let (s, v) = e
         .admin(
@@ -1551,7 +1562,10 @@ async fn ends_with_main(e: &Env) -> Result<()> {
         .await?;
     ensure!(s == StatusCode::CREATED, "{s} {v}");
     let x = v["id"].as_str().context("exec id")?.to_string();
-    ensure!(exec_ended(e, &id, &x, Duration::from_secs(10)).await?, "background exec never ended");
+    ensure!(
+        exec_ended(e, &id, &x, Duration::from_secs(10)).await?,
+        "background exec never ended"
+    );
     server.abort();
     Ok(())
 }
