@@ -305,6 +305,63 @@ pub struct SignalRequest {
     pub signal: i32,
 }
 
+// ------------------------------------------------------------------- files ---
+
+/// A file or directory in a sandbox.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct FileInfo {
+    /// Absolute path inside the sandbox, as UTF-8 (invalid bytes replaced).
+    pub path: String,
+    /// The exact path bytes, base64, when they are not valid UTF-8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_b64: Option<String>,
+    /// `file`, `directory`, `symlink`, `fifo`, `socket`, `char_device`, `block_device`.
+    pub kind: String,
+    pub size: u64,
+    /// Permission bits (`mode & 0o7777`), e.g. 420 for 0644.
+    pub mode: u32,
+    /// Owner as the sandbox sees it.
+    pub uid: u32,
+    pub gid: u32,
+    /// RFC 3339, with nanoseconds.
+    pub mtime: String,
+    /// Where a symlink points (not resolved).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub symlink_target: Option<String>,
+}
+
+/// `GET /v1/sandboxes/{id}/files/list`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct FileList {
+    pub entries: Vec<FileInfo>,
+    /// The entry limit was reached; more exist.
+    pub truncated: bool,
+}
+
+/// A change under a watched path (`GET .../files/watch`, an SSE `fs` event).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct FileEvent {
+    /// `created`, `modified`, `attributes`, `deleted`, `moved_from`,
+    /// `moved_to`, or `overflow` (events were lost: rescan).
+    pub kind: String,
+    pub path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_b64: Option<String>,
+    pub is_dir: bool,
+    /// Pairs `moved_from` with `moved_to` (0 otherwise).
+    pub cookie: u32,
+}
+
+/// `PUT .../files/archive`: what an uploaded tar became.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ArchiveResult {
+    pub files: u64,
+    pub directories: u64,
+    pub bytes: u64,
+    /// Entries not written: symlinks, hard links, devices (paths, UTF-8).
+    pub skipped: Vec<String>,
+}
+
 // ------------------------------------------------------------------ images ---
 
 /// `POST /v1/images/pull`.
@@ -558,6 +615,38 @@ pub enum ErrorCode {
     /// 422: the image or archive is malformed or unsafe (bad manifest,
     /// hostile layer entries, unsupported compression, oversized layer).
     InvalidImage,
+    /// 404: no such file or directory in the sandbox.
+    FileNotFound,
+    /// 403: the sandbox's user may not do this to that file.
+    PermissionDenied,
+    /// 400: a path component (or the target) is not a directory.
+    NotADirectory,
+    /// 400: a directory where a file is needed.
+    IsADirectory,
+    /// 409: the target exists (mkdir without `parents`, rename without `overwrite`).
+    FileExists,
+    /// 409: removing a non-empty directory without `recursive`.
+    DirectoryNotEmpty,
+    /// 507: the sandbox's disk (`disk_mib`) or the node's is full.
+    NoSpace,
+    /// 409: a read-only file system (an image's read-only host binds).
+    ReadOnlyFilesystem,
+    /// 400: a path or name longer than the kernel allows.
+    NameTooLong,
+    /// 400: too many symlinks while resolving the path.
+    SymlinkLoop,
+    /// 400: not an absolute path, an empty one, or one with a NUL byte.
+    InvalidPath,
+    /// 400: rename across file systems.
+    CrossDevice,
+    /// 409: the file is busy (a mount point).
+    FileBusy,
+    /// 400: a device, FIFO or socket where a regular file is needed.
+    NotAFile,
+    /// 429: too many watches or too large a tree.
+    LimitExceeded,
+    /// 500: an I/O error inside the sandbox, or its file agent failed.
+    FileIoError,
     /// 500: Warren failed; details are in the server log.
     Internal,
 }
@@ -587,6 +676,22 @@ impl ErrorCode {
             ErrorCode::DigestMismatch => "digest_mismatch",
             ErrorCode::NoMatchingPlatform => "no_matching_platform",
             ErrorCode::InvalidImage => "invalid_image",
+            ErrorCode::FileNotFound => "file_not_found",
+            ErrorCode::PermissionDenied => "permission_denied",
+            ErrorCode::NotADirectory => "not_a_directory",
+            ErrorCode::IsADirectory => "is_a_directory",
+            ErrorCode::FileExists => "file_exists",
+            ErrorCode::DirectoryNotEmpty => "directory_not_empty",
+            ErrorCode::NoSpace => "no_space",
+            ErrorCode::ReadOnlyFilesystem => "read_only_filesystem",
+            ErrorCode::NameTooLong => "name_too_long",
+            ErrorCode::SymlinkLoop => "symlink_loop",
+            ErrorCode::InvalidPath => "invalid_path",
+            ErrorCode::CrossDevice => "cross_device",
+            ErrorCode::FileBusy => "file_busy",
+            ErrorCode::NotAFile => "not_a_file",
+            ErrorCode::LimitExceeded => "limit_exceeded",
+            ErrorCode::FileIoError => "file_io_error",
             ErrorCode::Internal => "internal",
         }
     }
@@ -602,7 +707,22 @@ impl ErrorCode {
             | ErrorCode::WorkdirNotFound
             | ErrorCode::InvalidImageReference
             | ErrorCode::RegistryInsecureNotAllowed => 400,
-            ErrorCode::RegistryAuth => 403,
+            ErrorCode::RegistryAuth | ErrorCode::PermissionDenied => 403,
+            ErrorCode::FileNotFound => 404,
+            ErrorCode::NotADirectory
+            | ErrorCode::IsADirectory
+            | ErrorCode::NameTooLong
+            | ErrorCode::SymlinkLoop
+            | ErrorCode::InvalidPath
+            | ErrorCode::CrossDevice
+            | ErrorCode::NotAFile => 400,
+            ErrorCode::FileExists
+            | ErrorCode::DirectoryNotEmpty
+            | ErrorCode::ReadOnlyFilesystem
+            | ErrorCode::FileBusy => 409,
+            ErrorCode::LimitExceeded => 429,
+            ErrorCode::NoSpace => 507,
+            ErrorCode::FileIoError => 500,
             ErrorCode::ImageInUse => 409,
             ErrorCode::DigestMismatch | ErrorCode::NoMatchingPlatform | ErrorCode::InvalidImage => {
                 422

@@ -82,6 +82,23 @@ impl From<warren_node::NodeError> for ApiError {
             | "unsupported_layer_entry"
             | "unsupported_layer_compression"
             | "invalid_layer_archive" => ErrorCode::InvalidImage,
+            // File operations (the file agent's codes).
+            "not_found" => ErrorCode::FileNotFound,
+            "permission_denied" => ErrorCode::PermissionDenied,
+            "not_a_directory" => ErrorCode::NotADirectory,
+            "is_a_directory" => ErrorCode::IsADirectory,
+            "already_exists" => ErrorCode::FileExists,
+            "directory_not_empty" => ErrorCode::DirectoryNotEmpty,
+            "no_space" => ErrorCode::NoSpace,
+            "read_only" => ErrorCode::ReadOnlyFilesystem,
+            "name_too_long" => ErrorCode::NameTooLong,
+            "symlink_loop" => ErrorCode::SymlinkLoop,
+            "invalid_path" | "invalid_request" => ErrorCode::InvalidPath,
+            "cross_device" => ErrorCode::CrossDevice,
+            "busy" => ErrorCode::FileBusy,
+            "not_a_file" => ErrorCode::NotAFile,
+            "limit_exceeded" => ErrorCode::LimitExceeded,
+            "io_error" | "fs_agent_failed" => ErrorCode::FileIoError,
             "exec_not_found" => ErrorCode::ExecNotFound,
             "exec_permission_denied" | "exec_format_error" => ErrorCode::ExecPermissionDenied,
             "workdir_not_found" | "workdir_not_directory" => ErrorCode::WorkdirNotFound,

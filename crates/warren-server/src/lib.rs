@@ -13,6 +13,7 @@
 mod auth;
 mod error;
 mod execs;
+mod files;
 mod images;
 mod logs;
 mod metrics;
@@ -146,6 +147,19 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/v1/sandboxes/{id}/execs/{exec_id}/attach",
             get(execs::attach),
+        )
+        .route(
+            "/v1/sandboxes/{id}/files",
+            get(files::read).put(files::write).delete(files::remove),
+        )
+        .route("/v1/sandboxes/{id}/files/stat", get(files::stat))
+        .route("/v1/sandboxes/{id}/files/list", get(files::list))
+        .route("/v1/sandboxes/{id}/files/mkdir", post(files::mkdir))
+        .route("/v1/sandboxes/{id}/files/rename", post(files::rename))
+        .route("/v1/sandboxes/{id}/files/watch", get(files::watch))
+        .route(
+            "/v1/sandboxes/{id}/files/archive",
+            get(files::download_archive).put(files::upload_archive),
         )
         .route("/v1/images", get(images::list))
         .route("/v1/images/pull", post(images::pull))

@@ -1570,6 +1570,247 @@ async fn ends_with_main(e: &Env) -> Result<()> {
     Ok(())
 }
 
+/// The file API (issue #6) end to end through the router: write, read
+/// (ranges), stat, list, mkdir, rename, remove, distinct error codes,
+/// permissions as another user, non-UTF-8 names, the disk limit, tar
+/// archives both ways, and a watch.
+async fn files_api() -> Result<()> {
+    let e = env().await?;
+    let r = files(&e).await;
+    e.teardown().await;
+    r
+}
+
+async fn raw(
+    e: &Env,
+    method: &str,
+    path: &str,
+    body: Vec<u8>,
+) -> Result<(StatusCode, axum::http::HeaderMap, Vec<u8>)> {
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("authorization", format!("Bearer {}", e.token))
+        .body(Body::from(body))?;
+    let resp = warren_server::router(e.state.clone()).oneshot(req).await?;
+    let (parts, body) = resp.into_parts();
+    let bytes = axum::body::to_bytes(body, 256 << 20).await?;
+    Ok((parts.status, parts.headers, bytes.to_vec()))
+}
+
+async fn files(e: &Env) -> Result<()> {
+    use futures_util::StreamExt;
+    let id = e.create(json!({"disk_mib": 16})).await?;
+    let f = |q: &str| format!("/v1/sandboxes/{id}/files{q}");
+    let json_of = |b: &[u8]| serde_json::from_slice::<Value>(b).unwrap_or(Value::Null);
+    // Write (parents created), read whole and ranged, stat.
+    let (s, _, b) = raw(
+        e,
+        "PUT",
+        &f("?path=/tmp/a/b.txt&parents=true&mode=0640"),
+        b"hello".to_vec(),
+    )
+    .await?;
+    let v = json_of(&b);
+    ensure!(
+        s == StatusCode::OK && v["size"] == 5 && v["kind"] == "file" && v["mode"] == 0o640,
+        "{s} {v}"
+    );
+    let (s, h, b) = raw(e, "GET", &f("?path=/tmp/a/b.txt"), vec![]).await?;
+    ensure!(
+        s == StatusCode::OK && b == b"hello" && h["x-warren-file-size"] == "5",
+        "{s} {b:?}"
+    );
+    let (_, _, b) = raw(e, "GET", &f("?path=/tmp/a/b.txt&offset=1&length=3"), vec![]).await?;
+    ensure!(b == b"ell", "{b:?}");
+    let (s, _, b) = raw(e, "GET", &f("/stat?path=/tmp/a"), vec![]).await?;
+    ensure!(
+        s == StatusCode::OK && json_of(&b)["kind"] == "directory",
+        "{s}"
+    );
+    // mkdir, list, rename, remove.
+    let (s, _, _) = raw(e, "POST", &f("/mkdir?path=/tmp/d/e&parents=true"), vec![]).await?;
+    ensure!(s == StatusCode::OK, "mkdir {s}");
+    let (s, _, b) = raw(e, "POST", &f("/mkdir?path=/tmp/d"), vec![]).await?;
+    ensure!(
+        s == StatusCode::CONFLICT && code(&json_of(&b)) == "file_exists",
+        "{s}"
+    );
+    let (s, _, b) = raw(
+        e,
+        "POST",
+        &f("/rename?from=/tmp/a/b.txt&to=/tmp/d/c.txt"),
+        vec![],
+    )
+    .await?;
+    ensure!(s == StatusCode::NO_CONTENT, "rename {s} {:?}", json_of(&b));
+    let (_, _, b) = raw(e, "GET", &f("/list?path=/tmp/d&recursive=true"), vec![]).await?;
+    let v = json_of(&b);
+    let paths: Vec<&str> = v["entries"]
+        .as_array()
+        .context("entries")?
+        .iter()
+        .filter_map(|x| x["path"].as_str())
+        .collect();
+    ensure!(
+        paths.contains(&"/tmp/d/c.txt") && paths.contains(&"/tmp/d/e"),
+        "{v}"
+    );
+    let (s, _, b) = raw(e, "DELETE", &f("?path=/tmp/d"), vec![]).await?;
+    ensure!(
+        s == StatusCode::CONFLICT && code(&json_of(&b)) == "directory_not_empty",
+        "{s}"
+    );
+    let (s, _, _) = raw(e, "DELETE", &f("?path=/tmp/d&recursive=true"), vec![]).await?;
+    ensure!(s == StatusCode::NO_CONTENT, "rm -r {s}");
+    // Distinct codes for bad path, missing file, directory, permission.
+    for (q, status, want) in [
+        ("?path=relative", StatusCode::BAD_REQUEST, "invalid_path"),
+        (
+            "?path=/tmp/missing",
+            StatusCode::NOT_FOUND,
+            "file_not_found",
+        ),
+        ("?path=/tmp", StatusCode::BAD_REQUEST, "is_a_directory"),
+        ("", StatusCode::BAD_REQUEST, "invalid_path"),
+    ] {
+        let (s, _, b) = raw(e, "GET", &f(q), vec![]).await?;
+        ensure!(
+            s == status && code(&json_of(&b)) == want,
+            "{q}: {s} {}",
+            json_of(&b)
+        );
+    }
+    let (s, v) = e
+        .admin("POST", &format!("/v1/sandboxes/{id}/exec"), Some(json!({"command": ["sh", "-c", "echo s > /root/secret; chmod 600 /root/secret; chmod 755 /root"]})))
+        .await?;
+    ensure!(s == StatusCode::OK && v["exit_code"] == 0, "{v}");
+    let (s, _, b) = raw(e, "GET", &f("?path=/root/secret&user=1000"), vec![]).await?;
+    ensure!(
+        s == StatusCode::FORBIDDEN && code(&json_of(&b)) == "permission_denied",
+        "{s}"
+    );
+    let (s, _, b) = raw(e, "GET", &f("?path=/root/secret"), vec![]).await?;
+    ensure!(s == StatusCode::OK && b == b"s\n", "root read {s}");
+    // A name that is not UTF-8 round-trips.
+    let (s, _, _) = raw(e, "PUT", &f("?path=/tmp/%FF%FEname"), b"x".to_vec()).await?;
+    ensure!(s == StatusCode::OK, "non-utf8 write {s}");
+    let (_, _, b) = raw(e, "GET", &f("/list?path=/tmp"), vec![]).await?;
+    let v = json_of(&b);
+    let b64 = v["entries"]
+        .as_array()
+        .context("entries")?
+        .iter()
+        .find_map(|x| x["path_b64"].as_str())
+        .context("a path_b64")?
+        .to_string();
+    let (s, _, b) = raw(
+        e,
+        "GET",
+        &f(&format!(
+            "?path_b64={}",
+            b64.replace('+', "%2B")
+                .replace('/', "%2F")
+                .replace('=', "%3D")
+        )),
+        vec![],
+    )
+    .await?;
+    ensure!(s == StatusCode::OK && b == b"x", "read by path_b64: {s}");
+    // The disk limit: a clear error, and the sandbox is fine afterwards.
+    let (s, _, b) = raw(e, "PUT", &f("?path=/tmp/big"), vec![7u8; 32 << 20]).await?;
+    ensure!(
+        s.as_u16() == 507 && code(&json_of(&b)) == "no_space",
+        "{s} {}",
+        json_of(&b)
+    );
+    let (s, v) = e
+        .admin("POST", &format!("/v1/sandboxes/{id}/exec"), Some(json!({"command": ["sh", "-c", "ls /tmp/big 2>&1; echo ok > /tmp/after; cat /tmp/after"]})))
+        .await?;
+    ensure!(
+        s == StatusCode::OK && v["stdout"].as_str().is_some_and(|o| o.ends_with("ok\n")),
+        "{v}"
+    );
+    // Archives: a tar in, the same tree out; `..` refused.
+    let mut tb = tar::Builder::new(Vec::new());
+    let mut add = |path: &str, data: &[u8]| -> Result<()> {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_entry_type(tar::EntryType::Regular);
+        tb.append_data(&mut h, path, data)?;
+        Ok(())
+    };
+    add("top.txt", b"top")?;
+    add("sub/deep/file.bin", &[1, 2, 3])?;
+    let archive = tb.into_inner()?;
+    let (s, _, b) = raw(e, "PUT", &f("/archive?path=/srv/up"), archive).await?;
+    let v = json_of(&b);
+    ensure!(
+        s == StatusCode::OK && v["files"] == 2 && v["bytes"] == 6,
+        "{s} {v}"
+    );
+    let (s, _, b) = raw(e, "GET", &f("/archive?path=/srv/up"), vec![]).await?;
+    ensure!(s == StatusCode::OK, "download {s}");
+    let mut got = std::collections::BTreeMap::new();
+    for ent in tar::Archive::new(&b[..]).entries()? {
+        let mut ent = ent?;
+        let p = ent.path()?.to_string_lossy().into_owned();
+        let mut data = Vec::new();
+        std::io::Read::read_to_end(&mut ent, &mut data)?;
+        got.insert(p, data);
+    }
+    ensure!(
+        got.get("top.txt").map(Vec::as_slice) == Some(&b"top"[..]),
+        "{got:?}"
+    );
+    ensure!(
+        got.get("sub/deep/file.bin").map(Vec::as_slice) == Some(&[1u8, 2, 3][..]),
+        "{got:?}"
+    );
+    let mut evil = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(1);
+    h.set_entry_type(tar::EntryType::Regular);
+    {
+        let name = b"../escape";
+        h.as_old_mut().name[..name.len()].copy_from_slice(name);
+    }
+    h.set_cksum();
+    evil.append(&h, &b"x"[..])?;
+    let (s, _, b) = raw(e, "PUT", &f("/archive?path=/srv/up"), evil.into_inner()?).await?;
+    ensure!(
+        s == StatusCode::BAD_REQUEST,
+        "../ in an archive: {s} {}",
+        json_of(&b)
+    );
+    // A watch sees a file appear.
+    let (s, _, _) = raw(e, "POST", &f("/mkdir?path=/tmp/w"), vec![]).await?;
+    ensure!(s == StatusCode::OK, "mkdir w {s}");
+    let req = Request::builder()
+        .uri(f("/watch?path=/tmp/w"))
+        .header("authorization", format!("Bearer {}", e.token))
+        .body(Body::empty())?;
+    let resp = warren_server::router(e.state.clone()).oneshot(req).await?;
+    ensure!(resp.status() == StatusCode::OK, "watch {}", resp.status());
+    let mut events = resp.into_body().into_data_stream();
+    let (s, _, _) = raw(e, "PUT", &f("?path=/tmp/w/new.txt"), b"n".to_vec()).await?;
+    ensure!(s == StatusCode::OK, "write watched {s}");
+    let mut seen = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !seen.contains("/tmp/w/new.txt") {
+        match tokio::time::timeout_at(deadline, events.next()).await {
+            Ok(Some(Ok(chunk))) => seen.push_str(&String::from_utf8_lossy(&chunk)),
+            _ => break,
+        }
+    }
+    ensure!(
+        seen.contains("event: fs") && seen.contains("/tmp/w/new.txt"),
+        "watch saw {seen:?}"
+    );
+    Ok(())
+}
+
 async fn hundred_concurrent_creates() -> Result<()> {
     let e = std::sync::Arc::new(env().await?);
     let mut tasks = Vec::new();
@@ -1639,6 +1880,7 @@ fn main() {
         t!(images_from_a_registry),
         t!(background_execs),
         t!(exec_ends_with_its_main_process),
+        t!(files_api),
     ];
     libtest_mimic::run(&args, tests).exit()
 }
