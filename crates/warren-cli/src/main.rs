@@ -1,6 +1,7 @@
 //! `warren`: the command-line entry point. Parses arguments, sets up
 //! logging, and calls into the libraries; one file per subcommand.
 
+mod files;
 mod image;
 mod local;
 mod remote;

@@ -34,6 +34,12 @@ pub enum SandboxCommand {
     /// Open an interactive login shell in a sandbox (bash if present, else
     /// sh) under a terminal.
     Shell { id: String },
+    /// Work with a sandbox's files (ls, cat, put, stat, mkdir, rm, mv, watch).
+    #[command(subcommand)]
+    Files(crate::files::FilesCommand),
+    /// Copy files or directories in or out: `cp LOCAL ID:/PATH`,
+    /// `cp ID:/PATH LOCAL` (progress on a terminal).
+    Cp { src: String, dst: String },
     /// List a sandbox's background execs (`exec --detach`).
     Ps {
         id: String,
@@ -253,6 +259,8 @@ async fn dispatch(c: &Client, cmd: SandboxCommand) -> Result<i32> {
             outln!("{}", bg.id)?;
             Ok(0)
         }
+        SandboxCommand::Files(cmd) => crate::files::run(c, cmd).await,
+        SandboxCommand::Cp { src, dst } => crate::files::cp(c, &src, &dst).await,
         SandboxCommand::Ps { id, json } => {
             let execs = c.list_background_execs(&id).await?;
             if json {

@@ -147,14 +147,14 @@ fn tokio_util_stream(
 /// A minimal `text/event-stream` parser: `event:` and `data:` fields,
 /// events ended by a blank line; comments and other fields ignored.
 #[derive(Default)]
-struct SseParser {
+pub(crate) struct SseParser {
     buf: Vec<u8>,
     event: String,
     data: String,
 }
 
 impl SseParser {
-    fn push(&mut self, chunk: &[u8]) -> Result<Vec<(String, String)>, ClientError> {
+    pub(crate) fn push(&mut self, chunk: &[u8]) -> Result<Vec<(String, String)>, ClientError> {
         self.buf.extend_from_slice(chunk);
         let mut out = Vec::new();
         while let Some(pos) = self.buf.iter().position(|&b| b == b'\n') {

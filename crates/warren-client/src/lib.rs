@@ -17,6 +17,7 @@
 #![forbid(unsafe_code)]
 
 mod execs;
+mod files;
 mod images;
 pub mod stream;
 
@@ -31,6 +32,7 @@ use warren_proto::api::{
     ExecResult, Sandbox, SandboxList, SandboxState, SetTagsRequest, Token, Workspace,
 };
 
+pub use files::WriteFile;
 pub use images::PULL_TIMEOUT;
 pub use stream::{ExecExit, ExecInput, ExecOutput, ExecStream, StreamEvent};
 pub use warren_proto::api::{StreamExecStart, TtySize};
@@ -465,7 +467,7 @@ impl Client {
     // --- plumbing ---
 
     /// The URL of `segments` under the base, each segment percent-encoded.
-    fn endpoint(&self, segments: &[&str]) -> Result<Url, ClientError> {
+    pub(crate) fn endpoint(&self, segments: &[&str]) -> Result<Url, ClientError> {
         let mut url = self.base.clone();
         url.path_segments_mut()
             .map_err(|()| ClientError::InvalidUrl {
