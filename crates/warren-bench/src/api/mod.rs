@@ -12,6 +12,7 @@
 pub mod create;
 pub mod exec;
 pub mod fairness;
+pub mod files;
 pub mod throughput;
 
 use std::io::{Read, Write};
