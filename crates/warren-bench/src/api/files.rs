@@ -87,7 +87,10 @@ pub fn run(args: &ApiFilesArgs, data: &Path, shutdown: &Shutdown) -> Result<()> 
         reads.push(t.elapsed());
     }
 
-    // Large file: streamed from a generator, read back and counted.
+    // Large file: streamed from a generator, read back and counted. Peak
+    // memory of the server and of this client before and after.
+    let server_before = server.peak_rss_kib();
+    let client_before = super::vm_hwm_kib("/proc/self/status");
     let big = (args.big_mib as u64) << 20;
     let t = Instant::now();
     server.block_on(async {
@@ -102,6 +105,8 @@ pub fn run(args: &ApiFilesArgs, data: &Path, shutdown: &Shutdown) -> Result<()> 
     let t = Instant::now();
     ensure!(get(b"/tmp/big")? == big, "short big read");
     let api_read = t.elapsed();
+    let server_after = server.peak_rss_kib();
+    let client_after = super::vm_hwm_kib("/proc/self/status");
     // The same inside the sandbox, timed there (busybox `time` is coarse;
     // use date +%s%N around the command).
     let inside = |cmd: &str| -> Result<Duration> {
@@ -163,6 +168,15 @@ pub fn run(args: &ApiFilesArgs, data: &Path, shutdown: &Shutdown) -> Result<()> 
         mbps(cat),
         cat.as_secs_f64()
     );
+    let kib = |k: Option<u64>| k.map_or("n/a".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0));
+    println!(
+        "peak RSS (VmHWM) across the {} MiB round trip: server {} -> {}, client {} -> {}",
+        args.big_mib,
+        kib(server_before),
+        kib(server_after),
+        kib(client_before),
+        kib(client_after)
+    );
     let obj: Vec<(String, Value)> = vec![
         ("runs".into(), json!(args.runs)),
         ("write_4k_p50_ms".into(), json_num(w.map(|s| s.p50))),
@@ -174,6 +188,8 @@ pub fn run(args: &ApiFilesArgs, data: &Path, shutdown: &Shutdown) -> Result<()> 
         ("api_read_mibps".into(), json_num(Some(mbps(api_read)))),
         ("inside_write_mibps".into(), json_num(Some(mbps(head)))),
         ("inside_cat_mibps".into(), json_num(Some(mbps(cat)))),
+        ("server_peak_rss_kib".into(), json!(server_after)),
+        ("client_peak_rss_kib".into(), json!(client_after)),
     ];
     println!("{}", stats::json_object(&obj));
     Ok(())

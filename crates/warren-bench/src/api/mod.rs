@@ -59,6 +59,19 @@ pub const WAIT_TIMEOUT: Duration = Duration::from_secs(30);
 /// explicitly long before.
 pub const IDLE_LIFETIME_SECS: u64 = 3600;
 
+/// `VmHWM` (peak resident set) of a `/proc/*/status` file, in KiB.
+pub fn vm_hwm_kib(status: &str) -> Option<u64> {
+    std::fs::read_to_string(status)
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// Polls `cond` until it holds or `timeout` passes; pauses start at 1 ms and
 /// double up to 20 ms. Returns whether `cond` held.
 pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
@@ -179,6 +192,12 @@ impl ApiServer {
 
     pub fn client(&self) -> &Client {
         &self.client
+    }
+
+    /// The server process's peak resident memory so far (VmHWM), in KiB.
+    pub fn peak_rss_kib(&self) -> Option<u64> {
+        let pid = self.child.as_ref()?.id();
+        vm_hwm_kib(&format!("/proc/{pid}/status"))
     }
 
     pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
