@@ -33,11 +33,10 @@ use warren_proto::api::{
     self, BackgroundExec, BackgroundExecList, ErrorCode, SignalRequest, StreamClientMsg,
     StreamExecStart, StreamServerMsg, STREAM_STDERR, STREAM_STDIN, STREAM_STDOUT,
 };
-use warren_runtime::{ExecIo, ExecSpec, ExitStatus, SandboxId};
-use warren_store::SandboxState;
+use warren_runtime::{ExitStatus, SandboxId};
 
 use crate::auth::Auth;
-use crate::sandboxes::{body, exec_context, load, to_iso};
+use crate::sandboxes::{body, load, running, to_iso};
 use crate::supervisor::now_ms;
 use crate::{ApiError, AppState};
 
@@ -209,25 +208,6 @@ fn exit_info(exit: &warren_runtime::ExecExit) -> ExitInfo {
     }
 }
 
-async fn running_sandbox(
-    state: &AppState,
-    auth: &Auth,
-    id: &str,
-) -> Result<warren_store::SandboxRecord, ApiError> {
-    let rec = load(state, auth, id).await?;
-    match rec.state {
-        SandboxState::Running => Ok(rec),
-        SandboxState::Creating => Err(ApiError::new(
-            ErrorCode::SandboxNotRunning,
-            "the sandbox is still starting",
-        )),
-        _ => Err(ApiError::new(
-            ErrorCode::SandboxTerminated,
-            format!("sandbox {id} has ended"),
-        )),
-    }
-}
-
 /// `POST /v1/sandboxes/{id}/execs`: starts a background exec.
 #[utoipa::path(post, path = "/v1/sandboxes/{id}/execs", tag = "execs", params(("id" = String, Path, description = "Sandbox id")),
     request_body = api::StreamExecStart,
@@ -244,48 +224,14 @@ pub async fn start(
     req: Result<Json<StreamExecStart>, JsonRejection>,
 ) -> Result<(StatusCode, Json<BackgroundExec>), ApiError> {
     let start = body(req)?;
-    api::validate_exec(&api::ExecRequest {
-        command: start.command.clone(),
-        env: start.env.clone(),
-        workdir: start.workdir.clone(),
-        timeout_secs: start.timeout_secs,
-        stdin: None,
-        user: start.user.clone(),
-    })
-    .map_err(ApiError::invalid)?;
-    let rec = running_sandbox(&state, &auth, &id).await?;
+    let rec = running(&state, &auth, &id).await?;
     if state.execs.list(&id).len() >= MAX_PER_SANDBOX {
         return Err(ApiError::new(
             ErrorCode::CapacityExhausted,
             format!("sandbox {id} has {MAX_PER_SANDBOX} background execs; delete ended ones"),
         ));
     }
-    let ctx = exec_context(
-        &state,
-        &rec,
-        &start.env,
-        start.workdir.clone(),
-        start.user.clone(),
-    )
-    .await?;
-    let mut env = ctx.env;
-    if start.tty.is_some() && !env.iter().any(|e| e.starts_with("TERM=")) {
-        env.push("TERM=xterm-256color".into());
-    }
-    let spec = ExecSpec {
-        argv: start.command.clone(),
-        env,
-        workdir: ctx.workdir,
-        user: ctx.user,
-        timeout: start.timeout_secs.map(Duration::from_secs),
-    };
-    let io = match start.tty {
-        Some(t) => ExecIo::Pty {
-            rows: t.rows,
-            cols: t.cols,
-        },
-        None => ExecIo::Pipes { stdin: true },
-    };
+    let (spec, io) = crate::sandboxes::start_spec(&state, &rec, &start).await?;
     let sid = SandboxId::new(rec.id.clone()).map_err(|e| ApiError::internal("sandbox id", &e))?;
     let mut exec = state.node.start_exec(&sid, spec, io).await?;
     state

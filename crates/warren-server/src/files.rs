@@ -30,10 +30,9 @@ use warren_node::fs::{FsSession, ListOptions, ReadRange, WriteOptions};
 use warren_proto::agent::{FileKind, FsEntry, WatchEvent, WatchEventKind};
 use warren_proto::api::{self, ArchiveResult, ErrorCode, FileEvent, FileInfo, FileList};
 use warren_runtime::SandboxId;
-use warren_store::SandboxState;
 
 use crate::auth::Auth;
-use crate::sandboxes::{exec_context, load};
+use crate::sandboxes::{exec_context, running};
 use crate::{ApiError, AppState};
 
 /// Most entries one list returns (and one directory download holds).
@@ -230,22 +229,7 @@ async fn session(
     id: &str,
     p: &Params,
 ) -> Result<FsSession, ApiError> {
-    let rec = load(state, auth, id).await?;
-    match rec.state {
-        SandboxState::Running => {}
-        SandboxState::Creating => {
-            return Err(ApiError::new(
-                ErrorCode::SandboxNotRunning,
-                "the sandbox is still starting",
-            ))
-        }
-        _ => {
-            return Err(ApiError::new(
-                ErrorCode::SandboxTerminated,
-                format!("sandbox {id} has ended"),
-            ))
-        }
-    }
+    let rec = running(state, auth, id).await?;
     let user = p.text("user")?;
     if let Some(u) = &user {
         api::validate_user(u).map_err(ApiError::invalid)?;

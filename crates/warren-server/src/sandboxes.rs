@@ -353,22 +353,7 @@ pub async fn exec(
 ) -> Result<Json<ExecResult>, ApiError> {
     let req = body(req)?;
     api::validate_exec(&req).map_err(ApiError::invalid)?;
-    let rec = load(&state, &auth, &id).await?;
-    match rec.state {
-        SandboxState::Running => {}
-        SandboxState::Creating => {
-            return Err(ApiError::new(
-                ErrorCode::SandboxNotRunning,
-                "the sandbox is still starting",
-            ))
-        }
-        _ => {
-            return Err(ApiError::new(
-                ErrorCode::SandboxTerminated,
-                format!("sandbox {id} has ended"),
-            ))
-        }
-    }
+    let rec = running(&state, &auth, &id).await?;
     let sid = SandboxId::new(id.clone()).map_err(|e| ApiError::internal("sandbox id", &e))?;
     let ctx = exec_context(
         &state,
@@ -423,6 +408,73 @@ pub async fn exec(
         stdout_truncated: out.stdout_truncated,
         stderr_truncated: out.stderr_truncated,
     }))
+}
+
+/// The caller's sandbox `id`, which must be running (`sandbox_not_running`
+/// while it starts, `sandbox_terminated` once it ended).
+pub(crate) async fn running(
+    state: &AppState,
+    auth: &Auth,
+    id: &str,
+) -> Result<SandboxRecord, ApiError> {
+    let rec = load(state, auth, id).await?;
+    match rec.state {
+        SandboxState::Running => Ok(rec),
+        SandboxState::Creating => Err(ApiError::new(
+            ErrorCode::SandboxNotRunning,
+            "the sandbox is still starting",
+        )),
+        _ => Err(ApiError::new(
+            ErrorCode::SandboxTerminated,
+            format!("sandbox {id} has ended"),
+        )),
+    }
+}
+
+/// Validates a streaming or background exec's start frame and builds what
+/// the node runs: the spec (with the sandbox's and image's defaults) and
+/// its stdio (pipes with stdin, or a terminal of the asked size).
+pub(crate) async fn start_spec(
+    state: &AppState,
+    rec: &SandboxRecord,
+    start: &api::StreamExecStart,
+) -> Result<(warren_runtime::ExecSpec, warren_runtime::ExecIo), ApiError> {
+    api::validate_exec(&api::ExecRequest {
+        command: start.command.clone(),
+        env: start.env.clone(),
+        workdir: start.workdir.clone(),
+        timeout_secs: start.timeout_secs,
+        stdin: None,
+        user: start.user.clone(),
+    })
+    .map_err(ApiError::invalid)?;
+    let ctx = exec_context(
+        state,
+        rec,
+        &start.env,
+        start.workdir.clone(),
+        start.user.clone(),
+    )
+    .await?;
+    let mut env = ctx.env;
+    if start.tty.is_some() && !env.iter().any(|e| e.starts_with("TERM=")) {
+        env.push("TERM=xterm-256color".into());
+    }
+    let spec = warren_runtime::ExecSpec {
+        argv: start.command.clone(),
+        env,
+        workdir: ctx.workdir,
+        user: ctx.user,
+        timeout: start.timeout_secs.map(Duration::from_secs),
+    };
+    let io = match start.tty {
+        Some(t) => warren_runtime::ExecIo::Pty {
+            rows: t.rows,
+            cols: t.cols,
+        },
+        None => warren_runtime::ExecIo::Pipes { stdin: true },
+    };
+    Ok((spec, io))
 }
 
 /// What an exec inherits from its sandbox and image.

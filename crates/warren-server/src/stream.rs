@@ -25,7 +25,7 @@ use warren_proto::api::{
     self, ErrorCode, StreamClientMsg, StreamExecStart, StreamServerMsg, STREAM_STDERR,
     STREAM_STDIN, STREAM_STDOUT,
 };
-use warren_runtime::{ExecIo, ExecSpec, ExitStatus, SandboxId};
+use warren_runtime::{ExitStatus, SandboxId};
 use warren_store::SandboxState;
 
 use crate::auth::Auth;
@@ -106,41 +106,7 @@ async fn session(
             .map_err(|e| ApiError::new(ErrorCode::InvalidJson, e.to_string()))?,
         _ => return Err(ApiError::invalid("expected a JSON start message first")),
     };
-    api::validate_exec(&api::ExecRequest {
-        command: start.command.clone(),
-        env: start.env.clone(),
-        workdir: start.workdir.clone(),
-        timeout_secs: start.timeout_secs,
-        stdin: None,
-        user: start.user.clone(),
-    })
-    .map_err(ApiError::invalid)?;
-    let ctx = crate::sandboxes::exec_context(
-        state,
-        rec,
-        &start.env,
-        start.workdir.clone(),
-        start.user.clone(),
-    )
-    .await?;
-    let mut env = ctx.env;
-    if start.tty.is_some() && !env.iter().any(|e| e.starts_with("TERM=")) {
-        env.push("TERM=xterm-256color".into());
-    }
-    let spec = ExecSpec {
-        argv: start.command.clone(),
-        env,
-        workdir: ctx.workdir,
-        user: ctx.user,
-        timeout: start.timeout_secs.map(Duration::from_secs),
-    };
-    let io = match start.tty {
-        Some(t) => ExecIo::Pty {
-            rows: t.rows,
-            cols: t.cols,
-        },
-        None => ExecIo::Pipes { stdin: true },
-    };
+    let (spec, io) = crate::sandboxes::start_spec(state, rec, &start).await?;
     let sid = SandboxId::new(rec.id.clone()).map_err(|e| ApiError::internal("sandbox id", &e))?;
     let _busy = state.supervisor.busy(&rec.id);
     state
