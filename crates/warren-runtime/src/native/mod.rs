@@ -139,6 +139,13 @@ pub struct NativeRuntime {
     reaper: trash::Reaper,
     /// The sandbox seccomp policy, compiled once and sent to every init.
     seccomp: Vec<u64>,
+    /// Ids whose host resources are being released right now: a second
+    /// destroy of the same id (the supervisor and a terminate request, say)
+    /// waits for the first instead of racing it over the same cgroup dirs.
+    releasing: (
+        Mutex<std::collections::HashSet<SandboxId>>,
+        std::sync::Condvar,
+    ),
 }
 
 impl NativeRuntime {
@@ -199,6 +206,7 @@ impl NativeRuntime {
             cgroups,
             init_exe,
             sandboxes: RwLock::new(HashMap::new()),
+            releasing: Default::default(),
         })
     }
 
@@ -452,6 +460,28 @@ impl NativeRuntime {
     /// cgroup), cgroups, state directory. Safe to call for ids that hold
     /// nothing.
     fn release(&self, id: &SandboxId, slot: Option<u32>) -> Result<(), RuntimeError> {
+        let (lock, cv) = &self.releasing;
+        let mut busy = lock.lock().expect("release lock poisoned");
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while busy.contains(id) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            busy = cv
+                .wait_timeout(busy, left)
+                .expect("release lock poisoned")
+                .0;
+        }
+        busy.insert(id.clone());
+        drop(busy);
+        let r = self.release_now(id, slot);
+        lock.lock().expect("release lock poisoned").remove(id);
+        cv.notify_all();
+        r
+    }
+
+    fn release_now(&self, id: &SandboxId, slot: Option<u32>) -> Result<(), RuntimeError> {
         if let Some(cg) = self.cgroups.open(id.as_str())? {
             cg.kill_all()?;
             cg.destroy()?;
