@@ -43,8 +43,6 @@ fn run() -> Result<i32, ()> {
     let _ = warren_sys::fd::stdio_to_dev_null();
     let _ = warren_sys::fd::close_from(BOOTSTRAP_FD as u32 + 1);
     let boot = warren_sys::fd::adopt_inherited(BOOTSTRAP_FD).map_err(|_| ())?;
-    // While /proc is still the host's: the file agent is started from it.
-    let self_exe = spawn::open_self_exe();
 
     let mut mask = SigSet::empty();
     mask.add(Signal::SIGCHLD);
@@ -112,10 +110,6 @@ fn run() -> Result<i32, ()> {
     let listener = fds.pop().expect("length checked above");
     let userns = fds.pop().expect("length checked above");
 
-    if let Err(e) = self_exe {
-        fail("self_exe", e.errno, e.message);
-        return Err(());
-    }
     timer.mark("bootstrap");
     if let Err(e) = setup::build(&b, &userns, &netns, &mut timer) {
         fail(e.step, e.errno, e.message);

@@ -74,25 +74,6 @@ pub fn open_dev_null() -> Result<BorrowedFd<'static>, SpawnError> {
     Ok(DEV_NULL.get_or_init(|| OwnedFd::from(f)).as_fd())
 }
 
-/// Init's own executable (the sealed memfd the node exec'd), opened at
-/// startup (see [`open_self_exe`]) to start the file agent from.
-static SELF_EXE: OnceLock<OwnedFd> = OnceLock::new();
-
-/// Opens init's own executable, close-on-exec, for later agent spawns. Call
-/// first thing, before the root filesystem changes.
-pub fn open_self_exe() -> Result<(), SpawnError> {
-    if SELF_EXE.get().is_some() {
-        return Ok(());
-    }
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_CLOEXEC)
-        .open("/proc/self/exe")
-        .map_err(|e| SpawnError::from_errno("exec_failed", io_errno(&e), "open /proc/self/exe"))?;
-    let _ = SELF_EXE.set(OwnedFd::from(f));
-    Ok(())
-}
-
 /// Starts `spec` with the given stdio descriptors (in stdin, stdout, stderr
 /// order as flagged in `spec.stdio`; absent ones get `/dev/null`).
 pub fn spawn(spec: &ProcessSpec, fds: Vec<OwnedFd>) -> Result<Started, SpawnError> {
@@ -112,27 +93,22 @@ pub fn spawn(spec: &ProcessSpec, fds: Vec<OwnedFd>) -> Result<Started, SpawnErro
     let cwd = CString::new(spec.cwd.as_str())
         .map_err(|_| SpawnError::bad_request("workdir must not contain NUL bytes"))?;
 
-    let exec_fd = if spec.agent {
+    // The file agent is not exec'd: it is a fork of init running the
+    // agent's code (init is single-threaded). Exec'ing init's own binary
+    // would need the image to have the dynamic loader and libc the binary
+    // was linked against, which busybox, alpine or distroless images lack.
+    let run: Option<fn() -> i32> = if spec.agent {
         if program != warren_proto::agent::AGENT_ARGV0 {
             return Err(SpawnError::bad_request(
                 "an agent's argv[0] must be the agent marker",
             ));
         }
-        match SELF_EXE.get() {
-            Some(fd) => Some(fd.as_fd()),
-            None => {
-                return Err(SpawnError {
-                    code: "exec_failed",
-                    errno: None,
-                    message: "init's own executable is not open".into(),
-                })
-            }
-        }
+        Some(crate::agent::main)
     } else {
         None
     };
-    let exe = match exec_fd {
-        // Not looked up: the agent is exec'd from init's descriptor.
+    let exe = match run {
+        // Not looked up: nothing is exec'd.
         Some(_) => argv[0].clone(),
         None => match warren_sys::spawn::resolve_program(
             &argv[0],
@@ -185,7 +161,8 @@ pub fn spawn(spec: &ProcessSpec, fds: Vec<OwnedFd>) -> Result<Started, SpawnErro
     }
     let spawn_spec = SpawnSpec {
         program: &exe,
-        exec_fd,
+        exec_fd: None,
+        run,
         argv: &argv,
         envp: &envp,
         stdio,

@@ -552,7 +552,7 @@ fn agents_are_pooled_and_bounded() -> Result<()> {
     sb.block(sb.fs(user1000()).stat(b"/tmp/p"))?;
     ensure!(agents(&sb)? <= 4);
     // A dead agent in the pool is replaced transparently.
-    sb.sh("pkill -KILL -f '^warren-fs-agent' || true")?;
+    sb.sh("pkill -KILL -x warren-fs-agent || true")?;
     ensure!(sb.block(fs.stat(b"/tmp/p"))?.size == 1);
     Ok(())
 }
@@ -630,9 +630,7 @@ fn watch_reports_changes_and_overflow() -> Result<()> {
 
 /// How many file agents run in the sandbox.
 fn agents(sb: &Sb) -> Result<usize> {
-    let out = sb.sh(
-        "cat /proc/[0-9]*/cmdline 2>/dev/null | tr '\\0' '\\n' | grep -c '^warren-fs-agent$' || true",
-    )?;
+    let out = sb.sh("cat /proc/[0-9]*/comm 2>/dev/null | grep -c '^warren-fs-agent$' || true")?;
     Ok(out.trim().parse()?)
 }
 

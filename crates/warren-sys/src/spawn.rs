@@ -92,6 +92,15 @@ pub struct SpawnSpec<'a> {
     /// Install this seccomp filter right before `execve` (after
     /// `no_new_privs`). It stacks on any filter the caller already has.
     pub seccomp: Option<&'a SeccompProgram>,
+    /// Instead of exec'ing anything, run this function in the new process
+    /// (after every other step) and exit with what it returns. The child is
+    /// then a real fork (copy-on-write, not `CLONE_VM`), so the caller must
+    /// be single-threaded; every descriptor but 0, 1 and 2 is closed in the
+    /// child first. `program`, `argv`, `exec_fd` are ignored (`envp` too:
+    /// the function runs with the caller's environment). Used to run code
+    /// of the caller's own binary in a place where no executable could be
+    /// loaded (a sandbox whose image has no dynamic loader).
+    pub run: Option<fn() -> i32>,
 }
 
 /// The step at which a spawn failed.
@@ -270,6 +279,11 @@ struct ChildArgs {
     no_new_privs: bool,
     /// The filter to install, or null; points into the parent's frame.
     seccomp: *const libc::sock_fprog,
+    /// Run this instead of exec'ing (a forked child; see `SpawnSpec::run`).
+    run: Option<fn() -> i32>,
+    /// The write end of the pipe a forked child reports a failed step on
+    /// (-1 for the vfork'd child, which reports through the atomics).
+    report_fd: RawFd,
     /// The failed step (`SpawnStep as i32`), 0 if none.
     failed_step: AtomicI32,
     failed_errno: AtomicI32,
@@ -310,6 +324,19 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
     let (step, errno) = child_steps(a);
     a.failed_errno.store(errno, Ordering::SeqCst);
     a.failed_step.store(step as i32, Ordering::SeqCst);
+    if a.report_fd >= 0 {
+        // A forked child does not share memory: report through the pipe.
+        let msg = [step as i32, errno];
+        // SAFETY: writes 8 bytes from a live local array to our own pipe.
+        unsafe {
+            libc::syscall(
+                libc::SYS_write,
+                a.report_fd as libc::c_long,
+                msg.as_ptr(),
+                std::mem::size_of_val(&msg),
+            )
+        };
+    }
     // SAFETY: exit_group ends this process; nothing of the parent is touched.
     unsafe { libc::syscall(libc::SYS_exit_group, 127 as libc::c_long) };
     127
@@ -502,6 +529,27 @@ fn child_steps(a: &ChildArgs) -> (SpawnStep, libc::c_int) {
         }
     }
 
+    if let Some(run) = a.run {
+        // A forked child: every step succeeded. Closing the report pipe
+        // tells the parent so; then nothing of the caller's descriptors
+        // but stdio stays open while `run` runs.
+        // SAFETY: closes descriptors of this (forked) process only: its
+        // copy of the report pipe, then everything from 3 up.
+        unsafe {
+            libc::syscall(libc::SYS_close, a.report_fd as libc::c_long);
+            libc::syscall(
+                libc::SYS_close_range,
+                3 as libc::c_long,
+                libc::c_long::from(u32::MAX),
+                0 as libc::c_long,
+            );
+        }
+        let code = run();
+        // SAFETY: ends this forked process with the function's code.
+        unsafe { libc::syscall(libc::SYS_exit_group, code as libc::c_long) };
+        return (SpawnStep::Exec, libc::EIO);
+    }
+
     let rc = if a.exec_fd >= 0 {
         // SAFETY: the empty path is a static NUL-terminated string; `argv`
         // and `envp` are NULL-terminated arrays of NUL-terminated strings
@@ -596,9 +644,16 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<libc::pid_t, SpawnError> {
         seccomp: fprog
             .as_ref()
             .map_or(std::ptr::null(), |f| f as *const libc::sock_fprog),
+        run: spec.run,
+        report_fd: -1,
         failed_step: AtomicI32::new(0),
         failed_errno: AtomicI32::new(0),
     };
+    if spec.run.is_some() {
+        let r = fork_run(args);
+        drop(moved);
+        return r;
+    }
 
     // Only the child writes the stack; it needs no initialisation.
     let mut stack: Vec<u8> = Vec::with_capacity(STACK_SIZE);
@@ -665,6 +720,56 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<libc::pid_t, SpawnError> {
         SpawnStep::from_code(step).unwrap_or(SpawnStep::Exec),
         errno,
     ))
+}
+
+/// [`spawn`] of a [`SpawnSpec::run`] function: a real fork, with failures
+/// reported over a close-on-exec pipe (closed by the child once its steps
+/// succeeded).
+fn fork_run(mut args: ChildArgs) -> Result<libc::pid_t, SpawnError> {
+    let prepare = |e| SpawnError::new(SpawnStep::Prepare, e);
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: pipe2 writes two descriptors into a live two-element array.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+        return Err(prepare(Errno::last()));
+    }
+    // SAFETY: both descriptors are fresh and ours.
+    let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    args.report_fd = wr.as_raw_fd();
+    // SAFETY: the caller is single-threaded (documented on `run`), so the
+    // child's copy of this process has no lock held by another thread; the
+    // child runs `child_main` on its copy of `args` and never returns here.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(SpawnError::new(SpawnStep::Clone, Errno::last()));
+    }
+    if pid == 0 {
+        child_main(&args as *const ChildArgs as *mut libc::c_void);
+        // SAFETY: not reached (child_main exits); end the child regardless.
+        unsafe { libc::syscall(libc::SYS_exit_group, 127 as libc::c_long) };
+    }
+    drop(wr);
+    let mut msg = [0i32; 2];
+    let n = loop {
+        // SAFETY: reads at most 8 bytes into a live local array.
+        let n = unsafe {
+            libc::read(
+                rd.as_raw_fd(),
+                msg.as_mut_ptr() as *mut libc::c_void,
+                std::mem::size_of_val(&msg),
+            )
+        };
+        if n >= 0 || Errno::last() != Errno::EINTR {
+            break n;
+        }
+    };
+    if n == std::mem::size_of_val(&msg) as isize {
+        reap(pid);
+        return Err(SpawnError::new(
+            SpawnStep::from_code(msg[0]).unwrap_or(SpawnStep::Exec),
+            Errno::from_raw(msg[1]),
+        ));
+    }
+    Ok(pid)
 }
 
 /// Waits for a child that is exiting (it already reported its failure).
@@ -923,6 +1028,7 @@ mod tests {
         let spec = SpawnSpec {
             program: &cat,
             exec_fd: None,
+            run: None,
             argv: &argv,
             envp: &env,
             stdio: [null.as_fd(), null.as_fd(), null.as_fd()],
@@ -1071,6 +1177,7 @@ mod tests {
         let pid = spawn(&SpawnSpec {
             program: &nowhere,
             exec_fd: Some(echo_fd.as_fd()),
+            run: None,
             argv: &argv,
             stdio: [null.as_fd(), w.as_fd(), null.as_fd()],
             ..spec

@@ -141,6 +141,8 @@ impl Io {
 
 /// Runs the agent; returns the process exit code.
 pub fn main() -> i32 {
+    // A fork of init: name it, so `ps` in the sandbox tells it apart.
+    let _ = nix::sys::prctl::set_name(c"warren-fs-agent");
     // Modes are applied exactly as asked.
     nix::sys::stat::umask(nix::sys::stat::Mode::empty());
     let dup = |fd: std::os::fd::BorrowedFd<'_>| fd.try_clone_to_owned().map(File::from);
