@@ -1808,6 +1808,32 @@ async fn files(e: &Env) -> Result<()> {
         seen.contains("event: fs") && seen.contains("/tmp/w/new.txt"),
         "watch saw {seen:?}"
     );
+
+    // An image without a dynamic loader or libc (a static busybox only):
+    // the file agent still runs (it is a fork of init, nothing is exec'd).
+    let root = tempfile::tempdir()?;
+    for d in ["bin", "tmp", "proc", "dev", "sys", "etc"] {
+        std::fs::create_dir(root.path().join(d))?;
+    }
+    std::fs::copy("/bin/busybox", root.path().join("bin/busybox"))?;
+    std::os::unix::fs::symlink("busybox", root.path().join("bin/sh"))?;
+    e.state
+        .node
+        .images()
+        .import_dir(root.path(), "static-only:1")?;
+    let bb = e.create(json!({"image": "static-only:1"})).await?;
+    let g = |q: &str| format!("/v1/sandboxes/{bb}/files{q}");
+    let (s, _, b) = raw(e, "PUT", &g("?path=/tmp/hello"), b"static".to_vec()).await?;
+    ensure!(
+        s == StatusCode::OK,
+        "write in a static-only image: {s} {}",
+        json_of(&b)
+    );
+    let (s, _, b) = raw(e, "GET", &g("?path=/tmp/hello"), vec![]).await?;
+    ensure!(
+        s == StatusCode::OK && b == b"static",
+        "read in a static-only image: {s}"
+    );
     Ok(())
 }
 
