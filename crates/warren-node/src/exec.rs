@@ -100,6 +100,10 @@ pub(crate) async fn buffered(
     .await?
 }
 
+/// How long output is still read after the process exited (what it wrote
+/// is in the pipe already; this bounds a background writer).
+const AFTER_EXIT: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// How often the pipe threads look at whether the process has exited.
 const EXIT_POLL_MS: u16 = 50;
 
@@ -119,10 +123,19 @@ fn read_bounded(mut r: std::fs::File, exited: &AtomicBool) -> std::io::Result<(V
     let mut kept = Vec::new();
     let mut truncated = false;
     let mut buf = vec![0u8; 64 * 1024];
+    let mut exit_seen: Option<std::time::Instant> = None;
     loop {
         // Check the flag before polling: data written before the exit is
         // in the pipe by then, and a poll that finds none means it is all read.
         let done = exited.load(Ordering::SeqCst);
+        if done && exit_seen.is_none() {
+            exit_seen = Some(std::time::Instant::now());
+        }
+        // A background process that keeps writing after the exit does not
+        // keep the exec open: what it writes later than this is dropped.
+        if exit_seen.is_some_and(|t| t.elapsed() > AFTER_EXIT) {
+            break;
+        }
         if !ready(&r, PollFlags::POLLIN)? {
             if done {
                 break;

@@ -235,7 +235,12 @@ async fn session(
         api::validate_user(u).map_err(ApiError::invalid)?;
     }
     let ctx = exec_context(state, &rec, &Default::default(), None, user).await?;
-    let _ = state.store.record_activity(id).await;
+    // Off the request's path, as an exec's activity is.
+    let store = state.store.clone();
+    let sid = id.to_string();
+    tokio::spawn(async move {
+        let _ = store.record_activity(&sid).await;
+    });
     let sid = SandboxId::new(rec.id.clone()).map_err(|e| ApiError::internal("sandbox id", &e))?;
     Ok(state.node.fs(&sid, ctx.user))
 }
@@ -350,7 +355,7 @@ pub async fn list(
     let path = p.path("path")?;
     let limit = p
         .number("limit")?
-        .map_or(MAX_LIST, |l| (l as u32).clamp(1, MAX_LIST));
+        .map_or(MAX_LIST, |l| l.clamp(1, u64::from(MAX_LIST)) as u32);
     let fs = session(&state, &auth, &id, &p).await?;
     let listing = fs
         .list(

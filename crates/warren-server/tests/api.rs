@@ -1530,6 +1530,22 @@ async fn ends_with_main(e: &Env) -> Result<()> {
         "buffered exec took {:?}",
         t0.elapsed()
     );
+    // A background process that never stops writing to the pipe does not
+    // keep a buffered exec open either.
+    let t0 = std::time::Instant::now();
+    let (s, v) = e
+        .admin(
+            "POST",
+            &format!("/v1/sandboxes/{id}/exec"),
+            Some(json!({"command": ["sh", "-c", "yes & sleep 0.2; exit 4"]})),
+        )
+        .await?;
+    ensure!(s == StatusCode::OK && v["exit_code"] == 4, "{s} {v}");
+    ensure!(
+        t0.elapsed() < Duration::from_secs(10),
+        "a writing background child kept the exec for {:?}",
+        t0.elapsed()
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let app = warren_server::router(e.state.clone());
