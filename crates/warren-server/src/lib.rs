@@ -253,6 +253,14 @@ pub async fn run(
         })?;
     info!(addr = %cfg.listen, "serving the Warren API");
     let app = router(state);
+    // Small answers (a 4 KiB file, an exec result) go out at once: without
+    // TCP_NODELAY a response written in two segments can wait ~40 ms for
+    // the client's delayed ACK.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY on an accepted connection");
+        }
+    });
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await

@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use warren_client::WriteFile;
 use warren_proto::api::{CreateSandboxRequest, ExecRequest, SandboxState};
 
-use super::{ApiServer, IDLE_LIFETIME_SECS, IMAGE};
+use super::{ApiServer, IDLE_LIFETIME_SECS};
 use crate::rootfs;
 use crate::shutdown::Shutdown;
 use crate::stats::{self, json_num, Row, Summary};
@@ -40,15 +40,15 @@ pub fn run(args: &ApiFilesArgs, data: &Path, shutdown: &Shutdown) -> Result<()> 
     println!("# warren-bench api-files");
     println!(
         "4 KiB: PUT then GET of /tmp/small, {} rounds after 20 warm-up; large: {} MiB PUT and GET \
-         of /tmp/big vs `head -c`/`cat` of it inside the sandbox; image: busybox ({IMAGE}); load \
-         average at start: {}",
+         of /tmp/big vs `head -c`/`cat` of it inside the sandbox; image: host; load average at start: {}",
         args.runs,
         args.big_mib,
         super::loadavg()
     );
     let client = server.client();
+    // The host image: GNU `date +%s%N` times the in-sandbox peers.
     let sb = server.block_on(client.create_sandbox(&CreateSandboxRequest {
-        image: Some(IMAGE.into()),
+        image: Some("host".into()),
         timeout_secs: Some(IDLE_LIFETIME_SECS),
         ..Default::default()
     }))?;
