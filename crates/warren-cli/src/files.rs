@@ -543,3 +543,60 @@ fn unpack_safely(r: impl Read, dst: &Path) -> Result<u64> {
     }
     Ok(skipped)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tar_of(entries: &[(&[u8], tar::EntryType, &[u8], &[u8])]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (path, kind, data, link) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.as_old_mut().name[..path.len()].copy_from_slice(path);
+            h.set_entry_type(*kind);
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            if !link.is_empty() {
+                h.as_old_mut().linkname[..link.len()].copy_from_slice(link);
+            }
+            h.set_cksum();
+            b.append(&h, *data).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    #[test]
+    fn hostile_archives_stay_inside_the_target() {
+        let outside = tempfile::tempdir().unwrap();
+        let dst = outside.path().join("dst");
+        // `..` is refused outright.
+        let t = tar_of(&[(b"../evil", tar::EntryType::Regular, b"x", b"")]);
+        assert!(unpack_safely(&t[..], &dst).is_err());
+        assert!(!outside.path().join("evil").exists());
+        // An absolute path lands below the target.
+        let t = tar_of(&[(b"/abs.txt", tar::EntryType::Regular, b"a", b"")]);
+        unpack_safely(&t[..], &dst).unwrap();
+        assert_eq!(std::fs::read(dst.join("abs.txt")).unwrap(), b"a");
+        // A symlink out, then a file "through" it: the file is written
+        // first (symlinks come last), so nothing reaches the link's target.
+        let target = outside.path().join("target");
+        std::fs::create_dir(&target).unwrap();
+        let link = target.to_str().unwrap().as_bytes().to_vec();
+        let t = tar_of(&[
+            (b"link", tar::EntryType::Symlink, b"", &link),
+            (b"link/x", tar::EntryType::Regular, b"y", b""),
+        ]);
+        let _ = unpack_safely(&t[..], &dst.join("two"));
+        assert!(
+            !target.join("x").exists(),
+            "a file was written through a symlink"
+        );
+        // A symlink already planted in the target is not written through.
+        let three = dst.join("three");
+        std::fs::create_dir_all(&three).unwrap();
+        std::os::unix::fs::symlink(target.join("victim"), three.join("f")).unwrap();
+        let t = tar_of(&[(b"f", tar::EntryType::Regular, b"z", b"")]);
+        assert!(unpack_safely(&t[..], &three).is_err());
+        assert!(!target.join("victim").exists());
+    }
+}
