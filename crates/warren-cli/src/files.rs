@@ -548,7 +548,10 @@ fn unpack_safely(r: impl Read, dst: &Path) -> Result<u64> {
 mod tests {
     use super::*;
 
-    fn tar_of(entries: &[(&[u8], tar::EntryType, &[u8], &[u8])]) -> Vec<u8> {
+    /// (path, type, data, link target) of one test entry.
+    type Entry<'a> = (&'a [u8], tar::EntryType, &'a [u8], &'a [u8]);
+
+    fn tar_of(entries: &[Entry<'_>]) -> Vec<u8> {
         let mut b = tar::Builder::new(Vec::new());
         for (path, kind, data, link) in entries {
             let mut h = tar::Header::new_gnu();

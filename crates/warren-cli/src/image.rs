@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::io::{IsTerminal, Read};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
@@ -352,7 +352,6 @@ impl PullDisplay {
         }
         if let Some(m) = &self.tty {
             let _ = m.clear();
-            std::thread::sleep(Duration::from_millis(1));
         }
     }
 }
