@@ -54,23 +54,7 @@ impl Client {
         if let Some(t) = tail {
             rb = rb.query(&[("tail", t)]);
         }
-        let transport = |source| ClientError::Transport {
-            url: self.base.to_string(),
-            source,
-        };
-        let resp = rb.send().await.map_err(transport)?;
-        let status = resp.status();
-        let skipped = resp
-            .headers()
-            .get("x-warren-output-skipped")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        let body = resp.bytes().await.map_err(transport)?;
-        if !status.is_success() {
-            return Err(ClientError::from_response(status, &body));
-        }
-        Ok((body.to_vec(), skipped))
+        self.bytes_and_count(rb, "x-warren-output-skipped").await
     }
 
     /// `POST .../execs/{exec_id}/signal`

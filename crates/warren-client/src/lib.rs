@@ -445,15 +445,27 @@ impl Client {
         if let Some(t) = tail {
             rb = rb.query(&[("tail", t)]);
         }
+        self.bytes_and_count(rb, "x-warren-log-skipped").await
+    }
+
+    // --- plumbing ---
+
+    /// Sends `rb` and returns the body and the number in `header` (0 when
+    /// absent); a non-2xx answer becomes its API error.
+    pub(crate) async fn bytes_and_count(
+        &self,
+        rb: RequestBuilder,
+        header: &str,
+    ) -> Result<(Vec<u8>, u64), ClientError> {
         let transport = |source| ClientError::Transport {
             url: self.base.to_string(),
             source,
         };
         let resp = rb.send().await.map_err(transport)?;
         let status = resp.status();
-        let skipped = resp
+        let count = resp
             .headers()
-            .get("x-warren-log-skipped")
+            .get(header)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
@@ -461,10 +473,8 @@ impl Client {
         if !status.is_success() {
             return Err(ClientError::from_response(status, &body));
         }
-        Ok((body.to_vec(), skipped))
+        Ok((body.to_vec(), count))
     }
-
-    // --- plumbing ---
 
     /// The URL of `segments` under the base, each segment percent-encoded.
     pub(crate) fn endpoint(&self, segments: &[&str]) -> Result<Url, ClientError> {

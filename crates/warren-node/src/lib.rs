@@ -504,7 +504,7 @@ pub fn watch_readable(fd: OwnedFd) -> std::io::Result<tokio::io::unix::AsyncFd<O
 /// non-blocking mode first (tokio only reads after readiness, but a drain
 /// after the process exits reads it directly, and a background process
 /// can keep the terminal open, so a blocking read would never return).
-pub fn pty_halves(
+fn pty_halves(
     pty: &std::fs::File,
 ) -> std::io::Result<(
     tokio::net::unix::pipe::Receiver,
@@ -516,6 +516,49 @@ pub fn pty_halves(
     let r = tokio::net::unix::pipe::Receiver::from_file_unchecked(pty.try_clone()?)?;
     let w = tokio::net::unix::pipe::Sender::from_file_unchecked(pty.try_clone()?)?;
     Ok((r, w))
+}
+
+/// A running exec's stdio and control connection, as async halves.
+pub struct ExecStreams {
+    /// Stdout, or the terminal (both ways) for a PTY exec.
+    pub stdout: Option<tokio::net::unix::pipe::Receiver>,
+    /// Stderr (none for a PTY exec).
+    pub stderr: Option<tokio::net::unix::pipe::Receiver>,
+    /// Stdin, or the terminal for a PTY exec.
+    pub stdin: Option<tokio::net::unix::pipe::Sender>,
+    /// The control connection: readable when the exit is in.
+    pub control: tokio::io::unix::AsyncFd<OwnedFd>,
+}
+
+/// Takes `exec`'s pipes (or duplicates of its terminal master, which stays
+/// in `exec` for resizes) and registers its control connection, for code
+/// that pumps an exec on the event loop.
+pub fn exec_streams(exec: &mut warren_runtime::Exec) -> std::io::Result<ExecStreams> {
+    use tokio::net::unix::pipe;
+    let (stdout, stderr, stdin) = match exec.pty.as_ref() {
+        Some(pty) => {
+            let (r, w) = pty_halves(pty)?;
+            (Some(r), None, Some(w))
+        }
+        None => (
+            exec.stdout
+                .take()
+                .map(pipe::Receiver::from_file)
+                .transpose()?,
+            exec.stderr
+                .take()
+                .map(pipe::Receiver::from_file)
+                .transpose()?,
+            exec.stdin.take().map(pipe::Sender::from_file).transpose()?,
+        ),
+    };
+    let control = watch_readable(exec.control_fd().try_clone_to_owned()?)?;
+    Ok(ExecStreams {
+        stdout,
+        stderr,
+        stdin,
+        control,
+    })
 }
 
 /// The root filesystem the runtime needs for an image: its layers and host

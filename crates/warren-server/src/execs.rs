@@ -239,32 +239,12 @@ pub async fn start(
         .execs
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let io_err = |e: std::io::Error| ApiError::internal("background exec streams", &e);
-    let (out, err, stdin) = match exec.pty.as_ref() {
-        Some(pty) => {
-            let (r, w) = warren_node::pty_halves(pty).map_err(io_err)?;
-            (Some(r), None, Some(w))
-        }
-        None => (
-            exec.stdout
-                .take()
-                .map(pipe::Receiver::from_file)
-                .transpose()
-                .map_err(io_err)?,
-            exec.stderr
-                .take()
-                .map(pipe::Receiver::from_file)
-                .transpose()
-                .map_err(io_err)?,
-            exec.stdin
-                .take()
-                .map(pipe::Sender::from_file)
-                .transpose()
-                .map_err(io_err)?,
-        ),
-    };
-    let control: OwnedFd = exec.control_fd().try_clone_to_owned().map_err(io_err)?;
-    let control =
-        warren_node::watch_readable(control).map_err(|e| ApiError::internal("watch exec", &e))?;
+    let warren_node::ExecStreams {
+        stdout: out,
+        stderr: err,
+        stdin,
+        control,
+    } = warren_node::exec_streams(&mut exec).map_err(io_err)?;
     let (live, _) = broadcast::channel(LIVE_FRAMES);
     let bg = Arc::new(BgExec {
         id: new_exec_id(),

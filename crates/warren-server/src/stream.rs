@@ -13,7 +13,6 @@
 //! waits until the process reads that stdin or exits (exec timeouts and
 //! terminate still end it).
 
-use std::os::fd::OwnedFd;
 use std::time::Duration;
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
@@ -117,34 +116,12 @@ async fn session(
     send_json(ws, &StreamServerMsg::Started { pid: exec.pid }).await?;
 
     let io_err = |e: std::io::Error| ApiError::internal("exec streams", &e);
-    // Output sources and the stdin sink, as async pipes.
-    // A terminal's master stays in `exec` (for resize); we use duplicates.
-    let (mut out, mut err, mut stdin) = match exec.pty.as_ref() {
-        Some(pty) => {
-            let (r, w) = warren_node::pty_halves(pty).map_err(io_err)?;
-            (Some(r), None, Some(w))
-        }
-        None => (
-            exec.stdout
-                .take()
-                .map(pipe::Receiver::from_file)
-                .transpose()
-                .map_err(io_err)?,
-            exec.stderr
-                .take()
-                .map(pipe::Receiver::from_file)
-                .transpose()
-                .map_err(io_err)?,
-            exec.stdin
-                .take()
-                .map(pipe::Sender::from_file)
-                .transpose()
-                .map_err(io_err)?,
-        ),
-    };
-    let control: OwnedFd = exec.control_fd().try_clone_to_owned().map_err(io_err)?;
-    let control =
-        warren_node::watch_readable(control).map_err(|e| ApiError::internal("watch exec", &e))?;
+    let warren_node::ExecStreams {
+        stdout: mut out,
+        stderr: mut err,
+        mut stdin,
+        control,
+    } = warren_node::exec_streams(&mut exec).map_err(io_err)?;
     let mut buf_out = vec![0u8; CHUNK];
     let mut buf_err = vec![0u8; CHUNK];
     let mut client_open = true;
