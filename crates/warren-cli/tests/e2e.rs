@@ -632,7 +632,7 @@ fn shell_under_tmux() {
     let tmux = Tmux::new("a");
     let script = format!(
         "stty -g > {m}/before; WARREN_URL={url} WARREN_TOKEN={token} {BIN} sandbox shell {id}; \
-         echo exited:$?; stty -g > {m}/after; sleep 600",
+         rc=$?; stty -g > {m}/after; echo exited:$rc; sleep 600",
         url = server.url,
         token = server.token,
     );

@@ -14,7 +14,11 @@ use crate::clock::{Clock, SystemClock};
 use crate::error::{Result, StoreError};
 
 /// How long a connection waits for another writer's lock before failing.
-pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// SQLite's busy handler is not fair (it sleeps and retries), so under a
+/// burst of concurrent writes on a loaded machine one writer can wait
+/// several seconds; 5 s was seen to fail a burst of 100 creates on CI's 2
+/// cores. Requests should wait rather than fail.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Connections in a file database's pool. WAL lets readers run beside the
 /// one writer; more connections than cores buys nothing.
