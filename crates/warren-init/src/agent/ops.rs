@@ -447,9 +447,13 @@ impl PendingWrite {
         }
     }
 
-    /// Removes the temporary file (frees its space at once).
+    /// Removes the temporary file and frees its space at once: unlinking
+    /// alone would keep the blocks while the descriptor is open (until the
+    /// rest of the stream is discarded), so a full disk would stay full
+    /// after the `no_space` answer.
     fn discard(&mut self) {
         if self.live {
+            let _ = nix::unistd::ftruncate(&self.file, 0);
             let _ = unlinkat(&self.dir, self.tmp.as_slice(), UnlinkatFlags::NoRemoveDir);
             self.live = false;
         }
