@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::stream::{self, StreamExt as _};
-use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 use tracing::Instrument as _;
 use warren_image::oci::{
@@ -31,64 +30,12 @@ pub const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
 /// Progress of a pull, in order: one `resolved`, then per layer any number
 /// of `layer_progress` followed by `layer_verified` (or
 /// `layer_already_present`), then `layer_unpacked` in layer order, and
-/// finally `done`. Serialized as JSON objects tagged by `"event"`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "event", rename_all = "snake_case")]
-pub enum PullEvent {
-    /// The manifest for this platform was fetched and verified.
-    Resolved {
-        /// The normalized reference.
-        reference: String,
-        /// Digest of the platform manifest.
-        manifest_digest: String,
-        /// The layers, lowest first.
-        layers: Vec<LayerSummary>,
-    },
-    /// Bytes of a layer blob received so far.
-    LayerProgress {
-        /// Blob digest.
-        digest: String,
-        /// Bytes present (including any resumed prefix).
-        downloaded: u64,
-        /// Declared size.
-        total: u64,
-    },
-    /// A layer blob was downloaded and its digest verified.
-    LayerVerified {
-        /// Blob digest.
-        digest: String,
-    },
-    /// The layer (or its blob) was already in the store; nothing fetched.
-    LayerAlreadyPresent {
-        /// Blob digest.
-        digest: String,
-    },
-    /// The layer was unpacked (its diff id verified), or found unpacked.
-    LayerUnpacked {
-        /// Blob digest.
-        digest: String,
-        /// Diff id.
-        diff_id: String,
-    },
-    /// The image is stored and named.
-    Done {
-        /// Image id.
-        id: String,
-        /// The name it is stored under.
-        name: String,
-        /// Digest of the platform manifest.
-        manifest_digest: String,
-    },
-}
+/// finally `done`. Serialized as JSON objects tagged by `"event"`. It is the
+/// API's own type, so what the server streams is exactly what pulls emit.
+pub use warren_proto::api::PullProgress as PullEvent;
 
 /// A layer in [`PullEvent::Resolved`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LayerSummary {
-    /// Blob digest.
-    pub digest: String,
-    /// Blob size in bytes.
-    pub size: u64,
-}
+pub use warren_proto::api::PullLayer as LayerSummary;
 
 /// Per-pull options.
 #[derive(Debug, Clone, Default)]

@@ -248,51 +248,6 @@ pub async fn pull(
         .into_response())
 }
 
-#[cfg(test)]
-mod tests {
-    /// The registry's pull events and the API's progress type agree on JSON.
-    #[test]
-    fn pull_events_match_the_api_type() {
-        use warren_registry::{LayerSummary, PullEvent};
-        let events = [
-            PullEvent::Resolved {
-                reference: "r".into(),
-                manifest_digest: "sha256:m".into(),
-                layers: vec![LayerSummary {
-                    digest: "sha256:l".into(),
-                    size: 3,
-                }],
-            },
-            PullEvent::LayerProgress {
-                digest: "sha256:l".into(),
-                downloaded: 1,
-                total: 3,
-            },
-            PullEvent::LayerVerified {
-                digest: "sha256:l".into(),
-            },
-            PullEvent::LayerAlreadyPresent {
-                digest: "sha256:l".into(),
-            },
-            PullEvent::LayerUnpacked {
-                digest: "sha256:l".into(),
-                diff_id: "sha256:d".into(),
-            },
-            PullEvent::Done {
-                id: "sha256:i".into(),
-                name: "n".into(),
-                manifest_digest: "sha256:m".into(),
-            },
-        ];
-        for ev in events {
-            let json = serde_json::to_value(&ev).unwrap();
-            let api: warren_proto::api::PullProgress =
-                serde_json::from_value(json.clone()).unwrap();
-            assert_eq!(serde_json::to_value(&api).unwrap(), json);
-        }
-    }
-}
-
 fn error_event(e: ApiError) -> Event {
     let body = api::ErrorBody {
         error: api::ErrorDetail {

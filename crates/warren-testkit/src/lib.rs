@@ -130,3 +130,20 @@ fn cgroup_dirs_where(matches: impl Fn(&str) -> bool) -> Vec<String> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wait_until_is_bounded() {
+        let t = Instant::now();
+        assert!(!wait_until(Duration::from_millis(30), || false));
+        assert!(t.elapsed() >= Duration::from_millis(30));
+        let mut n = 0;
+        assert!(wait_until(Duration::from_secs(5), || {
+            n += 1;
+            n == 3
+        }));
+    }
+}

@@ -19,7 +19,7 @@ use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use nix::sys::signal::{kill, Signal};
@@ -72,22 +72,7 @@ pub fn vm_hwm_kib(status: &str) -> Option<u64> {
         .ok()
 }
 
-/// Polls `cond` until it holds or `timeout` passes; pauses start at 1 ms and
-/// double up to 20 ms. Returns whether `cond` held.
-pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    let mut pause = Duration::from_millis(1);
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(pause);
-        pause = (pause * 2).min(Duration::from_millis(20));
-    }
-}
+pub use warren_testkit::wait_until;
 
 /// The host's load averages, for the report header.
 pub fn loadavg() -> String {
@@ -487,17 +472,5 @@ warren_http_request_duration_seconds_count{method=\"POST\",route=\"/v1/sandboxes
         assert_eq!(mean_between(&after, &after, CREATE_HISTOGRAM, ""), None);
         let other = route_labels("GET", "/v1/sandboxes", 200);
         assert_eq!(mean_between(&before, &after, HTTP_HISTOGRAM, &other), None);
-    }
-
-    #[test]
-    fn wait_until_is_bounded() {
-        let t = Instant::now();
-        assert!(!wait_until(Duration::from_millis(30), || false));
-        assert!(t.elapsed() >= Duration::from_millis(30));
-        let mut n = 0;
-        assert!(wait_until(Duration::from_secs(5), || {
-            n += 1;
-            n == 3
-        }));
     }
 }
