@@ -437,6 +437,20 @@ impl Store {
         row.map(SandboxRecord::try_from).transpose()
     }
 
+    /// The sandbox with this id in any workspace: for components that act
+    /// across workspaces (the relay's routes), never for API reads.
+    pub async fn get_sandbox_unscoped(&self, id: &str) -> Result<Option<SandboxRecord>> {
+        let row: Option<SandboxRow> = sqlx::query_as(select_sandboxes!("WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|source| StoreError::GetSandbox {
+                key: id.to_owned(),
+                source,
+            })?;
+        row.map(SandboxRecord::try_from).transpose()
+    }
+
     /// The live (not terminated) sandbox with this name in this workspace.
     pub async fn get_sandbox_by_name(
         &self,

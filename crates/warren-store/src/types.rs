@@ -86,6 +86,71 @@ pub struct SandboxSpec {
     /// User of the main command and default for execs (`name`, `uid`,
     /// `uid:gid`, `name:group`); the image's user when absent.
     pub user: Option<String>,
+    /// Egress policy, exposed ports and readiness.
+    pub network: NetworkSpec,
+}
+
+/// A sandbox's networking, as persisted (inside the spec JSON).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NetworkSpec {
+    /// No interface but `lo` (at create), or all traffic dropped (when
+    /// changed at run time).
+    pub block_network: bool,
+    /// Only these CIDRs may be reached, when set.
+    pub outbound_cidr_allowlist: Option<Vec<String>>,
+    pub ports: Vec<ExposedPort>,
+    pub readiness_probe: Option<ReadinessProbe>,
+}
+
+/// What an exposed port speaks through the relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PortKind {
+    /// TLS at the relay, HTTP/1.1 inside.
+    Https,
+    /// TLS at the relay, h2c inside.
+    H2,
+    /// Raw TCP from a relay port.
+    Tcp,
+}
+
+/// One exposed port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExposedPort {
+    pub port: u16,
+    pub kind: PortKind,
+    #[serde(default)]
+    pub require_token: bool,
+}
+
+/// A readiness probe, as persisted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadinessProbe {
+    Tcp(u16),
+    Exec(Vec<String>),
+}
+
+/// A raw TCP port of the relay assigned to a sandbox's port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayPort {
+    pub relay_port: u16,
+    pub sandbox_id: String,
+    /// The port inside the sandbox.
+    pub port: u16,
+}
+
+/// Metadata of a connect token (the token itself is never stored).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectTokenRecord {
+    pub id: String,
+    pub sandbox_id: String,
+    pub workspace_id: String,
+    pub port: u16,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub revoked_at: Option<i64>,
 }
 
 impl fmt::Debug for SandboxSpec {
@@ -100,6 +165,7 @@ impl fmt::Debug for SandboxSpec {
             .field("timeout_secs", &self.timeout_secs)
             .field("idle_timeout_secs", &self.idle_timeout_secs)
             .field("user", &self.user)
+            .field("network", &self.network)
             .finish()
     }
 }

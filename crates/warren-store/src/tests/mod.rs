@@ -54,6 +54,7 @@ pub(crate) fn new_sandbox(workspace_id: &str, name: Option<&str>) -> NewSandbox 
             timeout_secs: Some(300),
             idle_timeout_secs: None,
             user: Some("1000".to_owned()),
+            network: Default::default(),
         },
         tags: BTreeMap::new(),
         node_id: LOCAL_NODE_ID.to_owned(),
