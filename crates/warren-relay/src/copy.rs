@@ -1,0 +1,34 @@
+//! Moving bytes both ways between a client and a tunnel stream.
+
+use std::io;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// Per-direction buffer: large, so bulk transfers need few syscalls.
+pub const COPY_BUF: usize = 256 * 1024;
+
+/// Copies both ways until both directions reached EOF (each EOF is passed on
+/// as a half-close) or one side fails. Returns bytes (a → b, b → a).
+pub async fn bidirectional<A, B>(a: &mut A, b: &mut B) -> io::Result<(u64, u64)>
+where
+    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
+    tokio::io::copy_bidirectional_with_sizes(a, b, COPY_BUF, COPY_BUF).await
+}
+
+/// [`bidirectional`] between a client TCP connection and a tunnel stream;
+/// when the tunnel is itself a TCP connection (in-process link) the bytes
+/// move with `splice(2)` through a pipe and never enter user space.
+pub async fn bidirectional_boxed(
+    client: &mut tokio::net::TcpStream,
+    upstream: &mut crate::target::BoxStream,
+) -> io::Result<(u64, u64)> {
+    if let Some(up) = upstream
+        .as_any_mut()
+        .downcast_mut::<tokio::net::TcpStream>()
+    {
+        return crate::splice::bidirectional(client, up).await;
+    }
+    bidirectional(client, upstream).await
+}

@@ -1,0 +1,182 @@
+//! The raw TCP front: one listener per raw route's relay port (kept in step
+//! with `RouteSource::raw_routes`), bytes forwarded both ways. A connection
+//! for a sandbox that is gone, not running or not ready is closed at once.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn, Instrument};
+
+use crate::config::PortRange;
+use crate::dialer::Dialer;
+use crate::link::StreamMode;
+use crate::route::{RawRoute, RouteCache, RouteError, RouteState};
+
+pub(crate) struct RawFront {
+    bind: IpAddr,
+    range: PortRange,
+    cache: Arc<RouteCache>,
+    dialer: Arc<Dialer>,
+    table: RwLock<HashMap<u16, RawRoute>>,
+    listeners: Mutex<HashMap<u16, (SocketAddr, JoinHandle<()>)>>,
+    /// Serializes syncs.
+    sync_lock: tokio::sync::Mutex<()>,
+}
+
+impl RawFront {
+    pub(crate) fn new(
+        bind: IpAddr,
+        range: PortRange,
+        cache: Arc<RouteCache>,
+        dialer: Arc<Dialer>,
+    ) -> Arc<RawFront> {
+        Arc::new(RawFront {
+            bind,
+            range,
+            cache,
+            dialer,
+            table: RwLock::new(HashMap::new()),
+            listeners: Mutex::new(HashMap::new()),
+            sync_lock: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// Ports with a listener now.
+    pub(crate) fn ports(&self) -> Vec<u16> {
+        let mut v: Vec<u16> = self
+            .listeners
+            .lock()
+            .expect("listeners lock")
+            .keys()
+            .copied()
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Re-reads the raw routes and opens/closes listeners to match.
+    pub(crate) async fn sync(self: &Arc<Self>) -> Result<(), RouteError> {
+        let _guard = self.sync_lock.lock().await;
+        let routes = self.cache.source().raw_routes().await?;
+        let mut table = HashMap::new();
+        for r in routes {
+            if !self.range.contains(r.relay_port) {
+                warn!(relay_port = r.relay_port, sandbox_id = %r.sandbox_id, "raw route outside the relay's port range; ignored");
+                continue;
+            }
+            table.entry(r.relay_port).or_insert(r);
+        }
+        let mut listeners = self.listeners.lock().expect("listeners lock");
+        listeners.retain(|port, (_, task)| {
+            let keep = table.contains_key(port);
+            if !keep {
+                task.abort();
+                info!(relay_port = port, "raw port closed");
+            }
+            keep
+        });
+        for (&port, r) in &table {
+            if listeners.contains_key(&port) {
+                continue;
+            }
+            let addr = SocketAddr::new(self.bind, port);
+            let std_listener = match bind_reuse(addr) {
+                Ok(l) => l,
+                Err(e) => {
+                    warn!(relay_port = port, sandbox_id = %r.sandbox_id, error = %e, "cannot listen on raw port; will retry");
+                    continue;
+                }
+            };
+            let listener = match TcpListener::from_std(std_listener) {
+                Ok(l) => l,
+                Err(e) => {
+                    warn!(relay_port = port, error = %e, "cannot register raw listener");
+                    continue;
+                }
+            };
+            info!(relay_port = port, sandbox_id = %r.sandbox_id, port = r.port, "raw port open");
+            let me = self.clone();
+            let task = tokio::spawn(async move { me.accept_loop(port, listener).await });
+            listeners.insert(port, (addr, task));
+        }
+        *self.table.write().expect("table lock") = table;
+        Ok(())
+    }
+
+    async fn accept_loop(self: Arc<Self>, relay_port: u16, listener: TcpListener) {
+        loop {
+            let (tcp, peer) = match listener.accept().await {
+                Ok(x) => x,
+                Err(e) => {
+                    warn!(relay_port, error = %e, "raw accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let me = self.clone();
+            tokio::spawn(async move { me.serve(relay_port, tcp, peer).await });
+        }
+    }
+
+    async fn serve(&self, relay_port: u16, mut tcp: TcpStream, peer: SocketAddr) {
+        let Some(r) = self
+            .table
+            .read()
+            .expect("table lock")
+            .get(&relay_port)
+            .cloned()
+        else {
+            return;
+        };
+        let span = tracing::debug_span!("raw", sandbox_id = %r.sandbox_id, port = r.port, %peer);
+        async move {
+            let _ = tcp.set_nodelay(true);
+            let route = match self.cache.route(&r.sandbox_id).await {
+                Ok(Some(route)) if route.state == RouteState::Running && route.ready => route,
+                other => {
+                    debug!(route = ?other.map(|o| o.map(|r| (r.state, r.ready))), "raw connection refused: sandbox not available");
+                    return;
+                }
+            };
+            let mut upstream = match self.dialer.open(&route.node_id, &r.sandbox_id, r.port, StreamMode::Tcp).await {
+                Ok(s) => s,
+                Err(e) => {
+                    debug!(error = %e, "raw connection: open failed");
+                    if matches!(e, crate::dialer::DialError::Open(crate::target::OpenError::NotFound | crate::target::OpenError::NotRunning)) {
+                        self.cache.invalidate(&r.sandbox_id);
+                    }
+                    return;
+                }
+            };
+            let res = crate::copy::bidirectional_boxed(&mut tcp, &mut upstream).await;
+            debug!(result = ?res, "raw connection ended");
+        }
+        .instrument(span)
+        .await
+    }
+
+    pub(crate) fn stop(&self) {
+        for (_, (_, t)) in self.listeners.lock().expect("listeners lock").drain() {
+            t.abort();
+        }
+    }
+}
+
+/// A listening socket with SO_REUSEADDR (a restarted relay rebinds its raw
+/// ports while old connections sit in TIME_WAIT).
+pub(crate) fn bind_reuse(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let s = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    s.set_reuse_address(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(1024)?;
+    Ok(s.into())
+}
