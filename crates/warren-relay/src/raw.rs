@@ -70,40 +70,48 @@ impl RawFront {
             }
             table.entry(r.relay_port).or_insert(r);
         }
-        let mut listeners = self.listeners.lock().expect("listeners lock");
-        listeners.retain(|port, (_, task)| {
-            let keep = table.contains_key(port);
-            if !keep {
-                task.abort();
-                info!(relay_port = port, "raw port closed");
+        let mut closed = Vec::new();
+        {
+            let mut listeners = self.listeners.lock().expect("listeners lock");
+            let ports: Vec<u16> = listeners.keys().copied().collect();
+            for port in ports {
+                if !table.contains_key(&port) {
+                    let (_, task) = listeners.remove(&port).expect("listed above");
+                    task.abort();
+                    closed.push(task);
+                    info!(relay_port = port, "raw port closed");
+                }
             }
-            keep
-        });
-        for (&port, r) in &table {
-            if listeners.contains_key(&port) {
-                continue;
-            }
-            let addr = SocketAddr::new(self.bind, port);
-            let std_listener = match bind_reuse(addr) {
-                Ok(l) => l,
-                Err(e) => {
-                    warn!(relay_port = port, sandbox_id = %r.sandbox_id, error = %e, "cannot listen on raw port; will retry");
+            for (&port, r) in &table {
+                if listeners.contains_key(&port) {
                     continue;
                 }
-            };
-            let listener = match TcpListener::from_std(std_listener) {
-                Ok(l) => l,
-                Err(e) => {
-                    warn!(relay_port = port, error = %e, "cannot register raw listener");
-                    continue;
-                }
-            };
-            info!(relay_port = port, sandbox_id = %r.sandbox_id, port = r.port, "raw port open");
-            let me = self.clone();
-            let task = tokio::spawn(async move { me.accept_loop(port, listener).await });
-            listeners.insert(port, (addr, task));
+                let addr = SocketAddr::new(self.bind, port);
+                let std_listener = match bind_reuse(addr) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        warn!(relay_port = port, sandbox_id = %r.sandbox_id, error = %e, "cannot listen on raw port; will retry");
+                        continue;
+                    }
+                };
+                let listener = match TcpListener::from_std(std_listener) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        warn!(relay_port = port, error = %e, "cannot register raw listener");
+                        continue;
+                    }
+                };
+                info!(relay_port = port, sandbox_id = %r.sandbox_id, port = r.port, "raw port open");
+                let me = self.clone();
+                let task = tokio::spawn(async move { me.accept_loop(port, listener).await });
+                listeners.insert(port, (addr, task));
+            }
+            *self.table.write().expect("table lock") = table;
         }
-        *self.table.write().expect("table lock") = table;
+        // The listener is closed once its aborted task is gone.
+        for t in closed {
+            let _ = t.await;
+        }
         Ok(())
     }
 
