@@ -11,6 +11,11 @@
 //! endpoint (live stdin, stdout, stderr, signals, terminal resize); see
 //! [`stream`].
 //!
+//! Networking: [`Client::tunnels`], connect tokens
+//! ([`Client::create_connect_token`], [`Client::list_connect_tokens`],
+//! [`Client::revoke_connect_token`]), [`Client::wait_ready`] and
+//! [`Client::update_network`] (the egress policy of a running sandbox).
+//!
 //! Must not: log or print anything (the caller decides), or put the token
 //! anywhere but the `Authorization` header (it is redacted from `Debug`).
 
@@ -19,6 +24,7 @@
 mod execs;
 mod files;
 mod images;
+mod network;
 pub mod stream;
 
 use std::collections::BTreeMap;
@@ -34,6 +40,7 @@ use warren_proto::api::{
 
 pub use files::WriteFile;
 pub use images::PULL_TIMEOUT;
+pub use network::Readiness;
 pub use stream::{ExecExit, ExecInput, ExecOutput, ExecStream, StreamEvent};
 pub use warren_proto::api::{StreamExecStart, TtySize};
 
@@ -603,7 +610,7 @@ fn read_admin_token(paths: &[PathBuf]) -> Result<String, ClientError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
 
     #[test]
     fn config_file_fields() {
@@ -704,22 +711,40 @@ mod tests {
         d
     }
 
-    /// A one-shot HTTP server answering every request with `response`;
-    /// returns its URL and the request it received.
-    async fn one_shot(response: &'static str) -> (String, tokio::task::JoinHandle<String>) {
+    /// A one-shot HTTP server answering one request with `response`;
+    /// returns its URL and the request it received (head and body).
+    pub(crate) async fn one_shot(
+        response: impl Into<String>,
+    ) -> (String, tokio::task::JoinHandle<String>) {
+        let response = response.into();
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", l.local_addr().unwrap());
         let h = tokio::spawn(async move {
             let (mut s, _) = l.accept().await.unwrap();
             let mut buf = vec![0u8; 8192];
             let mut got = Vec::new();
-            // Read the head (requests in these tests have small bodies).
-            loop {
-                let n = s.read(&mut buf).await.unwrap();
-                got.extend_from_slice(&buf[..n]);
-                if n == 0 || got.windows(4).any(|w| w == b"\r\n\r\n") {
+            // Read the head, then as much body as it announces.
+            let mut want = None;
+            for _ in 0..1000 {
+                if want.is_none() {
+                    if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+                        let len = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse::<usize>().ok())
+                            .unwrap_or(0);
+                        want = Some(end + 4 + len);
+                    }
+                }
+                if want.is_some_and(|w| got.len() >= w) {
                     break;
                 }
+                let n = s.read(&mut buf).await.unwrap();
+                if n == 0 {
+                    break;
+                }
+                got.extend_from_slice(&buf[..n]);
             }
             s.write_all(response.as_bytes()).await.unwrap();
             s.shutdown().await.unwrap();
@@ -728,17 +753,18 @@ mod tests {
         (url, h)
     }
 
+    /// A complete HTTP/1.1 response with a JSON body.
+    pub(crate) fn response(status: u16, body: &str) -> String {
+        format!(
+            "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    }
+
     #[tokio::test]
     async fn api_errors_come_back_with_their_code() {
         let body = r#"{"error":{"code":"sandbox_not_found","message":"no such sandbox"}}"#;
-        let resp: &'static str = Box::leak(
-            format!(
-                "HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
-            )
-            .into_boxed_str(),
-        );
-        let (url, h) = one_shot(resp).await;
+        let (url, h) = one_shot(response(404, body)).await;
         let c = Client::new(&url, "tok").unwrap();
         let e = c.get_sandbox("sb-x").await.unwrap_err();
         assert_eq!(e.code(), "sandbox_not_found");
