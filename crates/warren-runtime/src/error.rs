@@ -54,6 +54,8 @@ pub enum RuntimeError {
         errno: Option<i32>,
         message: String,
     },
+    #[error("sandbox networking failed")]
+    Network(#[from] warren_net::NetError),
     #[error("could not remove {path}")]
     Cleanup {
         path: PathBuf,
@@ -80,6 +82,10 @@ impl RuntimeError {
             RuntimeError::InitGone => "sandbox_unreachable",
             RuntimeError::Protocol(_) => "protocol_error",
             RuntimeError::Exec { code, .. } => code,
+            RuntimeError::Network(warren_net::NetError::AddressesExhausted { .. }) => {
+                "capacity_exhausted"
+            }
+            RuntimeError::Network(_) => "network_failed",
             RuntimeError::Cleanup { .. } => "cleanup_failed",
         }
     }

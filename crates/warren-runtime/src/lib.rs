@@ -30,9 +30,10 @@ use std::time::Duration;
 pub use error::RuntimeError;
 pub use native::{NativeConfig, NativeRuntime};
 pub use spec::{
-    BindMount, ExecIo, ExecSpec, Limits, MainIo, RootfsSpec, SandboxId, SandboxSpec, User,
-    DEFAULT_PATH, MAX_ARGS_ENV_BYTES,
+    BindMount, ExecIo, ExecSpec, Limits, MainIo, NetworkSpec, RootfsSpec, SandboxId, SandboxSpec,
+    User, DEFAULT_PATH, MAX_ARGS_ENV_BYTES,
 };
+pub use warren_net::{connect_in_netns, EgressPolicy, NetworkConfig, SandboxAddress};
 pub use warren_proto::ExitStatus;
 
 /// How a sandbox ended.

@@ -100,6 +100,27 @@ impl User {
     }
 }
 
+/// A sandbox's network: `enabled: false` (the default, also for records
+/// written before networking existed) = an empty network namespace with only
+/// `lo` (`block_network`); enabled = `eth0` with an address from the node's
+/// pool, a default route, NAT and DNS, under `egress`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NetworkSpec {
+    pub enabled: bool,
+    #[serde(default)]
+    pub egress: warren_net::EgressPolicy,
+}
+
+impl NetworkSpec {
+    /// Networked, with the default egress policy.
+    pub fn enabled() -> Self {
+        NetworkSpec {
+            enabled: true,
+            egress: warren_net::EgressPolicy::Default,
+        }
+    }
+}
+
 /// Everything needed to create a sandbox.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SandboxSpec {
@@ -113,11 +134,14 @@ pub struct SandboxSpec {
     pub hostname: String,
     pub user: User,
     pub limits: Limits,
+    /// Networking (needs `NativeConfig::network` when enabled).
+    #[serde(default)]
+    pub network: NetworkSpec,
 }
 
 impl SandboxSpec {
     /// A spec with defaults: idle, empty env, workdir `/`, hostname = id,
-    /// root user, no limits.
+    /// root user, no limits, no network (only `lo`).
     pub fn new(id: SandboxId, rootfs: RootfsSpec) -> Self {
         SandboxSpec {
             hostname: id.as_str().to_string(),
@@ -128,6 +152,7 @@ impl SandboxSpec {
             workdir: "/".into(),
             user: User::root(),
             limits: Limits::default(),
+            network: NetworkSpec::default(),
         }
     }
 }

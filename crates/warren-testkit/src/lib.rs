@@ -6,7 +6,9 @@
 //! - [`wait_until`]: bounded polling instead of bare sleeps.
 //! - [`leaks`]: what Warren may have left on the host (mounts, cgroups,
 //!   processes), for the leak check that ends every suite.
+//! - [`netlab`]: a private internet in network namespaces for network tests.
 
+pub mod netlab;
 pub mod registry;
 
 use std::time::{Duration, Instant};

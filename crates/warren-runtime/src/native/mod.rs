@@ -71,8 +71,13 @@ pub struct NativeConfig {
     pub host_etc: PathBuf,
     /// Longest wait for init to finish setting a sandbox up.
     pub setup_timeout: Duration,
-    /// Network namespaces kept ready ahead of creates (0 = none).
+    /// Network namespaces kept ready ahead of creates (0 = none); with
+    /// `network`, as many networked ones are kept ready too.
     pub netns_pool: usize,
+    /// Sandbox networking (veth, address pool, egress policy, NAT, DNS);
+    /// `None` = every sandbox gets only `lo`, and nothing in the node's
+    /// network namespace is touched. See [`NativeConfig::default_network`].
+    pub network: Option<warren_net::NetworkConfig>,
 }
 
 impl NativeConfig {
@@ -92,12 +97,27 @@ impl NativeConfig {
             host_etc: PathBuf::from("/etc"),
             setup_timeout: Duration::from_secs(20),
             netns_pool: 8,
+            network: None,
         }
+    }
+
+    /// The default network settings for this data directory: nftables table
+    /// `warren_<same hash as the cgroup parent>`, `ip_forward` state kept in
+    /// the data dir.
+    pub fn default_network(&self) -> warren_net::NetworkConfig {
+        let mut n = warren_net::NetworkConfig::new(data_dir_hash(&self.data_dir));
+        n.state_dir = Some(self.data_dir.clone());
+        n
     }
 }
 
 /// `warren-` and 12 hex digits of an FNV-1a hash of the absolute data dir.
 fn default_cgroup_parent(data_dir: &Path) -> String {
+    format!("warren-{:012x}", data_dir_hash(data_dir))
+}
+
+/// 48 bits of an FNV-1a hash of the absolute data dir.
+fn data_dir_hash(data_dir: &Path) -> u64 {
     let abs = if data_dir.is_absolute() {
         data_dir.to_path_buf()
     } else {
@@ -110,7 +130,7 @@ fn default_cgroup_parent(data_dir: &Path) -> String {
         h ^= u64::from(*b);
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
-    format!("warren-{:012x}", h & 0xffff_ffff_ffff)
+    h & 0xffff_ffff_ffff
 }
 
 struct Sandbox {
@@ -124,6 +144,16 @@ struct Sandbox {
     cgroup: Arc<Cgroup>,
     exit: Mutex<Option<SandboxExit>>,
     destroying: std::sync::atomic::AtomicBool,
+    /// The sandbox's network namespace (for `connect_in_netns`).
+    netns: Option<Arc<OwnedFd>>,
+    /// Its network lease and current egress policy (networked sandboxes).
+    net: Mutex<Option<(warren_net::Lease, warren_net::EgressPolicy)>>,
+}
+
+/// A namespace already wired to the node, ready for a networked sandbox.
+struct Wired {
+    netns: OwnedFd,
+    lease: warren_net::Lease,
 }
 
 /// The native Linux backend. Thread-safe; share it behind an `Arc`.
@@ -136,6 +166,10 @@ pub struct NativeRuntime {
     ids: Mutex<ids::IdAllocator>,
     sandboxes: RwLock<HashMap<SandboxId, Arc<Sandbox>>>,
     netns: pool::NetnsPool,
+    /// Sandbox networking, when configured.
+    network: Option<Arc<warren_net::Network>>,
+    /// Wired namespaces kept ready (with `network`).
+    wired: Option<pool::Pool<Wired, warren_net::NetError>>,
     reaper: trash::Reaper,
     /// The sandbox seccomp policy, compiled once and sent to every init.
     seccomp: Vec<u64>,
@@ -195,9 +229,39 @@ impl NativeRuntime {
                 field: "seccomp policy",
                 reason: e.to_string(),
             })?;
+        let network = match &cfg.network {
+            None => None,
+            Some(ncfg) => {
+                let net = Arc::new(warren_net::Network::start(ncfg.clone())?);
+                // Leases of sandboxes that may have survived a restart stay
+                // theirs until `recover` decides.
+                if let Ok(entries) = fs::read_dir(&sandboxes_dir) {
+                    for e in entries.flatten() {
+                        if let Some(n) = record::read(&e.path()).and_then(|r| r.net) {
+                            net.reserve(n.lease);
+                        }
+                    }
+                }
+                Some(net)
+            }
+        };
+        let wired = network.as_ref().map(|net| {
+            let net = net.clone();
+            pool::Pool::with_producer(
+                cfg.netns_pool,
+                Arc::new(move || {
+                    let netns = warren_sys::clone::create_net_namespace()
+                        .map_err(|e| warren_net::NetError::EnterNetns(std::io::Error::from(e)))?;
+                    let lease = net.prepare(netns.as_fd())?;
+                    Ok(Wired { netns, lease })
+                }),
+            )
+        });
         Ok(NativeRuntime {
             seccomp,
             netns: pool::NetnsPool::start(cfg.netns_pool),
+            network,
+            wired,
             reaper: trash::Reaper::start(),
             ids: Mutex::new(ids::IdAllocator::new(cfg.id_slots)),
             cfg,
@@ -213,6 +277,77 @@ impl NativeRuntime {
     /// The configuration in use.
     pub fn config(&self) -> &NativeConfig {
         &self.cfg
+    }
+
+    /// The sandbox's network namespace, to make sockets inside it with
+    /// [`warren_net::connect_in_netns`] (its `127.0.0.1` is the sandbox's
+    /// own loopback). Works for sandboxes without a network too.
+    pub fn netns(&self, id: &SandboxId) -> Result<Arc<OwnedFd>, RuntimeError> {
+        let sb = self.get(id)?;
+        if sb.exit.lock().expect("exit lock poisoned").is_some() {
+            return Err(RuntimeError::NotRunning { id: id.to_string() });
+        }
+        sb.netns
+            .clone()
+            .ok_or_else(|| RuntimeError::NotRunning { id: id.to_string() })
+    }
+
+    /// The node's sandbox networking, when configured.
+    pub fn network(&self) -> Option<&warren_net::Network> {
+        self.network.as_deref()
+    }
+
+    /// The sandbox's addresses; `None` for a sandbox without a network.
+    pub fn address(
+        &self,
+        id: &SandboxId,
+    ) -> Result<Option<warren_net::SandboxAddress>, RuntimeError> {
+        let sb = self.get(id)?;
+        let net = sb.net.lock().expect("net lock poisoned");
+        Ok(net.as_ref().map(|(l, _)| l.address))
+    }
+
+    /// The sandbox's current egress policy; `None` without a network.
+    pub fn egress(&self, id: &SandboxId) -> Result<Option<warren_net::EgressPolicy>, RuntimeError> {
+        let sb = self.get(id)?;
+        let net = sb.net.lock().expect("net lock poisoned");
+        Ok(net.as_ref().map(|(_, p)| p.clone()))
+    }
+
+    /// Changes a running sandbox's egress policy; it applies to the next
+    /// packet, established connections included, and survives restarts
+    /// (recorded in `record.json`). A sandbox created without a network
+    /// has none to change (`InvalidSpec`).
+    pub fn set_egress(
+        &self,
+        id: &SandboxId,
+        policy: warren_net::EgressPolicy,
+    ) -> Result<(), RuntimeError> {
+        let _span = info_span!("set_egress", sandbox_id = %id).entered();
+        let sb = self.get(id)?;
+        let network = self.network.as_ref().ok_or(RuntimeError::InvalidSpec {
+            field: "network",
+            reason: "networking is not configured on this node".into(),
+        })?;
+        let mut net = sb.net.lock().expect("net lock poisoned");
+        let Some((lease, current)) = net.as_mut() else {
+            return Err(RuntimeError::InvalidSpec {
+                field: "network",
+                reason: "the sandbox was created without a network".into(),
+            });
+        };
+        network.set_egress(lease, &policy)?;
+        *current = policy.clone();
+        let rec = record::Record {
+            id: sb.id.clone(),
+            slot: sb.slot,
+            init_pid: sb.init_pid,
+            net: Some(record::NetRecord {
+                lease: lease.address.index,
+                egress: policy,
+            }),
+        };
+        record::write(&sb.dir, &rec).map_err(RuntimeError::prepare(&sb.dir))
     }
 
     /// Waits until the directories of every sandbox destroyed so far have
@@ -240,6 +375,7 @@ impl NativeRuntime {
         io: MainIo,
         dir: &Path,
         slot: u32,
+        lease_out: &mut Option<warren_net::Lease>,
     ) -> Result<(Sandbox, Option<i32>, Phases), RuntimeError> {
         let base = self.host_id_base(slot);
         let mut phases = Phases::new();
@@ -257,11 +393,35 @@ impl NativeRuntime {
         let userns = warren_sys::clone::create_user_namespace(0, base, IDS_PER_SANDBOX, true)
             .map_err(RuntimeError::sys("create user namespace"))?;
         phases.mark("node:userns");
-        let netns = self
-            .netns
-            .take()
-            .map_err(RuntimeError::sys("create network namespace"))?;
-        phases.mark("node:netns");
+        let netns = if spec.network.enabled {
+            let (wired, network) = match (&self.wired, &self.network) {
+                (Some(w), Some(n)) => (w, n),
+                _ => {
+                    return Err(RuntimeError::InvalidSpec {
+                        field: "network",
+                        reason: "networking is not configured on this node".into(),
+                    })
+                }
+            };
+            let w = wired.take()?;
+            *lease_out = Some(w.lease.clone());
+            phases.mark("node:netns");
+            if spec.network.egress != warren_net::EgressPolicy::Default {
+                network.set_egress(&w.lease, &spec.network.egress)?;
+                phases.mark("node:egress");
+            }
+            write_resolv_conf(dir, base, &warren_net::Network::resolv_conf(&w.lease))?;
+            phases.mark("node:resolv_conf");
+            w.netns
+        } else {
+            let n = self
+                .netns
+                .take()
+                .map_err(RuntimeError::sys("create network namespace"))?;
+            phases.mark("node:netns");
+            n
+        };
+        let netns = Arc::new(netns);
         let listener = control::listen(&dir.join("init.sock"))?;
         let result = fs::OpenOptions::new()
             .write(true)
@@ -373,6 +533,8 @@ impl NativeRuntime {
             cgroup,
             exit: Mutex::new(None),
             destroying: false.into(),
+            netns: Some(netns.clone()),
+            net: Mutex::new(lease_out.clone().map(|l| (l, spec.network.egress.clone()))),
         };
 
         let mut fds = vec![
@@ -443,6 +605,12 @@ impl NativeRuntime {
                     message,
                 },
             )),
+        }
+    }
+
+    fn release_lease(&self, lease: Option<&warren_net::Lease>) {
+        if let (Some(l), Some(n)) = (lease, &self.network) {
+            n.release(l);
         }
     }
 
@@ -558,6 +726,22 @@ impl Phases {
 
 impl Drop for NativeRuntime {
     fn drop(&mut self) {
+        if let Some(mut wired) = self.wired.take() {
+            for w in wired.drain() {
+                self.release_lease(Some(&w.lease));
+            }
+        }
+        if let Some(network) = self.network.take() {
+            let live = self
+                .sandboxes
+                .read()
+                .map(|m| {
+                    m.values()
+                        .any(|sb| sb.net.lock().map(|n| n.is_some()).unwrap_or(true))
+                })
+                .unwrap_or(true);
+            network.shutdown(live);
+        }
         // Leave no empty cgroup subtree behind; with sandboxes still
         // running (they outlive the node) this fails harmlessly.
         let _ = self.cgroups.destroy_parent();
@@ -680,17 +864,29 @@ impl Runtime for NativeRuntime {
             }
             return Err(RuntimeError::prepare(&dir)(e));
         }
-        match self.create_inner(spec, io, &dir, slot) {
+        let mut lease = None;
+        match self.create_inner(spec, io, &dir, slot, &mut lease) {
             Ok((sb, main_pid, mut phases)) => {
-                record::write(
+                let written = record::write(
                     &dir,
                     &record::Record {
                         id: sb.id.clone(),
                         slot,
                         init_pid: sb.init_pid,
+                        net: lease.as_ref().map(|l| record::NetRecord {
+                            lease: l.address.index,
+                            egress: spec.network.egress.clone(),
+                        }),
                     },
-                )
-                .map_err(RuntimeError::prepare(&dir))?;
+                );
+                if let Err(e) = written {
+                    // Not adopted: kill it and release everything.
+                    let _ = warren_sys::pidfd::send_signal(sb.pidfd.as_fd(), libc::SIGKILL);
+                    let _ = warren_sys::pidfd::wait_exit(sb.pidfd.as_fd());
+                    self.release_lease(lease.as_ref());
+                    let _ = self.release(&spec.id, Some(slot));
+                    return Err(RuntimeError::prepare(&dir)(e));
+                }
                 phases.mark("node:record");
                 let info = SandboxInfo {
                     id: sb.id.clone(),
@@ -711,6 +907,7 @@ impl Runtime for NativeRuntime {
             }
             Err(e) => {
                 debug!(error = %e, "create failed; cleaning up");
+                self.release_lease(lease.as_ref());
                 if let Err(cleanup) = self.release(&spec.id, Some(slot)) {
                     warn!(error = %cleanup, "cleanup after failed create");
                 }
@@ -783,6 +980,8 @@ impl Runtime for NativeRuntime {
                     warn!(pid = sb.init_pid, "init did not exit within 10s of SIGKILL");
                 }
                 self.settle(sb);
+                let lease = sb.net.lock().expect("net lock poisoned").take();
+                self.release_lease(lease.as_ref().map(|(l, _)| l));
                 Some(sb.slot)
             }
             None => None,
@@ -825,6 +1024,19 @@ impl Runtime for NativeRuntime {
                 let pidfd =
                     warren_sys::pidfd::open(r.init_pid).map_err(RuntimeError::sys("pidfd_open"))?;
                 self.ids.lock().expect("id lock poisoned").claim(r.slot);
+                let net = match (&r.net, &self.network) {
+                    (Some(n), Some(network)) => match network.readopt(n.lease, &n.egress) {
+                        Ok(l) => Some((l, n.egress.clone())),
+                        Err(e) => {
+                            warn!(sandbox_id = %id, error = %e, "re-adopting a network lease");
+                            None
+                        }
+                    },
+                    _ => None,
+                };
+                let netns = fs::File::open(format!("/proc/{}/ns/net", r.init_pid))
+                    .ok()
+                    .map(|f| Arc::new(OwnedFd::from(f)));
                 let sb = Sandbox {
                     id: id.clone(),
                     dir,
@@ -835,6 +1047,8 @@ impl Runtime for NativeRuntime {
                     cgroup: Arc::new(cg),
                     exit: Mutex::new(None),
                     destroying: false.into(),
+                    netns,
+                    net: Mutex::new(net),
                 };
                 self.sandboxes
                     .write()
@@ -849,8 +1063,22 @@ impl Runtime for NativeRuntime {
                     detail: "no usable record of the sandbox survived".into(),
                 },
             };
+            if let (Some(n), Some(network)) =
+                (rec.as_ref().and_then(|r| r.net.as_ref()), &self.network)
+            {
+                // Its namespace died with it (or is going): the veth goes
+                // too; remove_stale below catches a lingering one.
+                network.unreserve(n.lease);
+            }
             self.release(&id, None)?;
             out.push(Recovered::Ended(id, exit));
+        }
+        if let Some(network) = &self.network {
+            match network.remove_stale() {
+                Ok(0) => {}
+                Ok(n) => warn!(count = n, "removed stale sandbox interfaces"),
+                Err(e) => warn!(error = %e, "removing stale sandbox interfaces"),
+            }
         }
         // Cgroups without a state directory: leftovers of a crash mid-create.
         for name in self.cgroups.list()? {
@@ -938,6 +1166,33 @@ fn prepare_dirs(dir: &Path, layers: usize, base: u32) -> Result<(), RuntimeError
         .map_err(RuntimeError::prepare(&upper))?;
     fs::set_permissions(&upper, fs::Permissions::from_mode(0o755))
         .map_err(RuntimeError::prepare(&upper))?;
+    Ok(())
+}
+
+/// Writes `/etc/resolv.conf` into the sandbox's writable layer, owned by
+/// the sandbox's root. With a disk limit the writable layer is a tmpfs that
+/// init mounts, so the file is placed there by init instead (see
+/// `Bootstrap::resolv_conf`).
+fn write_resolv_conf(dir: &Path, base: u32, text: &str) -> Result<(), RuntimeError> {
+    let etc = dir.join("upper/etc");
+    match fs::DirBuilder::new().mode(0o755).create(&etc) {
+        Ok(()) => std::os::unix::fs::chown(&etc, Some(base), Some(base))
+            .map_err(RuntimeError::prepare(&etc))?,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(RuntimeError::prepare(&etc)(e)),
+    }
+    let path = etc.join("resolv.conf");
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path)
+        .map_err(RuntimeError::prepare(&path))?;
+    use std::io::Write;
+    (&f).write_all(text.as_bytes())
+        .map_err(RuntimeError::prepare(&path))?;
+    std::os::unix::fs::fchown(&f, Some(base), Some(base)).map_err(RuntimeError::prepare(&path))?;
     Ok(())
 }
 

@@ -6,6 +6,10 @@
 //! `lo` down) ready; `take` hands one out instantly, or creates one inline
 //! when the pool is empty (a burst larger than the pool). Namespaces are
 //! never reused: a sandbox's namespace dies with it.
+//!
+//! The same pool, with a different producer, keeps *networked* namespaces
+//! ready: each already wired to the node (veth, address, route) by
+//! `warren-net`, so a networked create pays nothing for its network either.
 
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, Condvar, Mutex};
@@ -13,24 +17,39 @@ use std::thread::JoinHandle;
 
 use tracing::warn;
 
-struct Shared {
-    ready: Mutex<(Vec<OwnedFd>, bool)>,
+/// Makes one pooled item.
+pub(crate) type Producer<T, E> = Arc<dyn Fn() -> Result<T, E> + Send + Sync>;
+
+struct Shared<T, E> {
+    ready: Mutex<(Vec<T>, bool)>,
     wake: Condvar,
     target: usize,
+    make: Producer<T, E>,
 }
 
-pub(crate) struct NetnsPool {
-    shared: Arc<Shared>,
+pub(crate) struct Pool<T: Send + 'static, E: std::fmt::Display + 'static> {
+    shared: Arc<Shared<T, E>>,
     thread: Option<JoinHandle<()>>,
 }
+
+/// The plain pool: empty namespaces with only `lo`.
+pub(crate) type NetnsPool = Pool<OwnedFd, nix::errno::Errno>;
 
 impl NetnsPool {
     /// Starts the refill thread; `target == 0` disables pooling.
     pub(crate) fn start(target: usize) -> Self {
+        Pool::with_producer(target, Arc::new(warren_sys::clone::create_net_namespace))
+    }
+}
+
+impl<T: Send + 'static, E: std::fmt::Display + 'static> Pool<T, E> {
+    /// Starts a refill thread keeping `target` items made by `make` ready.
+    pub(crate) fn with_producer(target: usize, make: Producer<T, E>) -> Self {
         let shared = Arc::new(Shared {
             ready: Mutex::new((Vec::with_capacity(target), false)),
             wake: Condvar::new(),
             target,
+            make,
         });
         let thread = (target > 0).then(|| {
             let s = shared.clone();
@@ -39,25 +58,51 @@ impl NetnsPool {
                 .spawn(move || refill(&s))
                 .expect("spawning a thread at startup")
         });
-        NetnsPool { shared, thread }
+        Pool { shared, thread }
     }
 
-    /// A fresh network namespace: from the pool if one is ready.
-    pub(crate) fn take(&self) -> warren_sys::Result<OwnedFd> {
+    /// An item: from the pool if one is ready, else made inline.
+    pub(crate) fn take(&self) -> Result<T, E> {
         let pooled = {
             let mut g = self.shared.ready.lock().expect("netns pool lock poisoned");
-            let fd = g.0.pop();
+            let item = g.0.pop();
             self.shared.wake.notify_one();
-            fd
+            item
         };
         match pooled {
-            Some(fd) => Ok(fd),
-            None => warren_sys::clone::create_net_namespace(),
+            Some(item) => Ok(item),
+            None => (self.shared.make)(),
+        }
+    }
+
+    /// Stops the refill thread and returns what was ready (so the caller
+    /// can release it properly).
+    pub(crate) fn drain(&mut self) -> Vec<T> {
+        self.stop();
+        std::mem::take(
+            &mut self
+                .shared
+                .ready
+                .lock()
+                .expect("netns pool lock poisoned")
+                .0,
+        )
+    }
+
+    fn stop(&mut self) {
+        self.shared
+            .ready
+            .lock()
+            .expect("netns pool lock poisoned")
+            .1 = true;
+        self.shared.wake.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
         }
     }
 }
 
-fn refill(s: &Shared) {
+fn refill<T, E: std::fmt::Display>(s: &Shared<T, E>) {
     loop {
         {
             let mut g = s.ready.lock().expect("netns pool lock poisoned");
@@ -68,7 +113,7 @@ fn refill(s: &Shared) {
                 return;
             }
         }
-        match warren_sys::clone::create_net_namespace() {
+        match (s.make)() {
             Ok(fd) => s.ready.lock().expect("netns pool lock poisoned").0.push(fd),
             Err(e) => {
                 warn!(error = %e, "pre-creating a network namespace failed; pool paused 1s");
@@ -78,16 +123,8 @@ fn refill(s: &Shared) {
     }
 }
 
-impl Drop for NetnsPool {
+impl<T: Send + 'static, E: std::fmt::Display + 'static> Drop for Pool<T, E> {
     fn drop(&mut self) {
-        self.shared
-            .ready
-            .lock()
-            .expect("netns pool lock poisoned")
-            .1 = true;
-        self.shared.wake.notify_all();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        self.stop();
     }
 }

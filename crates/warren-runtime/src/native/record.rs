@@ -12,6 +12,17 @@ pub(crate) struct Record {
     pub id: SandboxId,
     pub slot: u32,
     pub init_pid: i32,
+    /// The sandbox's network lease and policy (absent: no network).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net: Option<NetRecord>,
+}
+
+/// What re-adopting a networked sandbox needs.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NetRecord {
+    pub lease: u32,
+    pub egress: warren_net::EgressPolicy,
 }
 
 /// Writes the record atomically (temp file + rename).
@@ -41,6 +52,7 @@ mod tests {
             id: SandboxId::new("a1").unwrap(),
             slot: 7,
             init_pid: 42,
+            net: None,
         };
         write(d.path(), &r).unwrap();
         let back = read(d.path()).unwrap();
