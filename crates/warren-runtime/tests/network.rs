@@ -367,7 +367,9 @@ fn policy_changes_on_a_running_sandbox() -> Result<()> {
     let i1 = url(netlab::INTERNET, 80);
     let i2 = url(netlab::INTERNET2, 80);
     node.expect_reach(&id, &[i1.clone(), i2.clone()], &[])?;
+    let t = std::time::Instant::now();
     node.rt().set_egress(&id, EgressPolicy::Blocked)?;
+    println!("set_egress (nft -f -): {} us", t.elapsed().as_micros());
     node.expect_reach(&id, &[], &[i1.clone(), i2.clone()])?;
     let (exit, _, _) = node.run(&id, "busybox nslookup internet.test")?;
     ensure!(
@@ -620,6 +622,52 @@ fn recover_readopts_network() -> Result<()> {
     Ok(())
 }
 
+/// Network setup's share of create time: median create and median
+/// `node:netns` (+ resolv.conf) with the wired pool, without it (inline
+/// wiring), and for bare sandboxes. Prints the numbers; asserts only that
+/// pooled networking stays a small share.
+fn create_time_share() -> Result<()> {
+    const N: usize = 15;
+    let node = Node::new(|_| {})?;
+    let mut run = |network: NetworkSpec, label: &str, node: &Node| -> Result<(u64, u64)> {
+        let mut total = Vec::new();
+        let mut net = Vec::new();
+        for _ in 0..N {
+            let spec = node.spec("net-bench", network.clone())?;
+            // Let the pool refill between creates (steady state).
+            std::thread::sleep(Duration::from_millis(30));
+            let t = std::time::Instant::now();
+            let info = node.rt().create(&spec, MainIo::default())?;
+            total.push(t.elapsed().as_micros() as u64);
+            net.push(
+                info.phases
+                    .iter()
+                    .filter(|(p, _)| {
+                        p == "node:netns" || p == "node:resolv_conf" || p == "node:egress"
+                    })
+                    .map(|(_, us)| us)
+                    .sum::<u64>(),
+            );
+            node.rt().destroy(&spec.id)?;
+        }
+        total.sort();
+        net.sort();
+        let (t, n) = (total[N / 2], net[N / 2]);
+        println!(
+            "create_time_share {label}: median create {t} us, network phases {n} us ({:.1}%)",
+            n as f64 * 100.0 / t as f64
+        );
+        Ok((t, n))
+    };
+    let (_, pooled) = run(NetworkSpec::enabled(), "networked+pool", &node)?;
+    run(NetworkSpec::default(), "bare", &node)?;
+    drop(node);
+    let inline = Node::new(|c| c.netns_pool = 0)?;
+    run(NetworkSpec::enabled(), "networked+inline", &inline)?;
+    ensure!(pooled < 5_000, "pooled network setup took {pooled} us");
+    Ok(())
+}
+
 fn trial(name: &'static str, f: fn() -> Result<()>) -> Trial {
     Trial::test(name, move || {
         if !warren_testkit::require_root(name) {
@@ -673,6 +721,7 @@ fn main() {
         trial("nothing_left_after_shutdown", nothing_left_after_shutdown),
         trial("spoofed_source_is_dropped", spoofed_source_is_dropped),
         trial("recover_readopts_network", recover_readopts_network),
+        trial("create_time_share", create_time_share),
     ];
     libtest_mimic::run(&args, tests).exit()
 }
