@@ -629,7 +629,7 @@ fn recover_readopts_network() -> Result<()> {
 fn create_time_share() -> Result<()> {
     const N: usize = 15;
     let node = Node::new(|_| {})?;
-    let mut run = |network: NetworkSpec, label: &str, node: &Node| -> Result<(u64, u64)> {
+    let run = |network: NetworkSpec, label: &str, node: &Node| -> Result<(u64, u64)> {
         let mut total = Vec::new();
         let mut net = Vec::new();
         for _ in 0..N {
