@@ -57,6 +57,10 @@ pub enum NodeError {
     /// The sandbox's file agent misbehaved or died.
     #[error("file agent: {reason}")]
     FsAgent { reason: String },
+    /// The sandbox has no network interface to open (created with
+    /// `block_network`, or the node runs without networking).
+    #[error("the sandbox has no network interface (created with block_network, or the node has networking off)")]
+    NetworkUnavailable,
 }
 
 impl NodeError {
@@ -70,6 +74,7 @@ impl NodeError {
             NodeError::Join(_) | NodeError::Io(_) => "internal",
             NodeError::Fs { code, .. } => code.as_str(),
             NodeError::FsAgent { .. } => "fs_agent_failed",
+            NodeError::NetworkUnavailable => "network_unavailable",
         }
     }
 }
@@ -92,6 +97,42 @@ pub struct CreateRequest {
     pub limits: Limits,
     /// Capture the main command's output into a ring of this many bytes.
     pub log_capacity: Option<u64>,
+    pub network: NetworkRequest,
+}
+
+/// A sandbox's network as the control plane asks for it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NetworkRequest {
+    /// Only `lo`.
+    pub block_network: bool,
+    /// Only these destinations (validated CIDRs or addresses).
+    pub outbound_cidr_allowlist: Option<Vec<String>>,
+}
+
+/// The runtime's egress policy for a (validated) request.
+fn egress_policy(
+    block: bool,
+    allowlist: Option<&[String]>,
+) -> Result<warren_runtime::EgressPolicy, NodeError> {
+    if block {
+        return Ok(warren_runtime::EgressPolicy::Blocked);
+    }
+    match allowlist {
+        None => Ok(warren_runtime::EgressPolicy::Default),
+        Some(list) => list
+            .iter()
+            .map(|s| {
+                let (ip, len) = warren_proto::api::parse_cidr(s).map_err(|reason| {
+                    NodeError::Runtime(RuntimeError::InvalidSpec {
+                        field: "outbound_cidr_allowlist",
+                        reason,
+                    })
+                })?;
+                Ok(ipnet::IpNet::new(ip, len).expect("parse_cidr checked the prefix length"))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(warren_runtime::EgressPolicy::Allowlist),
+    }
 }
 
 /// How long a resolved image reference is reused without asking the store
@@ -406,6 +447,14 @@ impl Node {
             (None, false) => None,
         };
         spec.limits = req.limits.clone();
+        // A node without networking gives every sandbox only `lo`, which
+        // satisfies any egress policy.
+        if self.rt.network().is_some() && !req.network.block_network {
+            spec.network = warren_runtime::NetworkSpec {
+                enabled: true,
+                egress: egress_policy(false, req.network.outbound_cidr_allowlist.as_deref())?,
+            };
+        }
         Ok(spec)
     }
 
@@ -482,6 +531,57 @@ impl Node {
         let rt = self.rt.clone();
         let id = id.clone();
         Ok(tokio::task::spawn_blocking(move || rt.exec(&id, &spec, io)).await??)
+    }
+
+    /// Opens a TCP connection to `127.0.0.1:<port>` inside the sandbox's
+    /// network namespace (so servers bound to localhost are reachable, and
+    /// nothing off the machine can ever be dialled this way).
+    pub async fn dial(
+        &self,
+        id: &SandboxId,
+        port: u16,
+    ) -> Result<tokio::net::TcpStream, NodeError> {
+        let netns = self.rt.netns(id)?;
+        let addr = std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port));
+        Ok(warren_runtime::connect_in_netns(std::os::fd::AsFd::as_fd(&*netns), addr).await?)
+    }
+
+    /// Changes a running sandbox's egress policy. A sandbox created with
+    /// `block_network` has no interface: unblocking it fails with
+    /// `network_unavailable`.
+    pub async fn set_egress(
+        &self,
+        id: &SandboxId,
+        block: bool,
+        allowlist: Option<&[String]>,
+    ) -> Result<(), NodeError> {
+        if !self.rt.network().is_some() {
+            return if block {
+                Ok(())
+            } else {
+                Err(NodeError::NetworkUnavailable)
+            };
+        }
+        let policy = egress_policy(block, allowlist)?;
+        if self.rt.address(id)?.is_none() {
+            return if block {
+                Ok(())
+            } else {
+                Err(NodeError::NetworkUnavailable)
+            };
+        }
+        let rt = self.rt.clone();
+        let id = id.clone();
+        Ok(tokio::task::spawn_blocking(move || rt.set_egress(&id, policy)).await??)
+    }
+
+    /// The sandbox's address on this node, when it has an interface.
+    pub fn address(&self, id: &SandboxId) -> Option<std::net::IpAddr> {
+        self.rt
+            .address(id)
+            .ok()
+            .flatten()
+            .map(|a| std::net::IpAddr::V4(a.address))
     }
 
     /// Runs a command to completion, buffering (boundedly) its output.

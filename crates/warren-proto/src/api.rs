@@ -9,6 +9,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+pub use crate::network::*;
+
 /// Default sandbox lifetime when a create request gives none.
 pub const DEFAULT_TIMEOUT_SECS: u64 = 300;
 /// Longest sandbox lifetime a create request may ask for (one day).
@@ -69,6 +71,27 @@ pub struct CreateSandboxRequest {
     /// command instead of idling.
     #[serde(default)]
     pub use_image_command: bool,
+    /// No network interface but `lo`.
+    #[serde(default)]
+    pub block_network: bool,
+    /// Only these destinations (CIDRs or addresses) may be reached; the
+    /// default policy (public internet only) when absent.
+    #[serde(default)]
+    pub outbound_cidr_allowlist: Option<Vec<String>>,
+    /// Ports served at `https://<id>-<port>.<base-domain>`, TLS ended at the
+    /// relay, HTTP/1.1 and WebSocket to the sandbox.
+    #[serde(default)]
+    pub encrypted_ports: Vec<PortSpec>,
+    /// Like `encrypted_ports`, with HTTP/2 (h2c) to the sandbox.
+    #[serde(default)]
+    pub h2_ports: Vec<PortSpec>,
+    /// Ports forwarded as raw TCP from a port of the relay.
+    #[serde(default)]
+    pub unencrypted_ports: Vec<u16>,
+    /// Until it passes, the sandbox is not ready: tunnels answer 503 and
+    /// `wait-ready` waits.
+    #[serde(default)]
+    pub readiness_probe: Option<ReadinessProbe>,
 }
 
 /// Where a sandbox is in its life.
@@ -130,6 +153,15 @@ pub struct Sandbox {
     pub ended_at: Option<String>,
     /// Present once the sandbox has ended.
     pub termination: Option<Termination>,
+    pub network: NetworkInfo,
+    /// Exposed ports (see `GET /v1/sandboxes/{id}/tunnels` for URLs).
+    pub encrypted_ports: Vec<PortSpec>,
+    pub h2_ports: Vec<PortSpec>,
+    pub unencrypted_ports: Vec<u16>,
+    pub readiness_probe: Option<ReadinessProbe>,
+    /// Whether the readiness probe has passed (true without a probe once
+    /// running).
+    pub ready: bool,
 }
 
 /// `GET /v1/sandboxes`.
@@ -647,6 +679,15 @@ pub enum ErrorCode {
     LimitExceeded,
     /// 500: an I/O error inside the sandbox, or its file agent failed.
     FileIoError,
+    /// 400: the port is not exposed by the sandbox (or not as HTTPS/H2).
+    PortNotExposed,
+    /// 409: the sandbox was created with `block_network` and has no
+    /// interface to open.
+    NetworkUnavailable,
+    /// 408: the sandbox did not become ready in time.
+    NotReady,
+    /// 503: the relay (tunnels) is not configured on this server.
+    RelayUnavailable,
     /// 500: Warren failed; details are in the server log.
     Internal,
 }
@@ -692,6 +733,10 @@ impl ErrorCode {
             ErrorCode::NotAFile => "not_a_file",
             ErrorCode::LimitExceeded => "limit_exceeded",
             ErrorCode::FileIoError => "file_io_error",
+            ErrorCode::PortNotExposed => "port_not_exposed",
+            ErrorCode::NetworkUnavailable => "network_unavailable",
+            ErrorCode::NotReady => "not_ready",
+            ErrorCode::RelayUnavailable => "relay_unavailable",
             ErrorCode::Internal => "internal",
         }
     }
@@ -733,6 +778,10 @@ impl ErrorCode {
             | ErrorCode::SandboxTerminated
             | ErrorCode::SandboxNotRunning => 409,
             ErrorCode::CapacityExhausted => 503,
+            ErrorCode::PortNotExposed => 400,
+            ErrorCode::NetworkUnavailable => 409,
+            ErrorCode::NotReady => 408,
+            ErrorCode::RelayUnavailable => 503,
             ErrorCode::Internal => 500,
         }
     }
@@ -787,7 +836,14 @@ pub fn validate_create(req: &CreateSandboxRequest) -> Result<(), String> {
     }
     validate_env(&req.env)?;
     validate_tags(&req.tags)?;
-    Ok(())
+    validate_network(
+        req.block_network,
+        req.outbound_cidr_allowlist.as_deref(),
+        &req.encrypted_ports,
+        &req.h2_ports,
+        &req.unencrypted_ports,
+        req.readiness_probe.as_ref(),
+    )
 }
 
 /// Validates an exec request.
@@ -840,7 +896,7 @@ pub fn validate_name(name: &str) -> Result<(), String> {
     }
 }
 
-fn validate_command(field: &str, cmd: &[String]) -> Result<(), String> {
+pub fn validate_command(field: &str, cmd: &[String]) -> Result<(), String> {
     if cmd.is_empty() || cmd[0].is_empty() {
         return Err(format!("{field} must not be empty"));
     }

@@ -3,6 +3,7 @@
 //! - [`agent`]: the node ↔ in-sandbox file agent protocol (framed pipes).
 //! - [`init`]: the node ↔ sandbox-init protocol (versioned, Unix sockets).
 //! - [`log`]: the ring-file format of a main command's output.
+//! - [`network`]: the API's networking bodies (tunnels, tokens, egress).
 //! - [`relay`]: relay routes, connect-token claims, the node ↔ relay link.
 //! - [`api`]: the public HTTP API's request and response bodies (`/v1`),
 //!   with OpenAPI schemas; shared by the server, the Rust client and the CLI
@@ -15,6 +16,7 @@ pub mod agent;
 pub mod api;
 pub mod init;
 pub mod log;
+pub mod network;
 pub mod relay;
 
 pub use init::*;

@@ -18,17 +18,19 @@ mod images;
 mod logs;
 mod metrics;
 mod openapi;
+mod readiness;
 mod sandboxes;
 mod stream;
 mod supervisor;
 mod tokens;
+pub mod tunnels;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, patch, post, put};
 use axum::Router;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
@@ -53,6 +55,42 @@ pub struct ServerConfig {
     /// registries; see docs/images.md). `None` = `<data_dir>/registries.json`
     /// when it exists, else anonymous HTTPS pulls from `docker.io`.
     pub registries: Option<PathBuf>,
+    /// Sandbox networking (an interface, NAT, DNS and the egress policy);
+    /// `None` = every sandbox has only `lo`.
+    pub network: Option<warren_runtime::NetworkConfig>,
+    /// Tunnels into sandboxes (`encrypted_ports`, `unencrypted_ports`).
+    pub tunnels: TunnelsConfig,
+}
+
+/// Where this server's tunnels are served.
+#[derive(Debug, Clone, Default)]
+pub enum TunnelsConfig {
+    /// No relay: creates that expose ports fail with `relay_unavailable`.
+    #[default]
+    Off,
+    /// A relay inside this process (single machine). `token_key` and TLS
+    /// default to this server's own (`<data_dir>/relay-secrets.json`,
+    /// `<data_dir>/tls`) when left empty.
+    Local(warren_relay::RelayConfig),
+    /// A relay in its own process (`warren relay`): this node dials it.
+    Remote(RemoteRelay),
+}
+
+/// A relay this node dials out to, and how clients reach it.
+#[derive(Debug, Clone)]
+pub struct RemoteRelay {
+    /// `host:port` of the relay's link listener.
+    pub link_addr: String,
+    /// Name the relay's certificate must carry.
+    pub server_name: String,
+    /// PEM of the CA the relay's certificate chains to.
+    pub ca_pem: String,
+    /// The relay's public base domain, HTTPS port and raw TCP host, for URLs.
+    pub base_domain: String,
+    pub https_port: u16,
+    pub raw_host: String,
+    /// Relay ports this control plane assigns to `unencrypted_ports`.
+    pub raw_port_range: (u16, u16),
 }
 
 impl ServerConfig {
@@ -64,6 +102,8 @@ impl ServerConfig {
             sweep_interval: Duration::from_millis(250),
             cgroup_parent: None,
             registries: None,
+            network: None,
+            tunnels: TunnelsConfig::Off,
         }
     }
 }
@@ -77,6 +117,59 @@ pub struct AppState {
     pub supervisor: supervisor::Supervisor,
     pub metrics: Arc<metrics::Metrics>,
     pub execs: Arc<execs::Registry>,
+    /// Readiness of running sandboxes (shared with the supervisor).
+    pub readiness: Arc<readiness::Readiness>,
+    /// `None` when the server runs without a relay.
+    pub tunnels: Option<Arc<tunnels::Tunnels>>,
+    /// The in-process relay or the link to a remote one; stopped by
+    /// [`AppState::shutdown`].
+    pub relay: Arc<tokio::sync::Mutex<Option<RelayRuntime>>>,
+}
+
+/// The relay side this server runs.
+pub enum RelayRuntime {
+    Local(Arc<warren_relay::Relay>),
+    Remote(Arc<warren_relay::NodeLink>),
+}
+
+impl AppState {
+    /// Stops the relay (or the link to it). Sandboxes keep running.
+    pub async fn shutdown(&self) {
+        // Hooks hold only weak references, so these unwraps succeed unless
+        // a hook runs right now; then it is retried briefly.
+        let taken = self.relay.lock().await.take();
+        match taken {
+            Some(RelayRuntime::Local(mut r)) => {
+                for _ in 0..100 {
+                    match Arc::try_unwrap(r) {
+                        Ok(r) => return r.shutdown().await,
+                        Err(back) => r = back,
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                warn!("the relay is still in use; leaving it running");
+            }
+            Some(RelayRuntime::Remote(mut l)) => {
+                for _ in 0..100 {
+                    match Arc::try_unwrap(l) {
+                        Ok(l) => return l.shutdown().await,
+                        Err(back) => l = back,
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                warn!("the relay link is still in use; leaving it running");
+            }
+            None => {}
+        }
+    }
+
+    /// The in-process relay's HTTPS address, when there is one.
+    pub async fn relay_https_addr(&self) -> Option<SocketAddr> {
+        match &*self.relay.lock().await {
+            Some(RelayRuntime::Local(r)) => r.https_addr(),
+            _ => None,
+        }
+    }
 }
 
 /// Errors that stop the server from starting.
@@ -110,6 +203,10 @@ pub enum ServeError {
     },
     #[error("the HTTP server failed")]
     Serve(#[source] std::io::Error),
+    #[error("could not start the relay")]
+    Relay(#[from] warren_relay::RelayError),
+    #[error("could not start the link to the relay")]
+    RelayLink(#[from] warren_relay::LinkError),
 }
 
 /// The API router over `state`.
@@ -125,6 +222,23 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/sandboxes/{id}/tags", put(sandboxes::set_tags))
         .route("/v1/sandboxes/{id}/terminate", post(sandboxes::terminate))
         .route("/v1/sandboxes/{id}/wait", get(sandboxes::wait))
+        .route("/v1/sandboxes/{id}/wait-ready", get(tunnels::wait_ready))
+        .route("/v1/sandboxes/{id}/network", patch(tunnels::update_network))
+        .route("/v1/sandboxes/{id}/tunnels", get(tunnels::list))
+        .route(
+            "/v1/sandboxes/{id}/connect-token",
+            post(tunnels::create_token),
+        )
+        .route(
+            "/v1/sandboxes/{id}/connect-tokens",
+            get(tunnels::list_tokens),
+        )
+        .route(
+            "/v1/sandboxes/{id}/connect-tokens/{token_id}",
+            delete(tunnels::revoke_token),
+        )
+        .route("/v1/relay/routes/{id}", get(tunnels::relay_route))
+        .route("/v1/relay/raw-routes", get(tunnels::relay_raw_routes))
         .route("/v1/sandboxes/{id}/exec", post(sandboxes::exec))
         .route("/v1/sandboxes/{id}/logs", get(logs::logs))
         .route("/v1/sandboxes/{id}/exec/stream", get(stream::exec_stream))
@@ -208,6 +322,7 @@ pub async fn open(cfg: &ServerConfig) -> Result<AppState, ServeError> {
     if let Some(parent) = &cfg.cgroup_parent {
         rt_cfg.cgroup_parent = parent.clone();
     }
+    rt_cfg.network = cfg.network.clone();
     let rt = warren_runtime::NativeRuntime::new(rt_cfg)?;
     let reg_path = cfg
         .registries
@@ -225,6 +340,8 @@ pub async fn open(cfg: &ServerConfig) -> Result<AppState, ServeError> {
     let node = Node::with_registries(rt, images, registries).map_err(ServeError::Recover)?;
     let supervisor =
         supervisor::Supervisor::new(store.clone(), node.clone(), cfg.data_dir.join("logs"));
+    let readiness = supervisor.readiness().clone();
+    let (tunnels, relay) = tunnels::start(cfg, &store, &node, &supervisor).await?;
     let state = AppState {
         store,
         node,
@@ -232,6 +349,9 @@ pub async fn open(cfg: &ServerConfig) -> Result<AppState, ServeError> {
         supervisor,
         metrics: Arc::default(),
         execs: Arc::default(),
+        readiness,
+        tunnels,
+        relay: Arc::new(tokio::sync::Mutex::new(relay)),
     };
     state.supervisor.recover().await?;
     Ok(state)
@@ -252,7 +372,7 @@ pub async fn run(
             source,
         })?;
     info!(addr = %cfg.listen, "serving the Warren API");
-    let app = router(state);
+    let app = router(state.clone());
     // Small answers (a 4 KiB file, an exec result) go out at once: without
     // TCP_NODELAY a response written in two segments can wait ~40 ms for
     // the client's delayed ACK.
@@ -266,13 +386,14 @@ pub async fn run(
         .await
         .map_err(ServeError::Serve);
     sweeper.abort();
+    state.shutdown().await;
     if let Err(e) = &result {
         warn!(error = %e, "server stopped with an error");
     }
     result
 }
 
-fn write_secret(path: &std::path::Path, secret: &str) -> std::io::Result<()> {
+pub(crate) fn write_secret(path: &std::path::Path, secret: &str) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()

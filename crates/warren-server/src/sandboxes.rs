@@ -13,7 +13,8 @@ use warren_proto::api::{
 };
 use warren_runtime::{Limits, SandboxId};
 use warren_store::{
-    ListFilter, NewSandbox, SandboxRecord, SandboxState, Termination, TerminationReason,
+    ExposedPort, ListFilter, NewSandbox, PortKind, SandboxRecord, SandboxState, Termination,
+    TerminationReason,
 };
 
 use crate::auth::Auth;
@@ -53,7 +54,7 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (y, m, d)
 }
 
-pub fn to_api(r: &SandboxRecord) -> api::Sandbox {
+pub fn to_api(app: &AppState, r: &SandboxRecord) -> api::Sandbox {
     let state = match r.state {
         SandboxState::Creating => api::SandboxState::Creating,
         SandboxState::Running => api::SandboxState::Running,
@@ -93,7 +94,50 @@ pub fn to_api(r: &SandboxRecord) -> api::Sandbox {
         started_at: r.started_at.map(to_iso),
         ended_at: r.ended_at.map(to_iso),
         termination,
+        network: api::NetworkInfo {
+            block_network: r.spec.network.block_network,
+            outbound_cidr_allowlist: r.spec.network.outbound_cidr_allowlist.clone(),
+            address: SandboxId::new(r.id.clone())
+                .ok()
+                .filter(|_| r.state == SandboxState::Running)
+                .and_then(|id| app.node.address(&id))
+                .map(|a| a.to_string()),
+        },
+        encrypted_ports: ports_of(r, PortKind::Https),
+        h2_ports: ports_of(r, PortKind::H2),
+        unencrypted_ports: r
+            .spec
+            .network
+            .ports
+            .iter()
+            .filter(|p| p.kind == PortKind::Tcp)
+            .map(|p| p.port)
+            .collect(),
+        readiness_probe: r.spec.network.readiness_probe.as_ref().map(|p| match p {
+            warren_store::ReadinessProbe::Tcp(port) => api::ReadinessProbe::Tcp(*port),
+            warren_store::ReadinessProbe::Exec(argv) => api::ReadinessProbe::Exec(argv.clone()),
+        }),
+        ready: r.state == SandboxState::Running && app.readiness.is_ready(&r.id),
     }
+}
+
+fn ports_of(r: &SandboxRecord, kind: PortKind) -> Vec<api::PortSpec> {
+    r.spec
+        .network
+        .ports
+        .iter()
+        .filter(|p| p.kind == kind)
+        .map(|p| {
+            if p.require_token {
+                api::PortSpec::Detailed {
+                    port: p.port,
+                    require_token: true,
+                }
+            } else {
+                api::PortSpec::Port(p.port)
+            }
+        })
+        .collect()
 }
 
 pub(crate) async fn load(
@@ -106,6 +150,36 @@ pub(crate) async fn load(
         .get_sandbox(&auth.0.workspace_id, id)
         .await?
         .ok_or_else(|| ApiError::not_found(id))
+}
+
+/// The persisted form of a create request's network fields.
+fn network_spec(req: &CreateSandboxRequest) -> warren_store::NetworkSpec {
+    let exposed = |ports: &[api::PortSpec], kind| {
+        ports
+            .iter()
+            .map(move |p| ExposedPort {
+                port: p.port(),
+                kind,
+                require_token: p.require_token(),
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut ports = exposed(&req.encrypted_ports, PortKind::Https);
+    ports.extend(exposed(&req.h2_ports, PortKind::H2));
+    ports.extend(req.unencrypted_ports.iter().map(|&port| ExposedPort {
+        port,
+        kind: PortKind::Tcp,
+        require_token: false,
+    }));
+    warren_store::NetworkSpec {
+        block_network: req.block_network,
+        outbound_cidr_allowlist: req.outbound_cidr_allowlist.clone(),
+        ports,
+        readiness_probe: req.readiness_probe.as_ref().map(|p| match p {
+            api::ReadinessProbe::Tcp(port) => warren_store::ReadinessProbe::Tcp(*port),
+            api::ReadinessProbe::Exec(argv) => warren_store::ReadinessProbe::Exec(argv.clone()),
+        }),
+    }
 }
 
 fn env_list(env: &BTreeMap<String, String>) -> Vec<String> {
@@ -139,7 +213,15 @@ pub async fn create(
         disk_mib: req.disk_mib,
         timeout_secs: Some(req.timeout_secs.unwrap_or(api::DEFAULT_TIMEOUT_SECS)),
         idle_timeout_secs: req.idle_timeout_secs,
+        network: network_spec(&req),
     };
+    let exposes = !spec.network.ports.is_empty();
+    if exposes && state.tunnels.is_none() {
+        return Err(ApiError::new(
+            ErrorCode::RelayUnavailable,
+            "this server runs without a relay, so it cannot expose ports",
+        ));
+    }
     let rec = state
         .store
         .insert_sandbox(&NewSandbox {
@@ -153,6 +235,22 @@ pub async fn create(
         })
         .await?;
     let sid = SandboxId::new(id.clone()).map_err(|e| ApiError::internal("sandbox id", &e))?;
+    if !req.unencrypted_ports.is_empty() {
+        let range = state
+            .tunnels
+            .as_ref()
+            .map(|t| t.raw_port_range)
+            .unwrap_or((0, 0));
+        if let Err(e) = state
+            .store
+            .assign_relay_ports(&id, &req.unencrypted_ports, range)
+            .await
+        {
+            let t = Termination::new(TerminationReason::Error).with_detail(e.to_string());
+            let _ = state.store.finish_sandbox(&id, &t).await;
+            return Err(ApiError::new(ErrorCode::CapacityExhausted, e.to_string()));
+        }
+    }
     let node_req = CreateRequest {
         id: sid,
         image,
@@ -168,6 +266,10 @@ pub async fn create(
             disk_bytes: req.disk_mib.map(|d| d << 20),
         },
         log_capacity: Some(crate::logs::LOG_CAPACITY),
+        network: warren_node::NetworkRequest {
+            block_network: req.block_network,
+            outbound_cidr_allowlist: req.outbound_cidr_allowlist.clone(),
+        },
     };
     let started = std::time::Instant::now();
     let started_at = match state.supervisor.start(&rec, node_req).await {
@@ -192,7 +294,7 @@ pub async fn create(
         // It already ended (a very short command): report what is stored.
         None => load(&state, &auth, &id).await?,
     };
-    Ok((StatusCode::CREATED, Json(to_api(&rec))))
+    Ok((StatusCode::CREATED, Json(to_api(&state, &rec))))
 }
 
 /// `GET /v1/sandboxes?tag=k=v&name=&state=&limit=&cursor=`
@@ -240,7 +342,7 @@ pub async fn list(
     }
     let page = state.store.list_sandboxes(&filter).await?;
     Ok(Json(SandboxList {
-        sandboxes: page.items.iter().map(to_api).collect(),
+        sandboxes: page.items.iter().map(|r| to_api(&state, r)).collect(),
         next_cursor: page.next_cursor,
     }))
 }
@@ -254,7 +356,7 @@ pub async fn get_one(
     auth: Auth,
     Path(id): Path<String>,
 ) -> Result<Json<api::Sandbox>, ApiError> {
-    Ok(Json(to_api(&load(&state, &auth, &id).await?)))
+    Ok(Json(to_api(&state, &load(&state, &auth, &id).await?)))
 }
 
 /// `PUT /v1/sandboxes/{id}/tags`
@@ -274,7 +376,7 @@ pub async fn set_tags(
         .store
         .set_tags(&auth.0.workspace_id, &id, &req.tags)
         .await?;
-    Ok(Json(to_api(&load(&state, &auth, &id).await?)))
+    Ok(Json(to_api(&state, &load(&state, &auth, &id).await?)))
 }
 
 /// `POST /v1/sandboxes/{id}/terminate`
@@ -294,7 +396,7 @@ pub async fn terminate(
         ));
         state.supervisor.terminate(&id, t).await?;
     }
-    Ok(Json(to_api(&load(&state, &auth, &id).await?)))
+    Ok(Json(to_api(&state, &load(&state, &auth, &id).await?)))
 }
 
 #[derive(serde::Deserialize)]
@@ -331,10 +433,10 @@ pub async fn wait(
         notified.as_mut().enable();
         let rec = load(&state, &auth, &id).await?;
         if rec.state == SandboxState::Terminated {
-            return Ok(Json(to_api(&rec)));
+            return Ok(Json(to_api(&state, &rec)));
         }
         if tokio::time::timeout_at(deadline, notified).await.is_err() {
-            return Ok(Json(to_api(&load(&state, &auth, &id).await?)));
+            return Ok(Json(to_api(&state, &load(&state, &auth, &id).await?)));
         }
     }
 }

@@ -2,7 +2,7 @@
 //! exactly one typed reason, and re-adopt after a restart.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -11,6 +11,7 @@ use warren_node::{CreateRequest, Node};
 use warren_runtime::{Recovered, SandboxExit, SandboxId};
 use warren_store::{SandboxRecord, Store, Termination, TerminationReason};
 
+use crate::readiness::Readiness;
 use crate::ApiError;
 
 #[derive(Clone)]
@@ -23,7 +24,15 @@ pub struct Supervisor {
     ended: Arc<Notify>,
     /// Where ended sandboxes' logs are kept.
     logs_dir: Arc<std::path::PathBuf>,
+    /// Readiness probes of running sandboxes.
+    readiness: Arc<Readiness>,
+    /// Called with the id of every sandbox that ended (the relay drops its
+    /// cached route); set once tunnels are up.
+    on_end: Arc<OnceLock<EndHook>>,
 }
+
+/// See [`Supervisor::set_on_end`].
+pub type EndHook = Arc<dyn Fn(&str) + Send + Sync>;
 
 /// Marks a sandbox busy while alive (an exec is running).
 pub struct ActivityGuard {
@@ -77,6 +86,29 @@ impl Supervisor {
             active: Arc::default(),
             ended: Arc::new(Notify::new()),
             logs_dir: Arc::new(logs_dir),
+            readiness: Arc::default(),
+            on_end: Arc::default(),
+        }
+    }
+
+    pub fn readiness(&self) -> &Arc<Readiness> {
+        &self.readiness
+    }
+
+    /// Sets the hook called when a sandbox ends (first call wins).
+    pub fn set_on_end(&self, hook: EndHook) {
+        let _ = self.on_end.set(hook);
+    }
+
+    /// Releases what an ended sandbox held outside the node: its readiness
+    /// entry, its relay ports, the relay's cached route.
+    async fn after_end(&self, id: &str) {
+        self.readiness.forget(id);
+        if let Err(e) = self.store.release_relay_ports(id).await {
+            warn!(sandbox_id = id, error = %e, "releasing relay ports failed");
+        }
+        if let Some(hook) = self.on_end.get() {
+            hook(id);
         }
     }
 
@@ -136,11 +168,17 @@ impl Supervisor {
             Err(e) => {
                 let t = Termination::new(TerminationReason::Error).with_detail(e.to_string());
                 let _ = self.store.finish_sandbox(&rec.id, &t).await;
+                self.after_end(&rec.id).await;
                 self.ended.notify_waiters();
                 return Err(e.into());
             }
         };
         let started = self.store.mark_running_at(&rec.id, Some(&image_id)).await?;
+        self.readiness.track(
+            &self.node,
+            &rec.id,
+            rec.spec.network.readiness_probe.clone(),
+        );
         self.watch(id);
         Ok(started)
     }
@@ -162,6 +200,7 @@ impl Supervisor {
                 if let Err(e) = sup.node.destroy(&id).await {
                     warn!(error = %e, "releasing an ended sandbox failed");
                 }
+                sup.after_end(id.as_str()).await;
                 sup.ended.notify_waiters();
             }
             .instrument(span),
@@ -175,6 +214,7 @@ impl Supervisor {
             SandboxId::new(id.to_string()).map_err(|e| ApiError::internal("sandbox id", &e))?;
         self.node.destroy(&sid).await?;
         self.store.finish_sandbox(id, &t).await?;
+        self.after_end(id).await;
         self.ended.notify_waiters();
         Ok(())
     }
@@ -255,6 +295,11 @@ impl Supervisor {
                                 warn!(sandbox_id = %id, error = %e, "marking a re-adopted sandbox running failed");
                             }
                         }
+                        self.readiness.track(
+                            &self.node,
+                            id.as_str(),
+                            rec.spec.network.readiness_probe.clone(),
+                        );
                         self.watch(id);
                     } else {
                         warn!(sandbox_id = %id, "no record of a running sandbox; removing it");
@@ -271,6 +316,7 @@ impl Supervisor {
                     };
                     running.insert(id.to_string());
                     let _ = self.store.finish_sandbox(id.as_str(), &t).await;
+                    self.after_end(id.as_str()).await;
                 }
             }
         }
@@ -281,6 +327,7 @@ impl Supervisor {
             let t = Termination::new(TerminationReason::NodeRestart)
                 .with_detail("the sandbox was gone after a restart");
             let _ = self.store.finish_sandbox(&rec.id, &t).await;
+            self.after_end(&rec.id).await;
         }
         Ok(())
     }

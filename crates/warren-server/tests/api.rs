@@ -531,6 +531,7 @@ async fn restart_readopts_running_sandboxes() -> Result<()> {
                         use_image_command: false,
                         limits: Default::default(),
                         log_capacity: None,
+                        network: Default::default(),
                     },
                     None,
                     None,
