@@ -32,11 +32,16 @@ packages=(
     zstd           # zstd-compressed test layers
     tmux           # drives `warren sandbox shell` in a real terminal in the e2e tests
     vim-tiny       # a full-screen editor the terminal test runs inside a sandbox
+    nodejs         # the dev server tunnel tests run inside sandboxes; runs playwright-core
+    chromium       # headless browser of the tunnel browser test
+    curl           # HTTPS/HTTP2 through the relay, verified against Warren's CA
+    openssl        # the relay certificate's key pin for Chromium
+    socat          # peer of the relay's raw TCP front in bench/run relay
 )
 
 # Commands that must work afterwards; checked so a broken install fails here
 # rather than as a confusing test failure later.
-commands=(crun runc bwrap busybox ip nft ps fuser unshare nsenter losetup mkfs.ext4 python3 git docker-registry skopeo htpasswd zstd tmux vim.tiny)
+commands=(crun runc bwrap busybox ip nft ps fuser unshare nsenter losetup mkfs.ext4 python3 git docker-registry skopeo htpasswd zstd tmux vim.tiny node chromium curl openssl socat)
 
 [[ $(id -u) -eq 0 ]] || die "must run as root (try: sudo $0)"
 command -v apt-get >/dev/null || die "apt-get not found: this script supports Debian only"
@@ -66,6 +71,25 @@ done
 busybox_path=$(command -v busybox)
 if ldd "$busybox_path" >/dev/null 2>&1; then
     die "$busybox_path is dynamically linked; the busybox-static package should provide it"
+fi
+
+# Debian's nodejs ships npm separately; NodeSource's bundles it (and
+# conflicts with Debian's npm package), so only install npm when missing.
+if ! command -v npm >/dev/null; then
+    log "installing: npm"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends npm >/dev/null
+fi
+
+# The tests' sandboxes run the host's /usr/bin/node (the `host` image binds
+# /usr), so node must live there, not only in /usr/local.
+[[ -x /usr/bin/node ]] || die "/usr/bin/node is missing (the nodejs package provides it)"
+
+# playwright-core drives Debian's Chromium in the tunnel browser test; the
+# version is pinned by package-lock.json.
+browser_dir="$(cd "$(dirname "$0")/.." && pwd)/crates/warren-server/tests/browser"
+if [[ ! -d $browser_dir/node_modules/playwright-core ]]; then
+    log "installing playwright-core into $browser_dir"
+    npm ci --prefix "$browser_dir" --no-audit --no-fund --loglevel=error >/dev/null
 fi
 
 log "ok"
