@@ -106,6 +106,7 @@ impl From<warren_node::NodeError> for ApiError {
                 ErrorCode::SandboxTerminated
             }
             "capacity_exhausted" => ErrorCode::CapacityExhausted,
+            "network_unavailable" => ErrorCode::NetworkUnavailable,
             _ => return ApiError::internal("sandbox operation", &e),
         };
         ApiError::new(code, e.to_string())

@@ -1030,6 +1030,190 @@ fn leaf_spki_sha256(tls_dir: &Path) -> Result<String> {
     Ok(String::from_utf8(out.stdout)?.trim().to_string())
 }
 
+/// The egress policy through the API, in a lab network (the test's own
+/// namespaces: see `warren_testkit::netlab`): the default policy, an
+/// allowlist, blocking and unblocking on a running sandbox, DNS, and a
+/// sandbox created without a network that cannot be given one.
+async fn egress_policy_through_the_api() -> Result<()> {
+    use warren_testkit::netlab;
+    let e = env_with(7, |cfg, data| {
+        let mut net = warren_runtime::NativeConfig::new(data.join("runtime")).default_network();
+        net.dns_upstreams = vec![netlab::DNS_UPSTREAM];
+        cfg.network = Some(net);
+        cfg.tunnels = TunnelsConfig::Local(relay_config(data, 7));
+        Ok(())
+    })
+    .await?;
+    let id = e
+        .sandbox(
+            json!({"encrypted_ports": [3000], "readiness_probe": {"tcp": 3000}}),
+            &[("http", 3000)],
+        )
+        .await?;
+    let (_, v) = e.admin("GET", &format!("/v1/sandboxes/{id}"), None).await?;
+    ensure!(
+        v["network"]["address"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("10.88.")),
+        "{v}"
+    );
+    let internet = format!("http://{}:{}/", netlab::INTERNET, netlab::HTTP_PORT);
+    let internet2 = format!("http://{}:{}/", netlab::INTERNET2, netlab::HTTP_PORT);
+    let metadata = format!("http://{}:{}/", netlab::METADATA, netlab::HTTP_PORT);
+    let private = format!("http://{}:{}/", netlab::PRIVATE, netlab::HTTP_PORT);
+    let reach = |url: String| {
+        let e = &e;
+        let id = id.clone();
+        async move {
+            let (s, v) = e
+                .admin(
+                    "POST",
+                    &format!("/v1/sandboxes/{id}/exec"),
+                    Some(json!({"command": ["curl", "-sf", "--noproxy", "*", "-m", "2", "-o", "/dev/null", url]})),
+                )
+                .await?;
+            ensure!(s == StatusCode::OK, "exec: {s} {v}");
+            Ok::<_, anyhow::Error>(v["exit_code"] == 0)
+        }
+    };
+    ensure!(
+        reach(internet.clone()).await?,
+        "default policy: the internet is unreachable"
+    );
+    ensure!(
+        !reach(metadata.clone()).await?,
+        "default policy: the metadata address answered"
+    );
+    ensure!(
+        !reach(private.clone()).await?,
+        "default policy: a private address answered"
+    );
+    // DNS through the node's forwarder.
+    let (_, v) = e
+        .admin(
+            "POST",
+            &format!("/v1/sandboxes/{id}/exec"),
+            Some(json!({"command": ["cat", "/etc/resolv.conf"]})),
+        )
+        .await?;
+    ensure!(
+        v["stdout"]
+            .as_str()
+            .unwrap_or("")
+            .contains("nameserver 10.88."),
+        "{v}"
+    );
+    let (_, v) = e
+        .admin(
+            "POST",
+            &format!("/v1/sandboxes/{id}/exec"),
+            Some(json!({"command": ["getent", "hosts", "internet.test"]})),
+        )
+        .await?;
+    ensure!(
+        v["stdout"]
+            .as_str()
+            .unwrap_or("")
+            .contains(&netlab::INTERNET.to_string()),
+        "dns: {v}"
+    );
+
+    // An allowlist, on the running sandbox.
+    let patch = |body: Value| {
+        let e = &e;
+        let id = id.clone();
+        async move {
+            e.admin("PATCH", &format!("/v1/sandboxes/{id}/network"), Some(body))
+                .await
+        }
+    };
+    let (s, v) = patch(json!({"outbound_cidr_allowlist": ["198.51.100.0/24"]})).await?;
+    ensure!(
+        s == StatusCode::OK && v["network"]["outbound_cidr_allowlist"][0] == "198.51.100.0/24",
+        "{s} {v}"
+    );
+    ensure!(
+        reach(internet2.clone()).await?,
+        "allowlisted address unreachable"
+    );
+    ensure!(
+        !reach(internet.clone()).await?,
+        "address outside the allowlist answered"
+    );
+    // Blocked, then back to the default.
+    let (s, v) = patch(json!({"block_network": true, "outbound_cidr_allowlist": null})).await?;
+    ensure!(
+        s == StatusCode::OK && v["network"]["block_network"] == true,
+        "{s} {v}"
+    );
+    ensure!(
+        !reach(internet2.clone()).await?,
+        "blocked sandbox reached the internet"
+    );
+    // The tunnel still works: the relay reaches the sandbox's loopback.
+    e.wait_ready(&id).await?;
+    let (c, _) = e.curl(&id, 3000, "/hello", &[])?;
+    ensure!(c == 200, "tunnel of a blocked sandbox: {c}");
+    let (s, v) = patch(json!({"block_network": false})).await?;
+    ensure!(s == StatusCode::OK, "{s} {v}");
+    ensure!(
+        reach(internet.clone()).await?,
+        "unblocked sandbox cannot reach the internet"
+    );
+    // Bad input.
+    let (s, v) = patch(json!({"outbound_cidr_allowlist": ["10.0.0.1/8"]})).await?;
+    ensure!(
+        s == StatusCode::BAD_REQUEST && code(&v) == "invalid_argument",
+        "{s} {v}"
+    );
+    let (s, v) =
+        patch(json!({"block_network": true, "outbound_cidr_allowlist": ["1.2.3.4"]})).await?;
+    ensure!(s == StatusCode::BAD_REQUEST, "{s} {v}");
+    let (s, v) = patch(json!({"bogus": 1})).await?;
+    ensure!(
+        s == StatusCode::BAD_REQUEST && code(&v) == "invalid_json",
+        "{s} {v}"
+    );
+
+    // Created without a network: only lo, and it cannot be given one.
+    let (s, v) = e
+        .admin(
+            "POST",
+            "/v1/sandboxes",
+            Some(json!({"image": "host", "block_network": true})),
+        )
+        .await?;
+    ensure!(
+        s == StatusCode::CREATED && v["network"]["address"].is_null(),
+        "{s} {v}"
+    );
+    let blocked = v["id"].as_str().context("id")?.to_string();
+    let (_, v) = e
+        .admin(
+            "POST",
+            &format!("/v1/sandboxes/{blocked}/exec"),
+            Some(json!({"command": ["ls", "/sys/class/net"]})),
+        )
+        .await?;
+    ensure!(
+        v["stdout"].as_str().unwrap_or("").trim() == "lo",
+        "interfaces: {v}"
+    );
+    let (s, v) = e
+        .admin(
+            "PATCH",
+            &format!("/v1/sandboxes/{blocked}/network"),
+            Some(json!({"block_network": false})),
+        )
+        .await?;
+    ensure!(
+        s == StatusCode::CONFLICT && code(&v) == "network_unavailable",
+        "{s} {v}"
+    );
+    e.teardown().await;
+    Ok(())
+}
+
 // --------------------------------------------------------------- harness ---
 
 type TestFn = fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>>>>;
@@ -1046,6 +1230,27 @@ fn trial(name: &'static str, f: TestFn) -> Trial {
         ) {
             return Ok(());
         }
+        let rt = tokio::runtime::Runtime::new().map_err(|e| Failed::from(e.to_string()))?;
+        rt.block_on(f()).map_err(|e| Failed::from(format!("{e:#}")))
+    })
+}
+
+/// A trial whose thread moves into a lab network first (before the tokio
+/// runtime exists, so every runtime thread is in the lab too).
+fn lab_trial(name: &'static str, f: TestFn) -> Trial {
+    Trial::test(name, move || {
+        if !warren_testkit::require_root(name) {
+            return Ok(());
+        }
+        let has_nft = std::process::Command::new("nft")
+            .arg("--version")
+            .output()
+            .is_ok();
+        if !warren_testkit::require(name, has_nft, "needs nft (nftables)") {
+            return Ok(());
+        }
+        let _lab =
+            warren_testkit::netlab::NetLab::enter().map_err(|e| Failed::from(format!("{e:#}")))?;
         let rt = tokio::runtime::Runtime::new().map_err(|e| Failed::from(e.to_string()))?;
         rt.block_on(f()).map_err(|e| Failed::from(format!("{e:#}")))
     })
@@ -1072,6 +1277,9 @@ fn main() {
         t!(tunnel_connection_counts_as_activity),
         t!(relay_restart_reconnects),
         t!(browser_page_with_websocket),
+        lab_trial("egress_policy_through_the_api", || {
+            Box::pin(egress_policy_through_the_api())
+        }),
     ];
     libtest_mimic::run(&args, tests).exit()
 }
