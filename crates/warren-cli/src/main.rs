@@ -4,6 +4,7 @@
 mod files;
 mod image;
 mod local;
+mod relay;
 mod remote;
 mod run;
 mod sandbox;
@@ -11,6 +12,7 @@ mod serve;
 mod stream;
 mod term;
 mod token;
+mod tunnels;
 mod workspace;
 
 use clap::{Parser, Subcommand};
@@ -35,8 +37,12 @@ struct Cli {
 enum Command {
     /// Run a command in a new sandbox, stream its output, exit with its code.
     Run(run::RunArgs),
-    /// Serve the HTTP API with an embedded node and state.
+    /// Serve the HTTP API with an embedded node and state (and, by default,
+    /// sandbox networking and an in-process relay for tunnels).
     Serve(serve::ServeArgs),
+    /// Run a relay in its own process: the HTTPS and raw TCP fronts of
+    /// tunnels, for nodes that dial in (see docs/tunnels.md).
+    Relay(relay::RelayArgs),
     /// Manage images.
     #[command(subcommand)]
     Image(image::ImageCommand),
@@ -70,6 +76,7 @@ fn main() {
         Command::Run(args) => run::run(&cli.data_dir, args),
         Command::Image(cmd) => image::run(&cli.data_dir, cmd),
         Command::Serve(args) => serve::run(&cli.data_dir, args),
+        Command::Relay(args) => relay::run(&cli.data_dir, args),
         Command::Sandbox(cmd) => sandbox::run(&cli.data_dir, cmd),
         Command::Token(cmd) => token::run(&cli.data_dir, cmd),
         Command::Workspace(cmd) => workspace::run(&cli.data_dir, cmd),
@@ -127,4 +134,215 @@ fn usage_error(e: clap::Error) -> ! {
     let first = first.strip_prefix("error: ").unwrap_or(first);
     eprintln!("warren: {first}; try --help (usage)");
     std::process::exit(2);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("warren").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn create_network_flags() {
+        let cli = parse(&[
+            "sandbox",
+            "create",
+            "--port",
+            "3000",
+            "--port",
+            "3001:token",
+            "--h2-port",
+            "50051",
+            "--tcp-port",
+            "5432",
+            "--allow-cidr",
+            "203.0.113.0/24",
+            "--ready-tcp",
+            "3000",
+            "--wait-ready",
+            "--",
+            "npm",
+            "run",
+            "dev",
+        ])
+        .unwrap();
+        let Command::Sandbox(sandbox::SandboxCommand::Create(a)) = cli.command else {
+            panic!("not a create");
+        };
+        let mut req = warren_proto::api::CreateSandboxRequest::default();
+        a.network().apply(&mut req);
+        assert_eq!(req.encrypted_ports.len(), 2);
+        assert!(req.encrypted_ports[1].require_token());
+        assert_eq!(req.h2_ports[0].port(), 50051);
+        assert_eq!(req.unencrypted_ports, vec![5432]);
+        assert_eq!(
+            req.readiness_probe,
+            Some(warren_proto::api::ReadinessProbe::Tcp(3000))
+        );
+        assert_eq!(a.wait_ready_secs(), Some(60));
+
+        let cli = parse(&["sandbox", "create", "--wait-ready=5"]).unwrap();
+        let Command::Sandbox(sandbox::SandboxCommand::Create(a)) = cli.command else {
+            panic!("not a create");
+        };
+        assert_eq!(a.wait_ready_secs(), Some(5));
+        assert!(a.network().is_empty());
+    }
+
+    #[test]
+    fn bad_network_flags_are_usage_errors() {
+        for args in [
+            &["sandbox", "create", "--allow-cidr", "10.0.0.1/8"][..],
+            &["sandbox", "create", "--allow-cidr", "example.com"],
+            &["sandbox", "create", "--port", "0"],
+            &["sandbox", "create", "--port", "80:open"],
+            &[
+                "sandbox",
+                "create",
+                "--block-network",
+                "--allow-cidr",
+                "1.1.1.1",
+            ],
+            &[
+                "sandbox",
+                "create",
+                "--ready-tcp",
+                "1",
+                "--ready-exec",
+                "true",
+            ],
+            &["sandbox", "create", "--ready-exec", "'unclosed"],
+            &["sandbox", "network", "sb-1", "--block", "--unblock"],
+            &[
+                "sandbox",
+                "network",
+                "sb-1",
+                "--allow-cidr",
+                "1.1.1.1",
+                "--clear-allowlist",
+            ],
+            &["sandbox", "connect-token", "sb-1"],
+            &["serve", "--relay-raw-ports", "31000-30000"],
+            &["serve", "--relay-raw-ports", "30000"],
+            &["serve", "--sandbox-cidr", "10.88.0.0/31"],
+            &["serve", "--no-network", "--dns-upstream", "1.1.1.1"],
+            &["serve", "--relay-link", "relay:7443"],
+            &[
+                "serve",
+                "--no-relay",
+                "--relay-link",
+                "relay:7443",
+                "--relay-ca",
+                "c",
+            ],
+            &["serve", "--relay-cert", "c"],
+            &["serve", "--relay-ca", "c"],
+            &["relay", "--secrets", "s"],
+        ] {
+            let e = match parse(args) {
+                Ok(_) => panic!("{args:?} parsed"),
+                Err(e) => e,
+            };
+            assert_ne!(e.kind(), clap::error::ErrorKind::DisplayHelp, "{args:?}");
+        }
+    }
+
+    #[test]
+    fn other_network_commands_parse() {
+        for args in [
+            &["sandbox", "tunnels", "sb-1", "--ca-out", "ca.pem", "--json"][..],
+            &[
+                "sandbox",
+                "connect-token",
+                "sb-1",
+                "--port",
+                "3000",
+                "--user-data",
+                "u1",
+                "--ttl",
+                "60",
+            ],
+            &["sandbox", "connect-tokens", "sb-1", "--json"],
+            &["sandbox", "revoke-token", "sb-1", "ct_1"],
+            &["sandbox", "wait-ready", "sb-1", "--timeout", "30"],
+            &["sandbox", "network", "sb-1"],
+            &["sandbox", "network", "sb-1", "--block"],
+            &[
+                "sandbox",
+                "network",
+                "sb-1",
+                "--allow-cidr",
+                "1.1.1.1",
+                "--allow-cidr",
+                "8.8.8.0/24",
+            ],
+            &[
+                "sandbox",
+                "network",
+                "sb-1",
+                "--unblock",
+                "--clear-allowlist",
+            ],
+            &[
+                "run",
+                "--port",
+                "8000",
+                "--",
+                "python3",
+                "-m",
+                "http.server",
+            ],
+            &["serve", "--no-network", "--no-relay"],
+            &[
+                "serve",
+                "--sandbox-cidr",
+                "10.99.0.0/16",
+                "--dns-upstream",
+                "1.1.1.1",
+                "--dns-upstream",
+                "9.9.9.9:53",
+            ],
+            &[
+                "serve",
+                "--relay-https-listen",
+                "0.0.0.0:443",
+                "--relay-base-domain",
+                "t.example.com",
+                "--relay-cert",
+                "c.pem",
+                "--relay-key",
+                "k.pem",
+                "--relay-link-listen",
+                "0.0.0.0:7443",
+            ],
+            &[
+                "serve",
+                "--relay-link",
+                "relay.example.com:7443",
+                "--relay-ca",
+                "ca.pem",
+                "--relay-public-https-port",
+                "443",
+                "--relay-raw-host",
+                "relay.example.com",
+            ],
+            &[
+                "relay",
+                "--control-url",
+                "http://10.0.0.1:7070",
+                "--secrets",
+                "s.json",
+                "--link-listen",
+                "0.0.0.0:7443",
+                "--raw-ports",
+                "40000-40099",
+            ],
+        ] {
+            if let Err(e) = parse(args) {
+                panic!("{args:?}: {e}");
+            }
+        }
+    }
 }

@@ -62,12 +62,19 @@ pub struct RunArgs {
     /// Run under a pseudo-terminal (server mode); see `sandbox exec -t`.
     #[arg(short, long, conflicts_with = "local")]
     tty: bool,
+    /// Ports, egress policy and readiness probe (server mode); the tunnel
+    /// URLs are printed on stderr before the command starts.
+    #[command(flatten)]
+    network: crate::tunnels::NetworkArgs,
     /// The command and its arguments.
     #[arg(last = true, required = true)]
     command: Vec<String>,
 }
 
 pub fn run(data_dir: &Path, a: RunArgs) -> Result<i32> {
+    if a.local && !a.network.is_empty() {
+        bail!("--local sandboxes have no network options (no relay, only lo); drop --local or the network flags");
+    }
     if a.local {
         run_local(data_dir, a)
     } else {
@@ -82,7 +89,7 @@ fn run_remote(data_dir: &Path, a: RunArgs) -> Result<i32> {
         // Handlers first: from here on a Ctrl-C can no longer kill us
         // between creating the sandbox and terminating it.
         let mut signals = Signals::install()?;
-        let req = CreateSandboxRequest {
+        let mut req = CreateSandboxRequest {
             image: a.image,
             command: None,
             env: env.clone(),
@@ -93,6 +100,7 @@ fn run_remote(data_dir: &Path, a: RunArgs) -> Result<i32> {
             user: a.user.clone(),
             ..Default::default()
         };
+        a.network.apply(&mut req);
         let create = c.create_sandbox(&req);
         tokio::pin!(create);
         let mut interrupted = None;
@@ -109,6 +117,9 @@ fn run_remote(data_dir: &Path, a: RunArgs) -> Result<i32> {
             }
         };
         let sb = created.context("creating the sandbox")?;
+        if interrupted.is_none() && a.network.exposes_ports() {
+            crate::sandbox::show_urls(&c, &sb.id).await;
+        }
         let result = match interrupted {
             Some(sig) => Ok(stream::signal_exit(sig)),
             None => {

@@ -11,6 +11,7 @@ use warren_proto::api::{CreateSandboxRequest, Sandbox, SandboxState, StreamExecS
 
 use crate::remote::{self, block_on, describe_termination, outln, parse_pairs};
 use crate::stream::{self, Attach, Signals};
+use crate::tunnels::{self, NetworkArgs};
 
 /// Exit code of a command that timed out (as `timeout(1)` uses).
 pub const TIMED_OUT_EXIT: i32 = 124;
@@ -18,7 +19,7 @@ pub const TIMED_OUT_EXIT: i32 = 124;
 #[derive(Subcommand)]
 pub enum SandboxCommand {
     /// Create a sandbox; prints its id.
-    Create(CreateArgs),
+    Create(Box<CreateArgs>),
     /// List sandboxes.
     Ls(LsArgs),
     /// Show one sandbox.
@@ -81,6 +82,32 @@ pub enum SandboxCommand {
         #[arg(long)]
         timeout: Option<u64>,
     },
+    /// Show a sandbox's tunnels (URL or endpoint per exposed port) and the
+    /// CA that signs the relay's certificate.
+    Tunnels(crate::tunnels::TunnelsArgs),
+    /// Mint a connect token for an exposed HTTPS/H2 port; prints a URL that
+    /// carries it, and the token (shown only once).
+    ConnectToken(crate::tunnels::ConnectTokenArgs),
+    /// List a sandbox's connect tokens (ids and expiry, never the secrets).
+    ConnectTokens {
+        id: String,
+        /// Print them as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a connect token.
+    RevokeToken { id: String, token_id: String },
+    /// Wait until a sandbox's readiness probe passes; exits 0 when ready,
+    /// 124 on timeout.
+    WaitReady {
+        id: String,
+        /// Give up after this many seconds (default: wait as long as the
+        /// sandbox lives).
+        #[arg(long)]
+        timeout: Option<u64>,
+    },
+    /// Show a sandbox's network, or change its egress policy while it runs.
+    Network(crate::tunnels::NetworkCmdArgs),
 }
 
 #[derive(Args)]
@@ -119,9 +146,30 @@ pub struct CreateArgs {
     /// Tag, KEY=VALUE (repeatable).
     #[arg(long = "tag", value_name = "KEY=VALUE")]
     tag: Vec<String>,
+    #[command(flatten)]
+    network: NetworkArgs,
+    /// After printing the id, wait until the sandbox is ready (its
+    /// readiness probe passed), at most SECS (default 60); exits 124 if it
+    /// is not ready by then.
+    #[arg(long, value_name = "SECS", num_args = 0..=1, require_equals = true,
+        default_missing_value = "60")]
+    wait_ready: Option<u64>,
     /// Main command; without one the sandbox idles and is used via exec.
     #[arg(last = true)]
     command: Vec<String>,
+}
+
+#[cfg(test)]
+impl CreateArgs {
+    /// The network flags (ports, egress, readiness probe).
+    pub fn network(&self) -> &NetworkArgs {
+        &self.network
+    }
+
+    /// `--wait-ready[=SECS]`.
+    pub fn wait_ready_secs(&self) -> Option<u64> {
+        self.wait_ready
+    }
 }
 
 #[derive(Args)]
@@ -204,7 +252,7 @@ pub fn run(data_dir: &Path, cmd: SandboxCommand) -> Result<i32> {
 async fn dispatch(c: &Client, cmd: SandboxCommand) -> Result<i32> {
     match cmd {
         SandboxCommand::Create(a) => {
-            let req = CreateSandboxRequest {
+            let mut req = CreateSandboxRequest {
                 image: a.image,
                 command: (!a.command.is_empty()).then_some(a.command),
                 env: parse_pairs("env", &a.env)?,
@@ -218,10 +266,18 @@ async fn dispatch(c: &Client, cmd: SandboxCommand) -> Result<i32> {
                 tags: parse_pairs("tag", &a.tag)?,
                 user: a.user,
                 use_image_command: a.image_command,
+                ..Default::default()
             };
+            a.network.apply(&mut req);
             let sb = c.create_sandbox(&req).await?;
             outln!("{}", sb.id)?;
-            Ok(0)
+            if a.network.exposes_ports() {
+                show_urls(c, &sb.id).await;
+            }
+            match a.wait_ready {
+                Some(secs) => tunnels::wait_ready(c, &sb.id, Some(secs), true).await,
+                None => Ok(0),
+            }
         }
         SandboxCommand::Ls(a) => {
             let filter = ListSandboxes {
@@ -356,6 +412,38 @@ async fn dispatch(c: &Client, cmd: SandboxCommand) -> Result<i32> {
             Ok(0)
         }
         SandboxCommand::Wait { id, timeout } => wait(c, &id, timeout).await,
+        SandboxCommand::Tunnels(a) => tunnels::tunnels(c, a).await,
+        SandboxCommand::ConnectToken(a) => tunnels::connect_token(c, a).await,
+        SandboxCommand::ConnectTokens { id, json } => tunnels::connect_tokens(c, &id, json).await,
+        SandboxCommand::RevokeToken { id, token_id } => {
+            c.revoke_connect_token(&id, &token_id).await?;
+            Ok(0)
+        }
+        SandboxCommand::WaitReady { id, timeout } => {
+            tunnels::wait_ready(c, &id, timeout, false).await
+        }
+        SandboxCommand::Network(a) => tunnels::network(c, a).await,
+    }
+}
+
+/// Prints the tunnel URLs of a new sandbox on stderr (stdout carries only
+/// its id); a failure here is not the create's, so it is only mentioned.
+pub async fn show_urls(c: &Client, id: &str) {
+    match c.tunnels(id).await {
+        Ok(list) => {
+            for t in &list.tunnels {
+                let target = match (&t.url, &t.raw) {
+                    (Some(u), _) => u.clone(),
+                    (None, Some(e)) => format!("tcp://{}:{}", e.host, e.port),
+                    (None, None) => continue,
+                };
+                eprintln!("warren: port {} -> {target}", t.port);
+            }
+        }
+        Err(e) => eprintln!(
+            "warren: could not list the tunnels of {id}: {e} ({})",
+            e.code()
+        ),
     }
 }
 
@@ -386,7 +474,7 @@ async fn wait(c: &Client, id: &str, timeout: Option<u64>) -> Result<i32> {
     }
 }
 
-fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
+pub fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
     let s = serde_json::to_string_pretty(v).context("encoding JSON")?;
     outln!("{s}")?;
     Ok(())
@@ -408,17 +496,22 @@ fn print_table(all: &[Sandbox]) -> std::io::Result<()> {
             ]
         })
         .collect();
-    let header = ["ID", "NAME", "STATE", "REASON", "CREATED"];
+    print_rows(["ID", "NAME", "STATE", "REASON", "CREATED"], &rows)
+}
+
+/// Prints a table: columns padded to their widest cell, two spaces apart,
+/// the last one unpadded.
+pub fn print_rows<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> std::io::Result<()> {
     let mut widths = header.map(str::len);
-    for r in &rows {
+    for r in rows {
         for (w, cell) in widths.iter_mut().zip(r) {
             *w = (*w).max(cell.len());
         }
     }
-    let line = |cells: [&str; 5]| {
+    let line = |cells: [&str; N]| {
         let mut out = String::new();
         for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
-            if i + 1 == cells.len() {
+            if i + 1 == N {
                 out.push_str(cell);
             } else {
                 out.push_str(&format!("{cell:<w$}  "));
@@ -427,8 +520,8 @@ fn print_table(all: &[Sandbox]) -> std::io::Result<()> {
         outln!("{out}")
     };
     line(header)?;
-    for r in &rows {
-        line([&r[0], &r[1], &r[2], &r[3], &r[4]])?;
+    for r in rows {
+        line(std::array::from_fn(|i| r[i].as_str()))?;
     }
     Ok(())
 }
@@ -443,6 +536,34 @@ fn print_details(s: &Sandbox) -> std::io::Result<()> {
     outln!("state:     {}", state_str(s.state))?;
     if let Some(t) = &s.termination {
         outln!("ended:     {}", describe_termination(t))?;
+    }
+    if s.state == SandboxState::Running {
+        let ready = if s.ready { "yes" } else { "no" };
+        match &s.readiness_probe {
+            Some(p) => outln!("ready:     {ready} (probe: {})", tunnels::probe_str(p))?,
+            None => outln!("ready:     {ready}")?,
+        }
+    } else if let Some(p) = &s.readiness_probe {
+        outln!("probe:     {}", tunnels::probe_str(p))?;
+    }
+    if s.state == SandboxState::Running
+        && s.network.address.is_none()
+        && !s.network.block_network
+        && s.network.outbound_cidr_allowlist.is_none()
+    {
+        outln!("egress:    none (only lo: networking is off on this server)")?;
+    } else {
+        outln!("egress:    {}", tunnels::egress_str(&s.network))?;
+    }
+    if let Some(a) = &s.network.address {
+        outln!("address:   {a}")?;
+    }
+    let ports = tunnels::ports_str(s);
+    if !ports.is_empty() {
+        outln!(
+            "ports:     {ports}  (URLs: warren sandbox tunnels {})",
+            s.id
+        )?;
     }
     outln!("workdir:   {}", s.workdir)?;
     outln!("timeout:   {}s", s.timeout_secs)?;

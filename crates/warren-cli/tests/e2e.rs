@@ -170,6 +170,13 @@ impl Server {
 }
 
 fn spawn_server(root: &Path, port: u16) -> Child {
+    // Sandbox networking and the relay stay off: several of these servers
+    // run at once, and both would claim host-wide resources (interface
+    // names, the sandbox CIDR, the relay's HTTPS port).
+    spawn_server_with(root, port, &["--no-network", "--no-relay"])
+}
+
+fn spawn_server_with(root: &Path, port: u16, extra: &[&str]) -> Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -179,6 +186,7 @@ fn spawn_server(root: &Path, port: u16) -> Child {
         .arg("--data-dir")
         .arg(root.join("data"))
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .args(extra)
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stdout(log.try_clone().expect("clone the log"))
