@@ -138,6 +138,7 @@ pub fn build(
             .step("mount_disk", "tmpfs writable layer")?;
             ensure_dir(Path::new("disk/upper"), 0o755, b.id_base).step("mount_disk", "upper")?;
             fs::create_dir("disk/work").step("mount_disk", "work")?;
+            seed_resolv_conf(b.id_base).step("mount_disk", "etc/resolv.conf")?;
             ("disk/upper", "disk/work")
         }
         None => ("upper", "work"),
@@ -335,6 +336,26 @@ fn mask_paths(root: &Path) -> Result<(), SetupError> {
         }
         bind_with_attrs(&p, &p, ro, true).step("read_only_paths", rel)?;
     }
+    Ok(())
+}
+
+/// The node writes a networked sandbox's `/etc/resolv.conf` into the
+/// state dir's `upper/` before init starts; a tmpfs writable layer (disk
+/// limit) hides that directory, so the file is copied onto the tmpfs. The
+/// sandbox has not run yet, so nothing in `upper/` is the tenant's.
+fn seed_resolv_conf(owner: u32) -> std::io::Result<()> {
+    const MAX: u64 = 64 * 1024;
+    let src = Path::new("upper/etc/resolv.conf");
+    match fs::symlink_metadata(src) {
+        Ok(m) if m.is_file() && m.len() <= MAX => {}
+        _ => return Ok(()),
+    }
+    let text = fs::read(src)?;
+    ensure_dir(Path::new("disk/upper/etc"), 0o755, owner)?;
+    let dst = Path::new("disk/upper/etc/resolv.conf");
+    fs::write(dst, text)?;
+    fs::set_permissions(dst, fs::Permissions::from_mode(0o644))?;
+    chown(dst, Some(Uid::from_raw(owner)), Some(Gid::from_raw(owner)))?;
     Ok(())
 }
 

@@ -1175,6 +1175,31 @@ async fn egress_policy_through_the_api() -> Result<()> {
         "{s} {v}"
     );
 
+    // With a disk limit (a tmpfs writable layer) resolv.conf is there too.
+    let (s, v) = e
+        .admin(
+            "POST",
+            "/v1/sandboxes",
+            Some(json!({"image": "host", "disk_mib": 64})),
+        )
+        .await?;
+    ensure!(s == StatusCode::CREATED, "{s} {v}");
+    let limited = v["id"].as_str().context("id")?.to_string();
+    let (_, v) = e
+        .admin(
+            "POST",
+            &format!("/v1/sandboxes/{limited}/exec"),
+            Some(json!({"command": ["getent", "hosts", "internet.test"]})),
+        )
+        .await?;
+    ensure!(
+        v["stdout"]
+            .as_str()
+            .unwrap_or("")
+            .contains(&netlab::INTERNET.to_string()),
+        "dns with disk_mib: {v}"
+    );
+
     // Created without a network: only lo, and it cannot be given one.
     let (s, v) = e
         .admin(

@@ -1171,8 +1171,8 @@ fn prepare_dirs(dir: &Path, layers: usize, base: u32) -> Result<(), RuntimeError
 
 /// Writes `/etc/resolv.conf` into the sandbox's writable layer, owned by
 /// the sandbox's root. With a disk limit the writable layer is a tmpfs that
-/// init mounts, so the file is placed there by init instead (see
-/// `Bootstrap::resolv_conf`).
+/// init mounts over it; init copies the file onto that tmpfs
+/// (`warren-init`'s `seed_resolv_conf`).
 fn write_resolv_conf(dir: &Path, base: u32, text: &str) -> Result<(), RuntimeError> {
     let etc = dir.join("upper/etc");
     match fs::DirBuilder::new().mode(0o755).create(&etc) {
