@@ -22,6 +22,8 @@ struct Server {
     url: String,
     token: String,
     dir: Option<tempfile::TempDir>,
+    /// Flags after `serve --listen ...`.
+    extra: Vec<String>,
 }
 
 impl Server {
@@ -31,6 +33,15 @@ impl Server {
 
     /// Starts a server after `prepare` has seen its (new) data directory.
     fn start_with(prepare: impl FnOnce(&Path)) -> Server {
+        Self::launch(|data, _| {
+            prepare(data);
+            vec!["--no-network".into(), "--no-relay".into()]
+        })
+    }
+
+    /// Starts a server with the `serve` flags `prepare` returns, after it
+    /// has seen the (new) data directory and the API port.
+    fn launch(prepare: impl FnOnce(&Path, u16) -> Vec<String>) -> Server {
         let dir = tempfile::Builder::new()
             .prefix("warren-e2e-")
             .tempdir_in("/var/tmp")
@@ -43,18 +54,16 @@ impl Server {
             r#"{"default_registry": "127.0.0.1:9", "registries": {"127.0.0.1:9": {"insecure": true}}}"#,
         )
         .expect("write registries.json");
-        prepare(&dir.path().join("data"));
-        let port = {
-            let l = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-            l.local_addr().expect("local addr").port()
-        };
-        let child = spawn_server(dir.path(), port);
+        let port = free_port();
+        let extra = prepare(&dir.path().join("data"), port);
+        let child = spawn_server(dir.path(), port, &extra);
         let mut s = Server {
             child,
             port,
             url: format!("http://127.0.0.1:{port}"),
             token: String::new(),
             dir: Some(dir),
+            extra,
         };
         s.await_ready();
         s.token = std::fs::read_to_string(s.data_dir().join("admin-token"))
@@ -83,7 +92,7 @@ impl Server {
         let pid = Pid::from_raw(self.child.id() as i32);
         kill(pid, Signal::SIGKILL).expect("SIGKILL the server");
         let _ = self.child.wait();
-        self.child = spawn_server(self.root(), self.port);
+        self.child = spawn_server(self.root(), self.port, &self.extra);
         self.await_ready();
     }
 
@@ -169,14 +178,17 @@ impl Server {
     }
 }
 
-fn spawn_server(root: &Path, port: u16) -> Child {
-    // Sandbox networking and the relay stay off: several of these servers
-    // run at once, and both would claim host-wide resources (interface
-    // names, the sandbox CIDR, the relay's HTTPS port).
-    spawn_server_with(root, port, &["--no-network", "--no-relay"])
+/// A loopback port that was free a moment ago.
+fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    l.local_addr().expect("local addr").port()
 }
 
-fn spawn_server_with(root: &Path, port: u16, extra: &[&str]) -> Child {
+/// Starts `warren serve`. Tests pass `--no-network` (several servers run
+/// at once, and networking claims host-wide names and addresses; the
+/// networking tests move into their own namespace first) and either
+/// `--no-relay` or a relay on free ports.
+fn spawn_server(root: &Path, port: u16, extra: &[String]) -> Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -1250,4 +1262,354 @@ fn line_reader(r: impl Read + Send + 'static) -> std::sync::mpsc::Receiver<Strin
         }
     });
     rx
+}
+
+/// In the sandbox: HTTP on 127.0.0.1:8000 and :8001 answering
+/// `ud=<X-Warren-User-Data>`, and a TCP echo on :8002.
+const TUNNEL_APP: &str = r#"
+import http.server, socket, threading
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        b = ("ud=" + str(self.headers.get("X-Warren-User-Data"))).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(b)))
+        self.end_headers()
+        self.wfile.write(b)
+    def log_message(self, *a):
+        pass
+def serve(c):
+    with c:
+        for d in iter(lambda: c.recv(65536), b""):
+            c.sendall(d)
+def echo():
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("127.0.0.1", 8002))
+    s.listen()
+    while True:
+        threading.Thread(target=serve, args=(s.accept()[0],), daemon=True).start()
+threading.Thread(target=echo, daemon=True).start()
+s1 = http.server.ThreadingHTTPServer(("127.0.0.1", 8001), H)
+threading.Thread(target=s1.serve_forever, daemon=True).start()
+http.server.ThreadingHTTPServer(("127.0.0.1", 8000), H).serve_forever()
+"#;
+
+fn have(cmd: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {cmd}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// `curl` through a tunnel URL, trusting `ca` and resolving the host to
+/// loopback; returns (status, X-Warren-Error, body).
+fn curl(ca: &Path, url: &str, headers: &[&str]) -> (u16, String, String) {
+    let rest = url.strip_prefix("https://").expect("https url");
+    let authority = rest.split('/').next().expect("authority");
+    let (host, port) = authority.rsplit_once(':').unwrap_or((authority, "443"));
+    let mut c = Command::new("curl");
+    c.args(["-sS", "--max-time", "20", "-D", "-", "--cacert"])
+        .arg(ca)
+        .args(["--resolve", &format!("{host}:{port}:127.0.0.1")]);
+    for h in headers {
+        c.args(["-H", h]);
+    }
+    let out = c.arg(url).output().expect("run curl");
+    assert!(out.status.success(), "curl {url}: {}", describe(&out));
+    let text = stdout(&out);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let error = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("x-warren-error:")
+                .map(|v| v.trim().to_string())
+        })
+        .unwrap_or_default();
+    (status, error, body.to_string())
+}
+
+/// Echoes `data` through a raw TCP tunnel endpoint.
+fn tcp_echo(host: &str, port: u16, data: &[u8]) -> Vec<u8> {
+    // The relay opens raw ports on its next route sync (about 1 s).
+    let mut conn = None;
+    wait_until(Duration::from_secs(15), || {
+        conn = TcpStream::connect((host, port)).ok();
+        conn.is_some()
+    });
+    let mut s = conn.unwrap_or_else(|| panic!("the relay never listened on {host}:{port}"));
+    s.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    s.write_all(data).expect("write");
+    s.shutdown(std::net::Shutdown::Write).expect("shutdown");
+    let mut back = Vec::new();
+    s.read_to_end(&mut back).expect("read the echo");
+    back
+}
+
+/// Creates the tunnel app's sandbox; checks what `create` prints.
+fn create_tunnel_app(server: &Server) -> String {
+    let out = server.cli(&[
+        "sandbox",
+        "create",
+        "--port",
+        "8000",
+        "--port",
+        "8001:token",
+        "--tcp-port",
+        "8002",
+        "--ready-tcp",
+        "8000",
+        "--wait-ready=60",
+        "--",
+        "python3",
+        "-c",
+        TUNNEL_APP,
+    ]);
+    let err = stderr(&out);
+    let id = ok(out);
+    assert!(id.starts_with("sb-"), "{id}");
+    assert!(err.contains("port 8000 -> https://"), "{err}");
+    assert!(err.contains("port 8002 -> tcp://"), "{err}");
+    id
+}
+
+/// Drives a sandbox's tunnels through the CLI and curl: HTTPS verified
+/// against the CA from `tunnels --ca-out`, spoofed user data stripped,
+/// connect tokens (missing, valid, revoked), raw TCP, readiness, and the
+/// errors of bad flags.
+fn check_tunnels(server: &Server, id: &str, work: &Path) {
+    let ca = work.join("ca.pem");
+    let ca_arg = ca.to_str().expect("utf-8");
+    let text = ok(server.cli(&["sandbox", "tunnels", id]));
+    assert!(text.contains("PORT  KIND"), "{text}");
+    assert!(text.contains("required"), "{text}");
+    let list: serde_json::Value = serde_json::from_str(&ok(
+        server.cli(&["sandbox", "tunnels", id, "--json", "--ca-out", ca_arg])
+    ))
+    .expect("tunnels json");
+    assert_eq!(list["relay_connected"], true, "{list}");
+    let pem = std::fs::read_to_string(&ca).expect("the CA was written");
+    assert!(pem.contains("BEGIN CERTIFICATE"));
+    let by_port = |p: u64| {
+        list["tunnels"]
+            .as_array()
+            .expect("tunnels")
+            .iter()
+            .find(|t| t["port"] == p)
+            .unwrap_or_else(|| panic!("port {p} in {list}"))
+            .clone()
+    };
+    let open_url = by_port(8000)["url"].as_str().expect("url").to_string();
+    let token_url = by_port(8001)["url"].as_str().expect("url").to_string();
+    let raw = by_port(8002)["raw"].clone();
+
+    // Open port; a client's own X-Warren-User-Data never arrives.
+    let (status, _, body) = curl(&ca, &open_url, &["X-Warren-User-Data: spoofed"]);
+    assert_eq!((status, body.as_str()), (200, "ud=None"));
+
+    // Token port.
+    let (status, code, _) = curl(&ca, &token_url, &[]);
+    assert_eq!((status, code.as_str()), (401, "token_required"));
+    let tok: serde_json::Value = serde_json::from_str(&ok(server.cli(&[
+        "sandbox",
+        "connect-token",
+        id,
+        "--port",
+        "8001",
+        "--user-data",
+        "alice",
+        "--ttl",
+        "600",
+        "--json",
+    ])))
+    .expect("token json");
+    let secret = tok["token"].as_str().expect("token");
+    let token_id = tok["token_id"].as_str().expect("token id");
+    let header = format!("X-Warren-Connect-Token: {secret}");
+    let (status, _, body) = curl(&ca, &token_url, &[&header, "X-Warren-User-Data: mallory"]);
+    assert_eq!((status, body.as_str()), (200, "ud=alice"));
+    let (status, code, _) = curl(&ca, &token_url, &["X-Warren-Connect-Token: wct_bad.bad"]);
+    assert_eq!((status, code.as_str()), (403, "token_invalid"));
+    let listed = ok(server.cli(&["sandbox", "connect-tokens", id]));
+    assert!(listed.contains(token_id), "{listed}");
+    ok(server.cli(&["sandbox", "revoke-token", id, token_id]));
+    let refused = wait_until(Duration::from_secs(15), || {
+        curl(&ca, &token_url, &[&header]).0 == 403
+    });
+    assert!(refused, "a revoked token still passes");
+    let out = server.cli(&["sandbox", "connect-token", id, "--port", "8002"]);
+    one_line_error(&out, "(port_not_exposed)");
+
+    // Raw TCP.
+    let host = raw["host"].as_str().expect("raw host");
+    let port = raw["port"].as_u64().expect("raw port") as u16;
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    assert!(tcp_echo(host, port, &data) == data, "the raw echo differs");
+
+    // Readiness and details.
+    let out = server.cli(&["sandbox", "wait-ready", id, "--timeout", "5"]);
+    assert_eq!(ok(out), "ready");
+    let details = ok(server.cli(&["sandbox", "get", id]));
+    assert!(
+        details.contains("ready:     yes (probe: tcp 8000)"),
+        "{details}"
+    );
+    assert!(details.contains("8001 https (token)"), "{details}");
+
+    // Bad flags are usage errors (exit 2) before any request.
+    let out = server.cli(&["sandbox", "create", "--allow-cidr", "10.0.0.1/8"]);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    one_line_error(&out, "(usage)");
+}
+
+fn tunnel_tools(test: &str) -> bool {
+    warren_testkit::require_root(test)
+        && warren_testkit::require(
+            test,
+            have("curl") && have("python3"),
+            "needs curl and python3 on the host (the host image runs the app)",
+        )
+}
+
+/// Issue #7 through the binary: a sandbox's ports through `warren serve`'s
+/// in-process relay, on free loopback ports.
+#[test]
+fn tunnels_through_the_cli() {
+    if !tunnel_tools("tunnels_through_the_cli") {
+        return;
+    }
+    let raw = free_port().to_string();
+    let server = Server::launch(|_, _| {
+        [
+            "--no-network",
+            "--relay-https-listen",
+            "127.0.0.1:0",
+            "--relay-raw-ports",
+            &format!("{raw}-{raw}"),
+        ]
+        .map(String::from)
+        .to_vec()
+    });
+    let log = server.log();
+    assert!(log.contains("warren: relay CA "), "{log}");
+    let id = create_tunnel_app(&server);
+    let work = tempfile::tempdir().expect("tempdir");
+    check_tunnels(&server, &id, work.path());
+    // Ended sandboxes get clean errors.
+    ok(server.cli(&["sandbox", "terminate", &id]));
+    let out = server.cli(&["sandbox", "wait-ready", &id, "--timeout", "5"]);
+    one_line_error(&out, "(sandbox_terminated)");
+    finish(server);
+}
+
+/// A `warren relay` process on its own: stopped on drop.
+struct RelayProcess(Child);
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        let pid = Pid::from_raw(self.0.id() as i32);
+        let _ = kill(pid, Signal::SIGTERM);
+        if !wait_until(Duration::from_secs(10), || {
+            matches!(self.0.try_wait(), Ok(Some(_)))
+        }) {
+            let _ = kill(pid, Signal::SIGKILL);
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// Issue #7 with the relay in its own process: `warren relay` asks the
+/// control plane for routes, the node dials its link, and the same checks
+/// pass; a SIGTERM stops it cleanly.
+#[test]
+fn separate_relay_through_the_cli() {
+    if !tunnel_tools("separate_relay_through_the_cli") {
+        return;
+    }
+    let work = tempfile::tempdir().expect("tempdir");
+    let (https, link, raw) = (free_port(), free_port(), free_port());
+    let mut relay = None;
+    let server = Server::launch(|data, api_port| {
+        // What the control plane would make at first start, written first
+        // so the relay can be started before it.
+        let secrets = data.join("relay-secrets.json");
+        std::fs::write(
+            &secrets,
+            r#"{"token_key":"tk-e2e-0123456789","relay_secret":"rs-e2e-0123456789","node_secret":"ns-e2e-0123456789"}"#,
+        )
+        .expect("write the secrets");
+        let tls = work.path().join("relay-tls");
+        let log = std::fs::File::create(work.path().join("relay.log")).expect("relay log");
+        let child = Command::new(BIN)
+            .args([
+                "relay",
+                "--control-url",
+                &format!("http://127.0.0.1:{api_port}"),
+            ])
+            .arg("--secrets")
+            .arg(&secrets)
+            .arg("--tls-dir")
+            .arg(&tls)
+            .args(["--https-listen", &format!("127.0.0.1:{https}")])
+            .args(["--link-listen", &format!("127.0.0.1:{link}")])
+            .args(["--raw-ports", &format!("{raw}-{raw}")])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone"))
+            .stderr(log)
+            .spawn()
+            .expect("start warren relay");
+        let mut p = RelayProcess(child);
+        let up = wait_until(Duration::from_secs(30), || {
+            TcpStream::connect(("127.0.0.1", link)).is_ok() || matches!(p.0.try_wait(), Ok(Some(_)))
+        });
+        let relay_log = std::fs::read_to_string(work.path().join("relay.log")).unwrap_or_default();
+        assert!(
+            up && matches!(p.0.try_wait(), Ok(None)),
+            "the relay did not come up:\n{relay_log}"
+        );
+        relay = Some(p);
+        vec![
+            "--no-network".into(),
+            "--relay-link".into(),
+            format!("127.0.0.1:{link}"),
+            "--relay-ca".into(),
+            tls.join("ca.pem").to_string_lossy().into_owned(),
+            "--relay-public-https-port".into(),
+            https.to_string(),
+            "--relay-raw-ports".into(),
+            format!("{raw}-{raw}"),
+        ]
+    });
+    let mut relay = relay.expect("relay started");
+    let id = create_tunnel_app(&server);
+    // The node's link comes up in the background.
+    let connected = wait_until(Duration::from_secs(30), || {
+        let out = server.cli(&["sandbox", "tunnels", &id, "--json"]);
+        serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .is_ok_and(|v| v["relay_connected"] == true)
+    });
+    assert!(
+        connected,
+        "the node never linked to the relay:\n{}\n{}",
+        server.log(),
+        std::fs::read_to_string(work.path().join("relay.log")).unwrap_or_default()
+    );
+    check_tunnels(&server, &id, work.path());
+    // SIGTERM stops the relay gracefully.
+    let pid = Pid::from_raw(relay.0.id() as i32);
+    kill(pid, Signal::SIGTERM).expect("SIGTERM the relay");
+    assert!(wait_until(Duration::from_secs(15), || matches!(
+        relay.0.try_wait(),
+        Ok(Some(s)) if s.success()
+    )));
+    drop(relay);
+    finish(server);
 }
