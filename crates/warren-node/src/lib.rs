@@ -555,7 +555,7 @@ impl Node {
         block: bool,
         allowlist: Option<&[String]>,
     ) -> Result<(), NodeError> {
-        if !self.rt.network().is_some() {
+        if self.rt.network().is_none() {
             return if block {
                 Ok(())
             } else {

@@ -283,6 +283,11 @@ pub async fn create(
         }
     };
     state.metrics.create_latency.observe(started.elapsed());
+    if !req.unencrypted_ports.is_empty() {
+        if let Some(t) = &state.tunnels {
+            t.resync().await;
+        }
+    }
     let rec = match started_at {
         // The common case: answer from what was written, no read-back.
         Some(t) => SandboxRecord {

@@ -51,6 +51,9 @@ pub struct Tunnels {
     pub invalidate: Option<Arc<dyn Fn(&str) + Send + Sync>>,
     /// Whether the relay is up (in-process: always; remote: link state).
     pub connected: Arc<dyn Fn() -> bool + Send + Sync>,
+    /// The in-process relay, to open a new sandbox's raw ports at once
+    /// (a remote relay opens them within its sync period).
+    pub local_relay: Option<std::sync::Weak<warren_relay::Relay>>,
 }
 
 impl Tunnels {
@@ -70,6 +73,16 @@ impl Tunnels {
     pub fn invalidate(&self, sandbox_id: &str) {
         if let Some(f) = &self.invalidate {
             f(sandbox_id);
+        }
+    }
+
+    /// Makes the in-process relay listen on newly assigned raw ports now.
+    pub async fn resync(&self) {
+        let relay = self.local_relay.as_ref().and_then(std::sync::Weak::upgrade);
+        if let Some(r) = relay {
+            if let Err(e) = r.resync().await {
+                warn!(error = %e, "relay resync failed; raw ports open at the next sync");
+            }
         }
     }
 }
@@ -722,6 +735,7 @@ pub(crate) async fn start(
                 ca_pem: generated.then(|| tls.ca_pem.clone()),
                 invalidate: Some(handle.clone()),
                 connected: Arc::new(|| true),
+                local_relay: Some(Arc::downgrade(&relay)),
             };
             supervisor.set_on_end(handle.clone());
             supervisor.readiness().set_on_ready(handle);
@@ -753,6 +767,7 @@ pub(crate) async fn start(
                 ca_pem: Some(remote.ca_pem.clone()),
                 invalidate: None,
                 connected: Arc::new(move || weak.upgrade().is_some_and(|l| l.is_connected())),
+                local_relay: None,
             };
             Ok((Some(Arc::new(tunnels)), Some(RelayRuntime::Remote(link))))
         }

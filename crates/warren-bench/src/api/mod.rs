@@ -132,6 +132,9 @@ impl ApiServer {
                 .arg("--data-dir")
                 .arg(&dir)
                 .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+                // Comparable with the earlier figures; the network share of
+                // a create is measured on its own (BENCHMARKS.md).
+                .args(["--no-network", "--no-relay"])
                 .stdin(Stdio::null())
                 .stdout(log.try_clone().context("clone the log fd")?)
                 .stderr(log)
