@@ -44,6 +44,12 @@ use warren_proto::api;
         crate::images::gc,
         crate::images::pull,
         crate::images::import,
+        crate::tunnels::list,
+        crate::tunnels::create_token,
+        crate::tunnels::list_tokens,
+        crate::tunnels::revoke_token,
+        crate::tunnels::wait_ready,
+        crate::tunnels::update_network,
     ),
     modifiers(&BearerAuth),
     info(
@@ -88,6 +94,19 @@ use warren_proto::api;
         api::ImageGcReport,
         api::PullProgress,
         api::PullLayer,
+        api::PortSpec,
+        api::ReadinessProbe,
+        api::UpdateNetworkRequest,
+        api::NetworkInfo,
+        api::TunnelKind,
+        api::Endpoint,
+        api::Tunnel,
+        api::TunnelList,
+        api::ConnectTokenRequest,
+        api::ConnectToken,
+        api::ConnectTokenInfo,
+        api::ConnectTokenList,
+        api::ReadyStatus,
     ))
 )]
 pub struct ApiDoc;
