@@ -24,11 +24,15 @@ pub async fn bidirectional_boxed(
     client: &mut tokio::net::TcpStream,
     upstream: &mut crate::target::BoxStream,
 ) -> io::Result<(u64, u64)> {
-    if let Some(up) = upstream
-        .as_any_mut()
-        .downcast_mut::<tokio::net::TcpStream>()
-    {
+    let any = upstream.as_any_mut();
+    if any.is::<tokio::net::TcpStream>() {
+        let up = any
+            .downcast_mut::<tokio::net::TcpStream>()
+            .expect("checked with is()");
         return crate::splice::bidirectional(client, up).await;
+    }
+    if let Some(g) = any.downcast_mut::<crate::target::Guarded<tokio::net::TcpStream>>() {
+        return crate::splice::bidirectional(client, &mut g.stream).await;
     }
     bidirectional(client, upstream).await
 }

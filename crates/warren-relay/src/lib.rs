@@ -47,7 +47,7 @@ pub use link::LinkError;
 pub use pages::ErrorCode;
 pub use relay::{Relay, RelayError};
 pub use route::{HttpRouteSource, RouteCache, RouteError, RouteSource, StaticRoutes};
-pub use target::{AsyncReadWrite, BoxStream, LoopbackTarget, OpenError, TunnelTarget};
+pub use target::{AsyncReadWrite, BoxStream, Guarded, LoopbackTarget, OpenError, TunnelTarget};
 pub use tls::{ensure_ca, fingerprint, load_tls, TlsError, TlsMaterial, TlsSource};
 pub use token::{check_token, mint_token, verify_token, ConnectTokenClaims, TokenError};
 pub use warren_proto::relay::{
