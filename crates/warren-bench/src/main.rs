@@ -30,6 +30,8 @@ mod exec;
 mod hostns;
 mod peers;
 mod pull;
+mod relay;
+mod relay_child;
 mod rootfs;
 mod shutdown;
 mod stats;
@@ -83,6 +85,11 @@ enum Command {
     Pull(pull::PullArgs),
     /// The file API: 4 KiB write/read latency, 1 GiB throughput vs `cat`.
     ApiFiles(api::files::ApiFilesArgs),
+    /// The relay: TCP throughput, HTTP latency and idle memory vs direct, socat, nginx.
+    Relay(relay::RelayArgs),
+    /// (internal) a relay or node link process for `relay`.
+    #[command(hide = true)]
+    RelayChild(relay_child::ChildArgs),
 }
 
 /// Which image Warren sandboxes use.
@@ -142,6 +149,9 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    if let Command::RelayChild(args) = &cli.command {
+        return relay_child::run(args);
+    }
     if !nix::unistd::geteuid().is_root() {
         bail!("warren-bench must run as root (bench/run uses sudo when needed)");
     }
@@ -157,7 +167,9 @@ fn run(cli: Cli) -> Result<()> {
         | Command::ApiThroughput(_)
         | Command::ApiFairness(_)
         | Command::Pull(_)
-        | Command::ApiFiles(_) => false,
+        | Command::ApiFiles(_)
+        | Command::Relay(_)
+        | Command::RelayChild(_) => false,
     };
     if wants_crun {
         hostns::prepare_for_crun()?;
@@ -177,6 +189,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::ApiFairness(args) => api::fairness::run(&args, data.path(), &shutdown),
         Command::ApiFiles(args) => api::files::run(&args, data.path(), &shutdown),
         Command::Pull(args) => pull::run(&args, data.path(), &shutdown),
+        Command::Relay(args) => relay::run(&args, data.path(), &shutdown),
+        Command::RelayChild(_) => unreachable!("handled above"),
     }
     // `data` drops here, after every sandbox has been destroyed.
 }
