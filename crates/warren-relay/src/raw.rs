@@ -174,8 +174,14 @@ impl RawFront {
     }
 }
 
-/// A listening socket with SO_REUSEADDR (a restarted relay rebinds its raw
-/// ports while old connections sit in TIME_WAIT).
+/// Listen backlog of the relay's sockets: a burst of connections (a page
+/// load, a load test) must not overflow the accept queue, or the kernel
+/// answers with SYN cookies and resets. The kernel caps it at
+/// `net.core.somaxconn` (4096 by default).
+pub(crate) const BACKLOG: i32 = 4096;
+
+/// A listening socket with SO_REUSEADDR (a restarted relay rebinds its
+/// ports while old connections sit in TIME_WAIT) and a large backlog.
 pub(crate) fn bind_reuse(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     let s = socket2::Socket::new(
         socket2::Domain::for_address(addr),
@@ -185,6 +191,6 @@ pub(crate) fn bind_reuse(addr: SocketAddr) -> std::io::Result<std::net::TcpListe
     s.set_reuse_address(true)?;
     s.set_nonblocking(true)?;
     s.bind(&addr.into())?;
-    s.listen(1024)?;
+    s.listen(BACKLOG)?;
     Ok(s.into())
 }

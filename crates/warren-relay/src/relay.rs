@@ -87,8 +87,8 @@ impl Relay {
 
         let mut https_addr = None;
         if let Some(addr) = config.https_listen {
-            let listener = TcpListener::bind(addr)
-                .await
+            let listener = crate::raw::bind_reuse(addr)
+                .and_then(TcpListener::from_std)
                 .map_err(|source| RelayError::Listen { addr, source })?;
             let local = listener
                 .local_addr()
@@ -116,8 +116,8 @@ impl Relay {
 
         let mut link_addr = None;
         if let Some(addr) = config.link_listen {
-            let listener = TcpListener::bind(addr)
-                .await
+            let listener = crate::raw::bind_reuse(addr)
+                .and_then(TcpListener::from_std)
                 .map_err(|source| RelayError::Listen { addr, source })?;
             let local = listener
                 .local_addr()

@@ -85,7 +85,11 @@ async fn describe(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infal
 
 /// TCP echo server (echoes until EOF, then half-closes).
 pub async fn echo_upstream() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    // A backlog for 1,000 simultaneous connections (tokio's default is
+    // 1024, shared with the handshakes still in flight).
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let l = sock.listen(4096).unwrap();
     let port = l.local_addr().unwrap().port();
     tokio::spawn(async move {
         loop {
