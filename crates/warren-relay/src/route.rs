@@ -70,7 +70,14 @@ impl RouteCache {
     fn cached(&self, sandbox_id: &str) -> Option<Option<Arc<Route>>> {
         let entries = self.entries.lock().expect("cache lock");
         let e = entries.get(sandbox_id)?;
-        let ttl = if e.route.is_some() {
+        // A sandbox that is running and ready stays so for a while; one that
+        // is starting or not ready yet changes soon, so it is asked again
+        // after the short (negative) TTL.
+        let settled = e
+            .route
+            .as_ref()
+            .is_some_and(|r| r.state == RouteState::Running && r.ready);
+        let ttl = if settled {
             self.positive
         } else {
             self.negative
