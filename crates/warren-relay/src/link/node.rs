@@ -267,7 +267,7 @@ async fn serve_stream(
             Err(_) => return,
         };
         let mut stream = H2Stream::new(send, req.into_body());
-        let r = crate::copy::bidirectional(&mut stream, &mut upstream).await;
+        let r = super::stream::pump(&mut stream, &mut upstream).await;
         debug!(result = ?r, "tunnel stream ended");
     }
     .instrument(span)

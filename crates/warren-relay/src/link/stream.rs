@@ -4,17 +4,21 @@ use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
+use bytes::BytesMut;
 use bytes::{Buf, Bytes};
 use h2::{RecvStream, SendStream};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 /// Largest chunk handed to h2 per write (its send buffer holds more).
 const MAX_WRITE: usize = 256 * 1024;
 
+/// Dropping it before both sides ended makes h2 reset the stream (CANCEL),
+/// so the peer's side is torn down too.
 pub(crate) struct H2Stream {
-    send: SendStream<Bytes>,
-    recv: RecvStream,
-    buf: Bytes,
+    pub(crate) send: SendStream<Bytes>,
+    pub(crate) recv: RecvStream,
+    /// Received but not yet read.
+    pub(crate) buf: Bytes,
     eof: bool,
     sent_end: bool,
 }
@@ -119,13 +123,83 @@ impl AsyncWrite for H2Stream {
     }
 }
 
-impl Drop for H2Stream {
-    fn drop(&mut self) {
-        // A stream dropped before both sides ended is cancelled, so the peer's
-        // half is torn down too. A cleanly ended one is left alone: a reset
-        // would discard data h2 still buffers for sending.
-        if !(self.eof && self.sent_end) {
-            self.send.send_reset(h2::Reason::CANCEL);
+/// Read size of [`pump`]'s socket side.
+const PUMP_CHUNK: usize = 64 * 1024;
+
+/// Moves bytes between an HTTP/2 stream and a socket with no copy in user
+/// space: socket reads become DATA frames as they are, DATA frames are
+/// written to the socket as they are. EOFs pass on as half-closes (END_STREAM
+/// / `shutdown`); flow-control capacity is released only once the bytes are
+/// written, so a slow socket slows the sender. Returns bytes (socket → h2,
+/// h2 → socket).
+pub(crate) async fn pump<S>(stream: &mut H2Stream, sock: S) -> io::Result<(u64, u64)>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut rd, mut wr) = tokio::io::split(sock);
+    let H2Stream {
+        send,
+        recv,
+        buf,
+        eof,
+        sent_end,
+    } = stream;
+    let up = async {
+        let mut total = 0u64;
+        let mut b = BytesMut::new();
+        loop {
+            b.reserve(PUMP_CHUNK);
+            let n = rd.read_buf(&mut b).await?;
+            if n == 0 {
+                if !*sent_end {
+                    *sent_end = true;
+                    send.send_data(Bytes::new(), true).map_err(h2_io)?;
+                }
+                return Ok(total);
+            }
+            let mut data = b.split().freeze();
+            while !data.is_empty() {
+                send.reserve_capacity(data.len());
+                let cap = loop {
+                    let c = send.capacity();
+                    if c > 0 {
+                        break c;
+                    }
+                    match std::future::poll_fn(|cx| send.poll_capacity(cx)).await {
+                        None => {
+                            return Err(io::Error::new(
+                                io::ErrorKind::BrokenPipe,
+                                "link stream closed",
+                            ));
+                        }
+                        Some(Err(e)) => return Err(h2_io(e)),
+                        Some(Ok(_)) => {}
+                    }
+                };
+                let chunk = data.split_to(cap.min(data.len()));
+                total += chunk.len() as u64;
+                send.send_data(chunk, false).map_err(h2_io)?;
+            }
         }
-    }
+    };
+    let down = async {
+        let mut total = 0u64;
+        if !buf.is_empty() {
+            wr.write_all(buf).await?;
+            total += buf.len() as u64;
+            *buf = Bytes::new();
+        }
+        if !*eof {
+            while let Some(d) = recv.data().await {
+                let d = d.map_err(h2_io)?;
+                wr.write_all(&d).await?;
+                total += d.len() as u64;
+                let _ = recv.flow_control().release_capacity(d.len());
+            }
+            *eof = true;
+        }
+        wr.shutdown().await?;
+        Ok::<_, io::Error>(total)
+    };
+    tokio::try_join!(up, down)
 }
