@@ -133,13 +133,31 @@ struct Path_ {
 }
 
 pub fn run(args: &RelayArgs, data: &Path, shutdown: &Shutdown) -> Result<()> {
-    raise_nofile(4 * args.idle as u64 + 10_000)?;
+    // The relay holds two sockets per in-process tunnel connection; the
+    // echo server runs in a child of its own, so this process holds one.
+    let nofile = raise_nofile(2 * args.idle as u64 + 1_000)?;
+    let idle = args.idle.min((nofile.saturating_sub(1_500) / 2) as usize);
+    if idle < args.idle {
+        eprintln!(
+            "note: RLIMIT_NOFILE {nofile} allows {idle} idle connections, not {}",
+            args.idle
+        );
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
     let sink = rt.block_on(sink_server())?;
-    let echo = rt.block_on(echo_server())?;
+    let echo_child = ChildProc::spawn(&[
+        "--role".into(),
+        "echo".into(),
+        "--tls-dir".into(),
+        "-".into(),
+    ])?;
+    let echo: SocketAddr = echo_child.ready["addr"]
+        .as_str()
+        .context("echo addr")?
+        .parse()?;
     let http = rt.block_on(http_server())?;
     let tls_dir = data.join("relay-tls");
     let ca = {
@@ -275,15 +293,12 @@ pub fn run(args: &RelayArgs, data: &Path, shutdown: &Shutdown) -> Result<()> {
     }
 
     // Idle memory.
-    if args.idle > 0 {
-        println!(
-            "memory per idle raw tunnel connection ({} connections):",
-            args.idle
-        );
+    if idle > 0 {
+        println!("memory per idle raw tunnel connection ({idle} connections):");
         for link in [false, true] {
             shutdown.check()?;
             let p = start_relay(link, &tls_dir, http.port(), echo.port())?;
-            let per = rt.block_on(idle_memory(&p, args.idle))?;
+            let per = rt.block_on(idle_memory(&p, idle))?;
             println!(
                 "  {:<14} relay {:>6.1} KiB/conn{}",
                 p.name,
@@ -309,6 +324,8 @@ pub fn run(args: &RelayArgs, data: &Path, shutdown: &Shutdown) -> Result<()> {
         let _ = c.wait();
     }
     drop(paths);
+    json_out.insert("idle_connections".into(), json!(idle));
+    drop(echo_child);
     json_out.insert("bench".into(), json!("relay"));
     println!("{}", Value::Object(json_out));
     Ok(())
@@ -331,16 +348,20 @@ fn print_lat(name: &str, s: &Summary, direct: Option<&Summary>) {
     );
 }
 
-fn raise_nofile(want: u64) -> Result<()> {
+/// Raises the soft descriptor limit as far as `want` or the hard limit
+/// (children inherit it); returns the limit now in force.
+fn raise_nofile(want: u64) -> Result<u64> {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
     if soft >= want {
-        return Ok(());
+        return Ok(soft);
     }
-    let new = want.max(soft);
-    setrlimit(Resource::RLIMIT_NOFILE, new, new.max(hard))
-        .context("raise RLIMIT_NOFILE (root needed)")?;
-    Ok(())
+    if setrlimit(Resource::RLIMIT_NOFILE, want, want.max(hard)).is_ok() {
+        return Ok(want);
+    }
+    // Without CAP_SYS_RESOURCE the hard limit is the ceiling.
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
+    Ok(hard)
 }
 
 fn start_relay(link: bool, tls_dir: &Path, http_port: u16, raw_target: u16) -> Result<Path_> {
@@ -453,7 +474,8 @@ fn start_nginx(data: &Path, tls_dir: &Path, upstream: SocketAddr) -> Result<Ngin
         "worker_processes 2;\nerror_log {d}/logs/error.log;\npid {d}/nginx.pid;\nevents {{ worker_connections 4096; }}\n\
          http {{\n  access_log off;\n  client_body_temp_path {d}/body; proxy_temp_path {d}/proxy;\n\
          fastcgi_temp_path {d}/fcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n\
-         upstream up {{ server {upstream}; keepalive 32; }}\n\
+         upstream up {{ server {upstream}; keepalive 32; keepalive_requests 1000000; }}\n\
+         keepalive_requests 1000000; keepalive_timeout 300s;\n\
          server {{\n    listen 127.0.0.1:{port} ssl http2;\n    ssl_certificate {t}/relay.pem;\n    ssl_certificate_key {t}/relay-key.pem;\n\
          location / {{ proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_set_header Host $host; }}\n  }}\n}}\n",
         d = dir.display(),
@@ -528,7 +550,8 @@ async fn sink_server() -> Result<SocketAddr> {
     Ok(addr)
 }
 
-async fn echo_server() -> Result<SocketAddr> {
+/// Echoes every byte (the far end of idle tunnel connections).
+pub async fn echo_server() -> Result<SocketAddr> {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = l.local_addr()?;
     tokio::spawn(async move {
@@ -637,7 +660,7 @@ async fn idle_memory(p: &Path_, n: usize) -> Result<(f64, Option<f64>)> {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let relay0 = p.procs[0].rss_kib()?;
     let node0 = p.procs.get(1).map(|c| c.rss_kib()).transpose()?;
-    let sem = Arc::new(tokio::sync::Semaphore::new(256));
+    let sem = Arc::new(tokio::sync::Semaphore::new(64));
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..n {
         let sem = sem.clone();

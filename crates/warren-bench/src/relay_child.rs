@@ -24,6 +24,8 @@ pub enum Role {
     Relay,
     /// A node dialing `--relay-link`, serving loopback ports.
     Node,
+    /// An echo server (its sockets count against its own descriptor limit).
+    Echo,
 }
 
 #[derive(Args, Debug)]
@@ -99,6 +101,10 @@ pub fn run(args: &ChildArgs) -> Result<()> {
                     "raw_ports": relay.raw_ports(),
                 });
                 (ready, Some(relay), None)
+            }
+            Role::Echo => {
+                let addr = crate::relay::echo_server().await?;
+                (serde_json::json!({"addr": addr.to_string()}), None, None)
             }
             Role::Node => {
                 let ca =

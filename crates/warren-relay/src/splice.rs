@@ -12,6 +12,8 @@ use tokio::net::TcpStream;
 
 /// Pipe capacity per direction (capped by `/proc/sys/fs/pipe-max-size`).
 const PIPE_SIZE: usize = 1024 * 1024;
+/// How long a quiet direction keeps its pipe.
+const PIPE_IDLE: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// Both directions until both hit EOF (passed on as half-closes) or one
 /// fails. Returns bytes (a → b, b → a).
@@ -28,12 +30,24 @@ fn new_pipe() -> io::Result<(OwnedFd, OwnedFd, usize)> {
 }
 
 async fn one_way(from: &TcpStream, to: &TcpStream) -> io::Result<u64> {
-    // The pipe is made at the first byte, so idle connections hold none.
+    // The pipe is made when bytes come, so idle connections hold none.
     let mut pipe: Option<(OwnedFd, OwnedFd, usize)> = None;
     let mut total = 0u64;
     let flags = SpliceFlags::MOVE | SpliceFlags::NONBLOCK;
     loop {
-        from.readable().await?;
+        if pipe.is_some() {
+            // A direction quiet for PIPE_IDLE gives its (empty) pipe back, so
+            // idle connections hold two sockets and nothing else.
+            if tokio::time::timeout(PIPE_IDLE, from.readable())
+                .await
+                .is_err()
+            {
+                pipe = None;
+                from.readable().await?;
+            }
+        } else {
+            from.readable().await?;
+        }
         if pipe.is_none() {
             pipe = Some(new_pipe()?);
         }
