@@ -31,6 +31,11 @@ pub struct CreateArgs {
     /// Image for Warren sandboxes (peers always use the busybox rootfs).
     #[arg(long, value_enum, default_value_t = ImageChoice::Busybox)]
     pub image: ImageChoice,
+    /// Give every Warren sandbox a network (veth, address, NAT, DNS,
+    /// egress rules) instead of only `lo`. The bench first moves itself into
+    /// a private network namespace, so the host's network is untouched.
+    #[arg(long)]
+    pub network: bool,
     #[command(flatten)]
     pub peers: PeerArgs,
 }
@@ -99,8 +104,21 @@ pub fn run(args: &CreateArgs, data: &Path, shutdown: &Shutdown) -> Result<()> {
     let rootfs_dir = data.join("rootfs");
     rootfs::build(&rootfs::find_busybox()?, &rootfs_dir)?;
 
+    if args.network {
+        crate::hostns::private_network()?;
+    }
     let warren = if args.peers.warren() {
-        Some(Warren::open(data, args.image, &rootfs_dir)?)
+        let network = args.network;
+        let mut w = Warren::open_with(data, args.image, &rootfs_dir, |c| {
+            if network {
+                let mut net = c.default_network();
+                // Nothing is resolved during the bench.
+                net.dns_upstreams = Vec::new();
+                c.network = Some(net);
+            }
+        })?;
+        w.set_network(network);
+        Some(w)
     } else {
         None
     };

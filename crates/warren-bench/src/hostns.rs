@@ -102,3 +102,18 @@ mod tests {
         assert!(!needs_mask("hugetlb pids"));
     }
 }
+
+/// Moves the bench (this thread, before it starts any other) into a new
+/// network namespace with `lo` up, so networked sandboxes' veths, nftables
+/// table and `ip_forward` live there and vanish with the process.
+pub fn private_network() -> Result<()> {
+    unshare(CloneFlags::CLONE_NEWNET).context("unshare(CLONE_NEWNET) for the bench")?;
+    let status = std::process::Command::new("ip")
+        .args(["link", "set", "lo", "up"])
+        .status()
+        .context("running ip link set lo up")?;
+    if !status.success() {
+        bail!("ip link set lo up failed in the bench's network namespace");
+    }
+    Ok(())
+}

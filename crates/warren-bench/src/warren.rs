@@ -34,6 +34,8 @@ pub struct Warren {
     _store: ImageStore,
     /// Per-phase samples (µs) of measured echo cycles, in phase order.
     phases: std::sync::Mutex<Vec<(String, Vec<u64>)>>,
+    /// Sandboxes get a network (the runtime must have one configured).
+    network: bool,
 }
 
 impl Warren {
@@ -72,7 +74,13 @@ impl Warren {
             phases: std::sync::Mutex::new(Vec::new()),
             id_slots,
             _store: store,
+            network: false,
         })
+    }
+
+    /// Networked sandboxes from now on (see `create --network`).
+    pub fn set_network(&mut self, on: bool) {
+        self.network = on;
     }
 
     /// The layers the sandboxes stack (lowest first).
@@ -84,6 +92,9 @@ impl Warren {
         let mut spec = SandboxSpec::new(id.clone(), self.rootfs.clone());
         spec.command = command.map(|c| c.iter().map(|s| s.to_string()).collect());
         spec.env = self.env.clone();
+        if self.network {
+            spec.network = warren_runtime::NetworkSpec::enabled();
+        }
         spec
     }
 

@@ -350,8 +350,8 @@ impl NativeRuntime {
         record::write(&sb.dir, &rec).map_err(RuntimeError::prepare(&sb.dir))
     }
 
-    /// Waits until the directories of every sandbox destroyed so far have
-    /// been deleted from disk (`destroy` defers that work; see `trash`).
+    /// Waits until the directories and network leases of every sandbox
+    /// destroyed so far are gone (`destroy` defers that work; see `trash`).
     pub fn flush_trash(&self) {
         self.reaper.flush();
     }
@@ -608,9 +608,12 @@ impl NativeRuntime {
         }
     }
 
+    /// Releases a lease off the caller's path (see `trash`): the veth's
+    /// deletion waits on the kernel. `flush_trash` waits for it.
     fn release_lease(&self, lease: Option<&warren_net::Lease>) {
         if let (Some(l), Some(n)) = (lease, &self.network) {
-            n.release(l);
+            let (l, n) = (l.clone(), n.clone());
+            self.reaper.run(move || n.release(&l));
         }
     }
 
@@ -731,6 +734,8 @@ impl Drop for NativeRuntime {
                 self.release_lease(Some(&w.lease));
             }
         }
+        // Deferred lease teardowns finish before the table goes.
+        self.reaper.flush();
         if let Some(network) = self.network.take() {
             let live = self
                 .sandboxes

@@ -1,4 +1,5 @@
-//! Deferred deletion of destroyed sandboxes' directories.
+//! Deferred teardown of destroyed sandboxes: their directories and their
+//! network leases.
 //!
 //! `destroy` renames a sandbox's state directory into `trash/` (one atomic
 //! rename: from then on nothing refers to it) and hands it to this reaper
@@ -6,6 +7,10 @@
 //! millisecond on filesystems mounted with online discard, and much more
 //! for a big writable layer (`node_modules`), so it stays off the destroy
 //! path. Whatever is still in `trash/` at startup is deleted then.
+//!
+//! Deleting a sandbox's veth waits for the kernel to unregister the device
+//! (RCU grace periods: 10-30 ms on a busy 2-core machine), so leases are
+//! released here too; the address returns to the pool afterwards.
 
 use std::path::PathBuf;
 use std::sync::mpsc::{channel, Receiver, Sender};
@@ -14,15 +19,21 @@ use std::thread::JoinHandle;
 
 use tracing::warn;
 
+/// Work for the reaper thread.
+pub(crate) enum Job {
+    Dir(PathBuf),
+    Run(Box<dyn FnOnce() + Send>),
+}
+
 pub(crate) struct Reaper {
-    tx: Option<Sender<PathBuf>>,
+    tx: Option<Sender<Job>>,
     pending: Arc<(Mutex<usize>, Condvar)>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Reaper {
     pub(crate) fn start() -> Self {
-        let (tx, rx) = channel::<PathBuf>();
+        let (tx, rx) = channel::<Job>();
         let pending = Arc::new((Mutex::new(0usize), Condvar::new()));
         let p = pending.clone();
         let thread = std::thread::Builder::new()
@@ -38,10 +49,22 @@ impl Reaper {
 
     /// Queues `dir` (already renamed into the trash) for deletion.
     pub(crate) fn delete(&self, dir: PathBuf) {
+        self.submit(Job::Dir(dir));
+    }
+
+    /// Queues `f` (a lease's teardown).
+    pub(crate) fn run(&self, f: impl FnOnce() + Send + 'static) {
+        self.submit(Job::Run(Box::new(f)));
+    }
+
+    fn submit(&self, job: Job) {
         *self.pending.0.lock().expect("trash lock poisoned") += 1;
-        let sent = self.tx.as_ref().map(|tx| tx.send(dir.clone()).is_ok());
-        if sent != Some(true) {
-            remove(&dir);
+        let rejected = match self.tx.as_ref() {
+            Some(tx) => tx.send(job).err().map(|e| e.0),
+            None => Some(job),
+        };
+        if let Some(job) = rejected {
+            perform(job);
             self.done();
         }
     }
@@ -52,7 +75,7 @@ impl Reaper {
         self.pending.1.notify_all();
     }
 
-    /// Blocks until everything queued so far has been deleted.
+    /// Blocks until everything queued so far is done.
     pub(crate) fn flush(&self) {
         let mut n = self.pending.0.lock().expect("trash lock poisoned");
         while *n > 0 {
@@ -69,9 +92,16 @@ fn remove(dir: &PathBuf) {
     }
 }
 
-fn run(rx: Receiver<PathBuf>, pending: &(Mutex<usize>, Condvar)) {
-    for dir in rx {
-        remove(&dir);
+fn perform(job: Job) {
+    match job {
+        Job::Dir(dir) => remove(&dir),
+        Job::Run(f) => f(),
+    }
+}
+
+fn run(rx: Receiver<Job>, pending: &(Mutex<usize>, Condvar)) {
+    for job in rx {
+        perform(job);
         let mut n = pending.0.lock().expect("trash lock poisoned");
         *n = n.saturating_sub(1);
         pending.1.notify_all();
