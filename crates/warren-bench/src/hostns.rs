@@ -88,21 +88,6 @@ fn ensure_single_threaded() -> Result<()> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mask_only_on_hybrid_lists() {
-        assert!(needs_mask("hugetlb\n"));
-        assert!(needs_mask("hugetlb misc rdma"));
-        assert!(!needs_mask(""));
-        assert!(!needs_mask("\n"));
-        assert!(!needs_mask("cpuset cpu io memory hugetlb pids rdma misc"));
-        assert!(!needs_mask("hugetlb pids"));
-    }
-}
-
 /// Moves the bench (this thread, before it starts any other) into a new
 /// network namespace with `lo` up, so networked sandboxes' veths, nftables
 /// table and `ip_forward` live there and vanish with the process.
@@ -116,4 +101,19 @@ pub fn private_network() -> Result<()> {
         bail!("ip link set lo up failed in the bench's network namespace");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mask_only_on_hybrid_lists() {
+        assert!(needs_mask("hugetlb\n"));
+        assert!(needs_mask("hugetlb misc rdma"));
+        assert!(!needs_mask(""));
+        assert!(!needs_mask("\n"));
+        assert!(!needs_mask("cpuset cpu io memory hugetlb pids rdma misc"));
+        assert!(!needs_mask("hugetlb pids"));
+    }
 }

@@ -48,7 +48,7 @@ pub struct Tunnels {
     pub ca_fingerprint: Option<String>,
     pub ca_pem: Option<String>,
     /// Invalidates the in-process relay's cached route of a sandbox.
-    pub invalidate: Option<Arc<dyn Fn(&str) + Send + Sync>>,
+    pub invalidate: Option<crate::supervisor::EndHook>,
     /// Whether the relay is up (in-process: always; remote: link state).
     pub connected: Arc<dyn Fn() -> bool + Send + Sync>,
     /// The in-process relay, to open a new sandbox's raw ports at once
