@@ -10,36 +10,31 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
+use axum::http::StatusCode;
 use libtest_mimic::{Arguments, Failed, Trial};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tower::ServiceExt;
-use warren_server::{AppState, ServerConfig, TunnelsConfig};
+use warren_server::{ServerConfig, TunnelsConfig};
 
 const FIXTURE: &str = include_str!("fixtures/tunnel-fixture.js");
-const OFFLINE_REGISTRIES: &str =
-    r#"{"default_registry": "127.0.0.1:9", "registries": {"127.0.0.1:9": {"insecure": true}}}"#;
+#[macro_use]
+mod common;
 
+use common::{code, TestFn};
+
+/// A server with a relay, and where its HTTPS front and CA are.
 struct Env {
-    state: AppState,
-    token: String,
-    data: tempfile::TempDir,
-    sweeper: tokio::task::JoinHandle<()>,
-    /// The relay's HTTPS front and the CA that signs it.
+    base: common::Env,
     https: SocketAddr,
     ca: PathBuf,
 }
 
-fn cgroup_parent(data: &Path) -> String {
-    let tag = data
-        .file_name()
-        .map(|n| n.to_string_lossy().to_lowercase())
-        .unwrap_or_default()
-        .replace(|c: char| !c.is_ascii_alphanumeric(), "");
-    format!("warren-test-tun-{}-{tag}", std::process::id())
+impl std::ops::Deref for Env {
+    type Target = common::Env;
+    fn deref(&self) -> &common::Env {
+        &self.base
+    }
 }
 
 /// A relay config on loopback with its own raw port range (tests run in
@@ -60,88 +55,25 @@ fn relay_config(data: &Path, slot: u16) -> warren_relay::RelayConfig {
 }
 
 async fn env(slot: u16) -> Result<Env> {
-    env_with(slot, |cfg, data| {
+    env_with(|cfg, data| {
         cfg.tunnels = TunnelsConfig::Local(relay_config(data, slot));
         Ok(())
     })
     .await
 }
 
-async fn env_with(
-    slot: u16,
-    edit: impl FnOnce(&mut ServerConfig, &Path) -> Result<()>,
-) -> Result<Env> {
-    let _ = slot;
-    let data = tempfile::Builder::new()
-        .prefix("warren-e2e-tun-")
-        .tempdir_in("/var/tmp")?;
-    let mut cfg = ServerConfig::new("127.0.0.1:0".parse()?, data.path());
-    let registries = data.path().join("registries.json");
-    std::fs::write(&registries, OFFLINE_REGISTRIES)?;
-    cfg.registries = Some(registries);
-    cfg.cgroup_parent = Some(cgroup_parent(data.path()));
-    cfg.sweep_interval = Duration::from_millis(100);
-    edit(&mut cfg, data.path())?;
-    let state = warren_server::open(&cfg).await?;
-    let token = std::fs::read_to_string(data.path().join("admin-token"))?
-        .trim()
-        .to_string();
-    let sweeper = state.supervisor.spawn_sweeper(cfg.sweep_interval);
-    let https = state
+async fn env_with(edit: impl FnOnce(&mut ServerConfig, &Path) -> Result<()>) -> Result<Env> {
+    let base = common::env_with(edit).await?;
+    let https = base
+        .state
         .relay_https_addr()
         .await
         .unwrap_or_else(|| "127.0.0.1:0".parse().expect("addr"));
-    Ok(Env {
-        state,
-        token,
-        ca: data.path().join("tls/ca.pem"),
-        data,
-        sweeper,
-        https,
-    })
+    let ca = base.data.path().join("tls/ca.pem");
+    Ok(Env { base, https, ca })
 }
 
 impl Env {
-    async fn raw_call(
-        &self,
-        method: &str,
-        path: &str,
-        ctype: &str,
-        body: Vec<u8>,
-    ) -> Result<(StatusCode, Value)> {
-        let req = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("authorization", format!("Bearer {}", self.token))
-            .header("content-type", ctype)
-            .body(Body::from(body))?;
-        let resp = warren_server::router(self.state.clone())
-            .oneshot(req)
-            .await?;
-        let status = resp.status();
-        let bytes = axum::body::to_bytes(resp.into_body(), 16 << 20).await?;
-        let v = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes)
-                .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()))
-        };
-        Ok((status, v))
-    }
-
-    async fn admin(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<Value>,
-    ) -> Result<(StatusCode, Value)> {
-        let bytes = body
-            .map(|b| serde_json::to_vec(&b))
-            .transpose()?
-            .unwrap_or_default();
-        self.raw_call(method, path, "application/json", bytes).await
-    }
-
     /// Creates an idle sandbox with `extra` create fields, copies the
     /// fixture in and starts it as a background exec per `(mode, port)`.
     async fn sandbox(&self, extra: Value, servers: &[(&str, u16)]) -> Result<String> {
@@ -213,28 +145,7 @@ impl Env {
     }
 
     async fn teardown(self) {
-        self.sweeper.abort();
-        self.state.shutdown().await;
-        if let Ok((_, v)) = self
-            .admin("GET", "/v1/sandboxes?state=running&limit=1000", None)
-            .await
-        {
-            for s in v["sandboxes"].as_array().cloned().unwrap_or_default() {
-                if let Some(id) = s["id"].as_str() {
-                    let _ = self
-                        .admin("POST", &format!("/v1/sandboxes/{id}/terminate"), None)
-                        .await;
-                }
-            }
-        }
-        self.state.node.runtime().flush_trash();
-        let parent = cgroup_parent(self.data.path());
-        drop(self.data);
-        if let Ok(ctls) = std::fs::read_dir("/sys/fs/cgroup") {
-            for ctl in ctls.flatten() {
-                let _ = std::fs::remove_dir(ctl.path().join(&parent));
-            }
-        }
+        self.base.teardown().await;
     }
 }
 
@@ -278,10 +189,6 @@ where
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-fn code(v: &Value) -> &str {
-    v["error"]["code"].as_str().unwrap_or("")
 }
 
 /// A rustls client config trusting only the CA at `ca` (HTTP/1.1 ALPN).
@@ -871,7 +778,7 @@ async fn relay_restart_reconnects() -> Result<()> {
     let https = free_port()?;
     let link = free_port()?;
     let mut secrets = None;
-    let mut e = env_with(5, |cfg, data| {
+    let mut e = env_with(|cfg, data| {
         secrets = Some(warren_server::tunnels::RelaySecrets::load_or_create(
             &data.join("relay-secrets.json"),
         )?);
@@ -1036,7 +943,7 @@ fn leaf_spki_sha256(tls_dir: &Path) -> Result<String> {
 /// sandbox created without a network that cannot be given one.
 async fn egress_policy_through_the_api() -> Result<()> {
     use warren_testkit::netlab;
-    let e = env_with(7, |cfg, data| {
+    let e = env_with(|cfg, data| {
         let mut net = warren_runtime::NativeConfig::new(data.join("runtime")).default_network();
         net.dns_upstreams = vec![netlab::DNS_UPSTREAM];
         cfg.network = Some(net);
@@ -1241,23 +1148,17 @@ async fn egress_policy_through_the_api() -> Result<()> {
 
 // --------------------------------------------------------------- harness ---
 
-type TestFn = fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>>>>;
+/// The sandboxes' dev server is the host's Node.js.
+fn has_node(name: &'static str) -> bool {
+    warren_testkit::require(
+        name,
+        Path::new("/usr/bin/node").exists(),
+        "needs /usr/bin/node (the sandboxes' dev server)",
+    )
+}
 
 fn trial(name: &'static str, f: TestFn) -> Trial {
-    Trial::test(name, move || {
-        if !warren_testkit::require_root(name) {
-            return Ok(());
-        }
-        if !warren_testkit::require(
-            name,
-            Path::new("/usr/bin/node").exists(),
-            "needs /usr/bin/node (the sandboxes' dev server)",
-        ) {
-            return Ok(());
-        }
-        let rt = tokio::runtime::Runtime::new().map_err(|e| Failed::from(e.to_string()))?;
-        rt.block_on(f()).map_err(|e| Failed::from(format!("{e:#}")))
-    })
+    common::trial_with(name, f, has_node)
 }
 
 /// A trial whose thread moves into a lab network first (before the tokio
@@ -1279,12 +1180,6 @@ fn lab_trial(name: &'static str, f: TestFn) -> Trial {
         let rt = tokio::runtime::Runtime::new().map_err(|e| Failed::from(e.to_string()))?;
         rt.block_on(f()).map_err(|e| Failed::from(format!("{e:#}")))
     })
-}
-
-macro_rules! t {
-    ($f:ident) => {
-        trial(stringify!($f), || Box::pin($f()))
-    };
 }
 
 fn main() {
