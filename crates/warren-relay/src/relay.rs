@@ -87,12 +87,7 @@ impl Relay {
 
         let mut https_addr = None;
         if let Some(addr) = config.https_listen {
-            let listener = crate::raw::bind_reuse(addr)
-                .and_then(TcpListener::from_std)
-                .map_err(|source| RelayError::Listen { addr, source })?;
-            let local = listener
-                .local_addr()
-                .map_err(|source| RelayError::Listen { addr, source })?;
+            let (listener, local) = listen(addr)?;
             https_addr = Some(local);
             let front = Front::new(
                 base_domain.clone(),
@@ -116,12 +111,7 @@ impl Relay {
 
         let mut link_addr = None;
         if let Some(addr) = config.link_listen {
-            let listener = crate::raw::bind_reuse(addr)
-                .and_then(TcpListener::from_std)
-                .map_err(|source| RelayError::Listen { addr, source })?;
-            let local = listener
-                .local_addr()
-                .map_err(|source| RelayError::Listen { addr, source })?;
+            let (listener, local) = listen(addr)?;
             link_addr = Some(local);
             let acceptor = tokio_rustls::TlsAcceptor::from(crate::tls::link_server_config(&tls)?);
             tasks.push(tokio::spawn(crate::link::server::serve(
@@ -247,4 +237,15 @@ impl Relay {
             let _ = t.await;
         }
     }
+}
+
+/// A listener on `addr` (large backlog, SO_REUSEADDR) and its bound address.
+fn listen(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), RelayError> {
+    let listener = crate::raw::bind_reuse(addr)
+        .and_then(TcpListener::from_std)
+        .map_err(|source| RelayError::Listen { addr, source })?;
+    let local = listener
+        .local_addr()
+        .map_err(|source| RelayError::Listen { addr, source })?;
+    Ok((listener, local))
 }
