@@ -7,6 +7,13 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 [[ $(id -u) -eq 0 ]] || { echo "quickstart: run as root (sandboxes need namespaces and cgroups)" >&2; exit 1; }
 
+# Sandbox networking needs nftables (Debian installs it by default; minimal
+# images may lack it). Without it, start the server with --no-network.
+if ! command -v nft >/dev/null; then
+    echo "quickstart: installing nftables (sandbox egress rules)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nftables >/dev/null
+fi
+
 cargo build --release --quiet -p warren-cli -p warren-init
 # The node prefers the small warren-init installed next to warren.
 install -m 0755 target/release/warren target/release/warren-init /usr/local/bin/
@@ -17,7 +24,7 @@ if ! "$warren" sandbox ls >/dev/null 2>&1; then
     log=/var/log/warren-serve.log
     nohup "$warren" serve >"$log" 2>&1 &
     echo $! >/run/warren.pid
-    echo "quickstart: started warren serve on 127.0.0.1:7070 (pid $(cat /run/warren.pid), log $log)"
+    echo "quickstart: started warren serve on 127.0.0.1:7070, tunnels on 127.0.0.1:8443 (pid $(cat /run/warren.pid), log $log)"
     for _ in $(seq 1 100); do
         "$warren" sandbox ls >/dev/null 2>&1 && break
         kill -0 "$(cat /run/warren.pid)" 2>/dev/null || { echo "quickstart: warren serve exited; see $log" >&2; exit 1; }
