@@ -11,7 +11,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # images may lack it). Without it, start the server with --no-network.
 if ! command -v nft >/dev/null; then
     echo "quickstart: installing nftables (sandbox egress rules)"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nftables >/dev/null
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nftables >/dev/null
 fi
 
 cargo build --release --quiet -p warren-cli -p warren-init
