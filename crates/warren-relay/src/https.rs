@@ -60,6 +60,8 @@ pub(crate) struct Front {
     pub(crate) cache: Arc<RouteCache>,
     pub(crate) token_key: Vec<u8>,
     pub(crate) upstream_timeout: Duration,
+    /// Turns true when the relay stops: upgraded connections end too.
+    stop: watch::Receiver<bool>,
     h1: Client<LinkConnector, Incoming>,
     h2: Client<LinkConnector, Incoming>,
 }
@@ -72,6 +74,7 @@ impl Front {
         token_key: Vec<u8>,
         upstream_timeout: Duration,
         idle: Duration,
+        stop: watch::Receiver<bool>,
     ) -> Arc<Front> {
         let connector = LinkConnector {
             base_domain: base_domain.clone(),
@@ -94,6 +97,7 @@ impl Front {
             cache,
             token_key,
             upstream_timeout,
+            stop,
             h1,
             h2,
         })
@@ -522,6 +526,7 @@ async fn proxy(
             return error_page(ErrorCode::UpstreamProtocolError);
         };
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
+        let mut stop = front.stop.clone();
         tokio::spawn(
             async move {
                 let (c, u) = tokio::join!(client_upgrade, upstream_upgrade);
@@ -529,8 +534,12 @@ async fn proxy(
                     (Ok(c), Ok(u)) => {
                         let mut c = TokioIo::new(c);
                         let mut u = TokioIo::new(u);
-                        let r = crate::copy::bidirectional(&mut c, &mut u).await;
-                        debug!(result = ?r, "upgraded connection ended");
+                        tokio::select! {
+                            r = crate::copy::bidirectional(&mut c, &mut u) => {
+                                debug!(result = ?r, "upgraded connection ended");
+                            }
+                            _ = stop.wait_for(|s| *s) => debug!("upgraded connection cut: relay stopping"),
+                        }
                     }
                     (c, u) => debug!(client = c.is_ok(), upstream = u.is_ok(), "upgrade failed"),
                 }

@@ -25,6 +25,8 @@ pub(crate) struct RawFront {
     listeners: Mutex<HashMap<u16, (SocketAddr, JoinHandle<()>)>>,
     /// Serializes syncs.
     sync_lock: tokio::sync::Mutex<()>,
+    /// Turns true on stop: open connections end too.
+    stopped: tokio::sync::watch::Sender<bool>,
 }
 
 impl RawFront {
@@ -42,6 +44,7 @@ impl RawFront {
             table: RwLock::new(HashMap::new()),
             listeners: Mutex::new(HashMap::new()),
             sync_lock: tokio::sync::Mutex::new(()),
+            stopped: tokio::sync::watch::channel(false).0,
         })
     }
 
@@ -160,14 +163,23 @@ impl RawFront {
                     return;
                 }
             };
-            let res = crate::copy::bidirectional_boxed(&mut tcp, &mut upstream).await;
-            debug!(result = ?res, "raw connection ended");
+            let mut stopped = self.stopped.subscribe();
+            if *stopped.borrow() {
+                return;
+            }
+            tokio::select! {
+                res = crate::copy::bidirectional_boxed(&mut tcp, &mut upstream) => {
+                    debug!(result = ?res, "raw connection ended");
+                }
+                _ = stopped.changed() => debug!("raw connection cut: relay stopping"),
+            }
         }
         .instrument(span)
         .await
     }
 
     pub(crate) fn stop(&self) {
+        self.stopped.send_replace(true);
         for (_, (_, t)) in self.listeners.lock().expect("listeners lock").drain() {
             t.abort();
         }

@@ -96,6 +96,7 @@ impl Relay {
                 config.token_key.as_bytes().to_vec(),
                 ms(t.upstream_response_ms),
                 ms(t.upstream_idle_ms),
+                stop_rx.clone(),
             );
             let acceptor = tokio_rustls::TlsAcceptor::from(crate::tls::https_server_config(&tls)?);
             tasks.push(tokio::spawn(crate::https::serve(

@@ -373,3 +373,57 @@ async fn raw_tcp_front_forwards_and_follows_routes() {
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
     f.relay.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_cuts_open_raw_and_websocket_connections() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let f = in_process(|_| {}).await;
+    let echo = echo_upstream().await;
+    let ws = ws_upstream().await;
+    f.routes.set(route(&[(ws, PortProtocol::Http1, false)]));
+    let relay_port = free_port();
+    f.routes.set_raw(vec![warren_relay::RawRoute {
+        relay_port,
+        sandbox_id: SANDBOX.into(),
+        port: echo,
+    }]);
+    f.relay.resync().await.unwrap();
+    let mut raw = tokio::net::TcpStream::connect(("127.0.0.1", relay_port))
+        .await
+        .unwrap();
+    raw.write_all(b"ping").await.unwrap();
+    let mut buf = [0u8; 4];
+    tokio::time::timeout(T, raw.read_exact(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let tls = tls_connect(
+        f.relay.https_addr().unwrap(),
+        &f.relay.tls().ca_pem,
+        &host(ws),
+        &[b"http/1.1"],
+    )
+    .await;
+    let (mut wsc, _) = tokio_tungstenite::client_async(format!("wss://{}/", host(ws)), tls)
+        .await
+        .unwrap();
+    wsc.send(tokio_tungstenite::tungstenite::Message::text("hi"))
+        .await
+        .unwrap();
+    tokio::time::timeout(T, wsc.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+
+    f.relay.shutdown().await;
+    let n = tokio::time::timeout(T, raw.read(&mut buf))
+        .await
+        .expect("raw connection left open");
+    assert!(matches!(n, Ok(0) | Err(_)));
+    let next = tokio::time::timeout(T, wsc.next())
+        .await
+        .expect("websocket left open");
+    assert!(!matches!(next, Some(Ok(m)) if m.is_text()));
+}

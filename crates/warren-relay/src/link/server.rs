@@ -21,6 +21,8 @@ use crate::target::{BoxStream, OpenError};
 struct LinkEntry {
     generation: u64,
     sender: h2::client::SendRequest<Bytes>,
+    /// Closes this link (a newer one from the same node replaced it).
+    close: Arc<tokio::sync::Notify>,
 }
 
 /// Connected nodes.
@@ -199,11 +201,18 @@ async fn handle(
         .handshake::<_, Bytes>(tls)
         .await?;
     let generation = registry.generation.fetch_add(1, Ordering::Relaxed);
-    let old = registry
-        .links
-        .lock()
-        .expect("links lock")
-        .insert(node_id.clone(), LinkEntry { generation, sender });
+    let close = Arc::new(tokio::sync::Notify::new());
+    let old = registry.links.lock().expect("links lock").insert(
+        node_id.clone(),
+        LinkEntry {
+            generation,
+            sender,
+            close: close.clone(),
+        },
+    );
+    if let Some(old) = &old {
+        old.close.notify_one();
+    }
     info!(node_id = %node_id, %peer, replaced = old.is_some(), "node link up");
 
     let mut ping_pong = conn.ping_pong().expect("first call");
@@ -224,6 +233,7 @@ async fn handle(
         r = &mut conn => match r { Ok(()) => "closed".to_string(), Err(e) => e.to_string() },
         why = pinger => why,
         _ = shutdown.changed() => "relay shutting down".to_string(),
+        _ = close.notified() => "replaced by a newer link from the same node".to_string(),
     };
     {
         let mut links = registry.links.lock().expect("links lock");
