@@ -319,10 +319,7 @@ pub fn run(args: &RelayArgs, data: &Path, shutdown: &Shutdown) -> Result<()> {
             }
         }
     }
-    if let Some((mut c, _)) = socat {
-        let _ = c.kill();
-        let _ = c.wait();
-    }
+    drop(socat);
     drop(paths);
     json_out.insert("idle_connections".into(), json!(idle));
     drop(echo_child);
@@ -425,14 +422,28 @@ fn free_port() -> Result<u16> {
         .port())
 }
 
-fn start_socat(sink: SocketAddr) -> Result<(Child, SocketAddr)> {
+/// A peer process killed when dropped (also on an error path).
+struct Peer(Child);
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_socat(sink: SocketAddr) -> Result<(Peer, SocketAddr)> {
     let port = free_port()?;
-    let child = Command::new("socat")
-        .arg(format!("TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork"))
-        .arg(format!("TCP:{sink}"))
-        .stdin(Stdio::null())
-        .spawn()
-        .context("socat not installed (scripts/install-deps.sh installs it)")?;
+    let child = Peer(
+        Command::new("socat")
+            .arg(format!("TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork"))
+            .arg(format!("TCP:{sink}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("socat not installed (scripts/install-deps.sh installs it)")?,
+    );
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let deadline = Instant::now() + Duration::from_secs(10);
     while TcpStream::connect(addr).is_err() {
@@ -491,6 +502,7 @@ fn start_nginx(data: &Path, tls_dir: &Path, upstream: SocketAddr) -> Result<Ngin
         .arg("-g")
         .arg("daemon off;")
         .stdin(Stdio::null())
+        .stdout(Stdio::null())
         .spawn()
         .context("nginx not installed (scripts/install-deps.sh installs it)")?;
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
