@@ -37,11 +37,12 @@ packages=(
     curl           # HTTPS/HTTP2 through the relay, verified against Warren's CA
     openssl        # the relay certificate's key pin for Chromium
     socat          # peer of the relay's raw TCP front in bench/run relay
+    nginx-light    # peer of the relay's HTTPS front (TLS-terminating proxy) in bench/run relay
 )
 
 # Commands that must work afterwards; checked so a broken install fails here
 # rather than as a confusing test failure later.
-commands=(crun runc bwrap busybox ip nft ps fuser unshare nsenter losetup mkfs.ext4 python3 git docker-registry skopeo htpasswd zstd tmux vim.tiny node chromium curl openssl socat)
+commands=(crun runc bwrap busybox ip nft ps fuser unshare nsenter losetup mkfs.ext4 python3 git docker-registry skopeo htpasswd zstd tmux vim.tiny node chromium curl openssl socat nginx)
 
 [[ $(id -u) -eq 0 ]] || die "must run as root (try: sudo $0)"
 command -v apt-get >/dev/null || die "apt-get not found: this script supports Debian only"
@@ -58,7 +59,17 @@ else
     log "installing: ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
+    # Packages are installed for their binaries only: keep their services
+    # (nginx, docker-registry) from starting and binding ports, as Docker
+    # images do, unless the host already has its own policy.
+    policy=/usr/sbin/policy-rc.d
+    own_policy=false
+    if [[ ! -e $policy ]]; then
+        printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 0755 "$policy" && own_policy=true
+        trap 'rm -f "$policy"' EXIT
+    fi
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    if $own_policy; then rm -f "$policy"; trap - EXIT; fi
     log "installed: ${missing[*]}"
 fi
 
