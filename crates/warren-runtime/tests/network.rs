@@ -231,6 +231,23 @@ fn wiring_and_block_network() -> Result<()> {
         resolv.contains(&format!("nameserver {}", a.gateway)),
         "{resolv}"
     );
+    // Root inside the sandbox cannot change its network: the namespace
+    // belongs to the host's user namespace. (Each change would only touch
+    // the sandbox's own namespace if it got through.)
+    let tries = node.ok(
+        &id,
+        "ip route add 192.0.2.0/24 dev eth0 2>/dev/null && echo CHANGED route; \
+         ip addr add 10.88.255.1/32 dev eth0 2>/dev/null && echo CHANGED addr; \
+         ip link set eth0 mtu 1400 2>/dev/null && echo CHANGED link; \
+         ip link add dummy0 type dummy 2>/dev/null && echo CHANGED dummy; \
+         v=$(cat /proc/sys/net/ipv4/ip_forward); \
+         (echo $v > /proc/sys/net/ipv4/ip_forward) 2>/dev/null && echo CHANGED sysctl; \
+         echo done",
+    )?;
+    ensure!(
+        tries.contains("done") && !tries.contains("CHANGED"),
+        "the sandbox changed its network: {tries}"
+    );
     // The node side: the veth exists with the gateway address.
     let mut nl = warren_net::Netlink::open()?;
     ensure!(nl
