@@ -34,7 +34,16 @@ pub struct RelayConfig {
     pub token_key: String,
     pub cache: CacheConfig,
     pub timeouts: Timeouts,
+    /// Most client connections the HTTPS and raw fronts hold at once
+    /// (together); beyond it new ones are closed at once, so a flood cannot
+    /// exhaust the relay's descriptors for everyone. Also capped at start
+    /// to what `RLIMIT_NOFILE` allows (an in-process tunnel connection holds
+    /// two descriptors).
+    pub max_connections: usize,
 }
+
+/// Default of [`RelayConfig::max_connections`].
+pub const DEFAULT_MAX_CONNECTIONS: usize = 65_536;
 
 impl Default for RelayConfig {
     fn default() -> Self {
@@ -54,6 +63,7 @@ impl Default for RelayConfig {
             token_key: String::new(),
             cache: CacheConfig::default(),
             timeouts: Timeouts::default(),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
         }
     }
 }

@@ -132,6 +132,7 @@ pub(crate) async fn serve(
     front: Arc<Front>,
     handshake_timeout: Duration,
     header_timeout: Duration,
+    limit: Arc<tokio::sync::Semaphore>,
     shutdown: watch::Receiver<bool>,
 ) {
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -161,6 +162,12 @@ pub(crate) async fn serve(
             },
             _ = stop.changed() => return,
         };
+        // At the connection limit a new client is closed at once.
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            debug!(%peer, "https connection refused: relay at its connection limit");
+            drop(tcp);
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let front = front.clone();
@@ -187,6 +194,7 @@ pub(crate) async fn serve(
                 r = conn => if let Err(e) = r { debug!(%peer, error = %e, "https connection ended") },
                 _ = stop.changed() => {}
             }
+            drop(permit);
         });
     }
 }

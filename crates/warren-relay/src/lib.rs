@@ -40,7 +40,9 @@ pub mod target;
 pub mod tls;
 pub mod token;
 
-pub use config::{CacheConfig, PortRange, RelayConfig, Timeouts, DEFAULT_BASE_DOMAIN};
+pub use config::{
+    CacheConfig, PortRange, RelayConfig, Timeouts, DEFAULT_BASE_DOMAIN, DEFAULT_MAX_CONNECTIONS,
+};
 pub use dialer::DialError;
 pub use link::node::{LinkState, NodeLink, NodeLinkConfig};
 pub use link::LinkError;

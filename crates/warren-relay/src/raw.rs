@@ -27,6 +27,8 @@ pub(crate) struct RawFront {
     sync_lock: tokio::sync::Mutex<()>,
     /// Turns true on stop: open connections end too.
     stopped: tokio::sync::watch::Sender<bool>,
+    /// Client connections of all fronts (see `RelayConfig::max_connections`).
+    limit: Arc<tokio::sync::Semaphore>,
 }
 
 impl RawFront {
@@ -35,12 +37,14 @@ impl RawFront {
         range: PortRange,
         cache: Arc<RouteCache>,
         dialer: Arc<Dialer>,
+        limit: Arc<tokio::sync::Semaphore>,
     ) -> Arc<RawFront> {
         Arc::new(RawFront {
             bind,
             range,
             cache,
             dialer,
+            limit,
             table: RwLock::new(HashMap::new()),
             listeners: Mutex::new(HashMap::new()),
             sync_lock: tokio::sync::Mutex::new(()),
@@ -128,8 +132,16 @@ impl RawFront {
                     continue;
                 }
             };
+            let Ok(permit) = self.limit.clone().try_acquire_owned() else {
+                debug!(relay_port, %peer, "raw connection refused: relay at its connection limit");
+                drop(tcp);
+                continue;
+            };
             let me = self.clone();
-            tokio::spawn(async move { me.serve(relay_port, tcp, peer).await });
+            tokio::spawn(async move {
+                me.serve(relay_port, tcp, peer).await;
+                drop(permit);
+            });
         }
     }
 

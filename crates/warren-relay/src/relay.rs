@@ -85,6 +85,9 @@ impl Relay {
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = Vec::new();
 
+        let limit = Arc::new(tokio::sync::Semaphore::new(connection_limit(
+            config.max_connections,
+        )));
         let mut https_addr = None;
         if let Some(addr) = config.https_listen {
             let (listener, local) = listen(addr)?;
@@ -105,6 +108,7 @@ impl Relay {
                 front,
                 ms(t.tls_handshake_ms),
                 ms(t.header_read_ms),
+                limit.clone(),
                 stop_rx.clone(),
             )));
             info!(addr = %local, base_domain = %base_domain, "relay https front listening");
@@ -132,6 +136,7 @@ impl Relay {
             config.raw_port_range,
             cache.clone(),
             dialer.clone(),
+            limit.clone(),
         );
         if let Err(e) = raw.sync().await {
             warn!(error = %e, "initial raw route sync failed; retrying in the background");
@@ -249,4 +254,21 @@ fn listen(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), RelayError> {
         .local_addr()
         .map_err(|source| RelayError::Listen { addr, source })?;
     Ok((listener, local))
+}
+
+/// `wanted`, capped so the fronts' connections (two descriptors each when
+/// the node is in-process) fit the soft `RLIMIT_NOFILE` with room to spare.
+fn connection_limit(wanted: usize) -> usize {
+    let nofile = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(u64::MAX);
+    let fits = usize::try_from(nofile.saturating_sub(1024) / 2).unwrap_or(usize::MAX);
+    let limit = wanted.min(fits).max(1);
+    if limit < wanted {
+        info!(
+            limit,
+            wanted, nofile, "relay connection limit capped by RLIMIT_NOFILE"
+        );
+    }
+    limit
 }

@@ -375,6 +375,48 @@ async fn raw_tcp_front_forwards_and_follows_routes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_limit_refuses_the_excess_until_one_closes() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let f = in_process(|c| c.max_connections = 2).await;
+    let echo = echo_upstream().await;
+    f.routes.set(route(&[]));
+    let relay_port = free_port();
+    f.routes.set_raw(vec![warren_relay::RawRoute {
+        relay_port,
+        sandbox_id: SANDBOX.into(),
+        port: echo,
+    }]);
+    f.relay.resync().await.unwrap();
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], relay_port));
+    let mut held = Vec::new();
+    for i in 0..2u8 {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(&[i]).await.unwrap();
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).await.unwrap();
+        assert_eq!(b[0], i);
+        held.push(s);
+    }
+    // A third client is closed at once, on the raw front and on HTTPS.
+    assert!(closed_at_once(addr).await);
+    assert!(closed_at_once(f.relay.https_addr().unwrap()).await);
+    // One closes; a new client gets through.
+    drop(held.pop());
+    let data = b"after one closed".to_vec();
+    let mut ok = false;
+    for _ in 0..100 {
+        let back = tcp_round_trip(addr, &data).await;
+        if back == data {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(ok, "no connection got through after one closed");
+    f.relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_cuts_open_raw_and_websocket_connections() {
     use futures_util::{SinkExt, StreamExt};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
