@@ -555,7 +555,9 @@ impl Node {
         block: bool,
         allowlist: Option<&[String]>,
     ) -> Result<(), NodeError> {
-        if self.rt.network().is_none() {
+        // Without an interface there is nothing to open, and blocking is
+        // already true.
+        if self.rt.network().is_none() || self.rt.address(id)?.is_none() {
             return if block {
                 Ok(())
             } else {
@@ -563,13 +565,6 @@ impl Node {
             };
         }
         let policy = egress_policy(block, allowlist)?;
-        if self.rt.address(id)?.is_none() {
-            return if block {
-                Ok(())
-            } else {
-                Err(NodeError::NetworkUnavailable)
-            };
-        }
         let rt = self.rt.clone();
         let id = id.clone();
         Ok(tokio::task::spawn_blocking(move || rt.set_egress(&id, policy)).await??)

@@ -47,12 +47,12 @@ pub struct Tunnels {
     pub relay_secret: String,
     pub ca_fingerprint: Option<String>,
     pub ca_pem: Option<String>,
-    /// Invalidates the in-process relay's cached route of a sandbox.
-    pub invalidate: Option<crate::supervisor::EndHook>,
     /// Whether the relay is up (in-process: always; remote: link state).
     pub connected: Arc<dyn Fn() -> bool + Send + Sync>,
-    /// The in-process relay, to open a new sandbox's raw ports at once
-    /// (a remote relay opens them within its sync period).
+    /// The in-process relay: its cached routes are dropped when a sandbox
+    /// ends, becomes ready or has a token revoked, and a new sandbox's raw
+    /// ports open at once (a remote relay catches up within its cache TTL
+    /// and sync period).
     pub local_relay: Option<std::sync::Weak<warren_relay::Relay>>,
 }
 
@@ -71,8 +71,8 @@ impl Tunnels {
     }
 
     pub fn invalidate(&self, sandbox_id: &str) {
-        if let Some(f) = &self.invalidate {
-            f(sandbox_id);
+        if let Some(r) = self.local_relay.as_ref().and_then(std::sync::Weak::upgrade) {
+            r.invalidate(sandbox_id);
         }
     }
 
@@ -680,7 +680,6 @@ pub(crate) async fn start(
                 relay_secret: secrets.relay_secret.clone(),
                 ca_fingerprint: Some(tls.ca_fingerprint.clone()),
                 ca_pem: generated.then(|| tls.ca_pem.clone()),
-                invalidate: Some(handle.clone()),
                 connected: Arc::new(|| true),
                 local_relay: Some(Arc::downgrade(&relay)),
             };
@@ -712,7 +711,6 @@ pub(crate) async fn start(
                 relay_secret: secrets.relay_secret.clone(),
                 ca_fingerprint: pem_fingerprint(&remote.ca_pem),
                 ca_pem: Some(remote.ca_pem.clone()),
-                invalidate: None,
                 connected: Arc::new(move || weak.upgrade().is_some_and(|l| l.is_connected())),
                 local_relay: None,
             };

@@ -1740,10 +1740,7 @@ async fn hundred_concurrent_creates() -> Result<()> {
 
 fn main() {
     warren_init::run_if_init();
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_writer(std::io::stderr)
-        .try_init();
+    common::init_logging();
     let args = Arguments::from_args();
     let tests = vec![
         t!(auth_is_required),

@@ -144,6 +144,29 @@ impl Env {
         )
     }
 
+    /// The relay endpoint of the sandbox's raw TCP `port`, once an echo
+    /// through it works (the echo server may start after readiness).
+    async fn raw_echo_endpoint(&self, id: &str, port: u16) -> Result<SocketAddr> {
+        let (s, v) = self
+            .admin("GET", &format!("/v1/sandboxes/{id}/tunnels"), None)
+            .await?;
+        ensure!(s == StatusCode::OK, "tunnels: {s} {v}");
+        let tunnel = v["tunnels"]
+            .as_array()
+            .and_then(|ts| ts.iter().find(|t| t["port"] == port && t["kind"] == "tcp"))
+            .with_context(|| format!("no raw tunnel for port {port}: {v}"))?;
+        let relay_port = tunnel["raw"]["port"].as_u64().context("raw port")? as u16;
+        let addr = SocketAddr::from(([127, 0, 0, 1], relay_port));
+        ensure!(
+            eventually(Duration::from_secs(10), || async {
+                echo_once(addr, b"x").await.is_ok()
+            })
+            .await,
+            "raw port {relay_port} never echoed"
+        );
+        Ok(addr)
+    }
+
     async fn teardown(self) {
         self.base.teardown().await;
     }
@@ -334,25 +357,7 @@ async fn raw_tcp_and_a_thousand_connections() -> Result<()> {
         )
         .await?;
     e.wait_ready(&id).await?;
-    let (s, v) = e
-        .admin("GET", &format!("/v1/sandboxes/{id}/tunnels"), None)
-        .await?;
-    ensure!(
-        s == StatusCode::OK && v["tunnels"][0]["kind"] == "tcp",
-        "{s} {v}"
-    );
-    let port = v["tunnels"][0]["raw"]["port"]
-        .as_u64()
-        .context("raw port")? as u16;
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    // The relay opens its raw listeners within its sync period.
-    ensure!(
-        eventually(Duration::from_secs(10), || async {
-            echo_once(addr, b"hello raw").await.is_ok()
-        })
-        .await,
-        "raw port {port} never echoed"
-    );
+    let addr = e.raw_echo_endpoint(&id, 7000).await?;
 
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
@@ -657,21 +662,7 @@ async fn readiness_and_error_pages() -> Result<()> {
     );
 
     // Once ended: HTTPS answers an error page, raw connections close.
-    let (s, v) = e
-        .admin("GET", &format!("/v1/sandboxes/{id}/tunnels"), None)
-        .await?;
-    ensure!(s == StatusCode::OK, "{v}");
-    let raw = v["tunnels"][1]["raw"]["port"]
-        .as_u64()
-        .context("raw port")? as u16;
-    let raw_addr = SocketAddr::from(([127, 0, 0, 1], raw));
-    ensure!(
-        eventually(Duration::from_secs(10), || async {
-            echo_once(raw_addr, b"x").await.is_ok()
-        })
-        .await,
-        "raw port never worked"
-    );
+    let raw_addr = e.raw_echo_endpoint(&id, 7000).await?;
     let (s, v) = e
         .admin("POST", &format!("/v1/sandboxes/{id}/terminate"), None)
         .await?;
@@ -723,20 +714,7 @@ async fn tunnel_connection_counts_as_activity() -> Result<()> {
         )
         .await?;
     e.wait_ready(&id).await?;
-    let (_, v) = e
-        .admin("GET", &format!("/v1/sandboxes/{id}/tunnels"), None)
-        .await?;
-    let raw = v["tunnels"][0]["raw"]["port"]
-        .as_u64()
-        .context("raw port")? as u16;
-    let addr = SocketAddr::from(([127, 0, 0, 1], raw));
-    ensure!(
-        eventually(Duration::from_secs(10), || async {
-            echo_once(addr, b"x").await.is_ok()
-        })
-        .await,
-        "raw port never worked"
-    );
+    let addr = e.raw_echo_endpoint(&id, 7000).await?;
     let mut conn = tokio::net::TcpStream::connect(addr).await?;
     conn.write_all(b"a").await?;
     let mut one = [0u8; 1];
@@ -1177,17 +1155,13 @@ fn lab_trial(name: &'static str, f: TestFn) -> Trial {
         }
         let _lab =
             warren_testkit::netlab::NetLab::enter().map_err(|e| Failed::from(format!("{e:#}")))?;
-        let rt = tokio::runtime::Runtime::new().map_err(|e| Failed::from(e.to_string()))?;
-        rt.block_on(f()).map_err(|e| Failed::from(format!("{e:#}")))
+        common::run(f)
     })
 }
 
 fn main() {
     warren_init::run_if_init();
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_writer(std::io::stderr)
-        .try_init();
+    common::init_logging();
     let args = Arguments::from_args();
     let tests = vec![
         t!(https_http2_and_websocket),

@@ -201,9 +201,23 @@ pub fn trial_with(name: &'static str, f: TestFn, requires: fn(&'static str) -> b
         if !warren_testkit::require_root(name) || !requires(name) {
             return Ok(());
         }
-        let rt = tokio::runtime::Runtime::new().map_err(|e| Failed::from(e.to_string()))?;
-        rt.block_on(f()).map_err(|e| Failed::from(format!("{e:#}")))
+        run(f)
     })
+}
+
+/// Runs `f` on a fresh multi-thread runtime (threads start here, so they
+/// inherit whatever namespaces the calling thread is in).
+pub fn run(f: TestFn) -> Result<(), Failed> {
+    let rt = tokio::runtime::Runtime::new().map_err(|e| Failed::from(e.to_string()))?;
+    rt.block_on(f()).map_err(|e| Failed::from(format!("{e:#}")))
+}
+
+/// Logs to stderr, filtered by `RUST_LOG`.
+pub fn init_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 pub fn trial(name: &'static str, f: TestFn) -> Trial {
