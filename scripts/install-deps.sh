@@ -98,7 +98,9 @@ fi
 # playwright-core drives Debian's Chromium in the tunnel browser test; the
 # version is pinned by package-lock.json.
 browser_dir="$(cd "$(dirname "$0")/.." && pwd)/crates/warren-server/tests/browser"
-if [[ ! -d $browser_dir/node_modules/playwright-core ]]; then
+want=$(node -p "require('$browser_dir/package.json').dependencies['playwright-core']")
+have=$(node -p "try { require('$browser_dir/node_modules/playwright-core/package.json').version } catch (e) { '' }")
+if [[ $have != "$want" ]]; then
     log "installing playwright-core into $browser_dir"
     npm ci --prefix "$browser_dir" --no-audit --no-fund --loglevel=error >/dev/null
 fi
