@@ -17,6 +17,7 @@ packages=(
     crun           # peer runtime for bench/run create|exec
     runc           # peer runtime; also `runc spec` writes the bench's OCI config
     bubblewrap     # peer runtime (bwrap)
+    runsc          # gVisor: peer of bench/run checkpoint (runsc checkpoint/restore)
     busybox-static # the static busybox that test and bench rootfs images are built from
     iproute2       # ip netns / veth / bridge for networking tests
     nftables       # nft, for sandbox egress rules
@@ -42,7 +43,7 @@ packages=(
 
 # Commands that must work afterwards; checked so a broken install fails here
 # rather than as a confusing test failure later.
-commands=(crun runc bwrap busybox ip nft ps fuser unshare nsenter losetup mkfs.ext4 python3 git docker-registry skopeo htpasswd zstd tmux vim.tiny node chromium curl openssl socat nginx)
+commands=(crun runc runsc bwrap busybox ip nft ps fuser unshare nsenter losetup mkfs.ext4 python3 git docker-registry skopeo htpasswd zstd tmux vim.tiny node chromium curl openssl socat nginx)
 
 [[ $(id -u) -eq 0 ]] || die "must run as root (try: sudo $0)"
 command -v apt-get >/dev/null || die "apt-get not found: this script supports Debian only"
@@ -104,5 +105,8 @@ if [[ $have != "$want" ]]; then
     log "installing playwright-core into $browser_dir"
     npm ci --prefix "$browser_dir" --no-audit --no-fund --loglevel=error >/dev/null
 fi
+
+# CRIU 4.x (memory snapshots), built from trixie's source; idempotent.
+"$(dirname "$0")/install-criu.sh"
 
 log "ok"
