@@ -169,6 +169,21 @@ pub enum ImageError {
     /// The image is used by a live sandbox and cannot be removed.
     #[error("image {id} is in use")]
     ImageInUse { id: String },
+
+    /// The image cannot be exported or pushed (the built-in `host` image
+    /// is a view of the host's `/usr`, not content of the store).
+    #[error("image {reference:?} cannot be exported: {reason}")]
+    NotExportable {
+        reference: String,
+        reason: &'static str,
+    },
+
+    /// Writing an export stream failed (the reader went away).
+    #[error("failed to write the export stream")]
+    ExportWrite {
+        #[source]
+        source: io::Error,
+    },
 }
 
 impl ImageError {
@@ -199,6 +214,8 @@ impl ImageError {
             Self::InvalidArchive { .. } => "invalid_image_archive",
             Self::LayerTooLarge { .. } => "layer_too_large",
             Self::ImageInUse { .. } => "image_in_use",
+            Self::NotExportable { .. } => "image_not_exportable",
+            Self::ExportWrite { .. } => "export_write_failed",
         }
     }
 }

@@ -346,7 +346,9 @@ impl ImageStore {
             layers: config.rootfs.diff_ids.clone(),
             binds: Vec::new(),
             config: config.image_config(),
-            source: Some(SourceRecord {
+            // An image exported from a Warren store without registry
+            // provenance comes back without one, under the same id.
+            source: (!crate::export::is_local_source(manifest)).then(|| SourceRecord {
                 manifest_digest: manifest_digest.to_owned(),
                 config_digest: manifest.config.digest.clone(),
                 created: config.created.clone(),

@@ -82,6 +82,7 @@
 mod archive;
 mod digest;
 mod error;
+mod export;
 mod fsutil;
 mod host;
 mod image;
@@ -98,8 +99,12 @@ mod unpack;
 #[cfg(test)]
 mod tests;
 
+#[cfg(test)]
+mod export_tests;
+
 pub use archive::ANNOTATION_REF_NAME;
 pub use error::ImageError;
+pub use export::{ExportSummary, OciImage, OciLayer, ANNOTATION_LOCAL_SOURCE};
 pub use host::HOST_PATH_ENV;
 pub use image::{HostBind, Image, ImageConfig};
 pub use ingest::{BlobDownload, BlobLock, LayerOutcome, StoreLease};

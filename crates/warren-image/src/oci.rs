@@ -225,6 +225,9 @@ pub struct Manifest {
     pub config: Descriptor,
     /// The layers, lowest first.
     pub layers: Vec<Descriptor>,
+    /// Annotations (see `ANNOTATION_LOCAL_SOURCE`).
+    #[serde(default)]
+    pub annotations: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// What a fetched manifest document turned out to be.

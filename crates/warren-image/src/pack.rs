@@ -21,7 +21,7 @@
 //! whiteouts (char 0/0) are refused.
 
 use std::collections::HashMap;
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::OwnedFd;
@@ -35,11 +35,27 @@ use xattr::FileExt as _;
 
 use crate::error::ImageError;
 use crate::fsutil::{lstat_at, open_dir_at, read_dir_names, Kind};
-use crate::unpack::{xattr_is_preserved, MAX_PATH_BYTES, PAX_XATTR_PREFIX};
+use crate::unpack::{
+    xattr_is_preserved, MAX_PATH_BYTES, OPAQUE_MARKER, OVERLAY_OPAQUE_XATTR, PAX_XATTR_PREFIX,
+    WHITEOUT_PREFIX,
+};
 
 /// Writes a deterministic tar of the tree at `src` (not including `src`
-/// itself) to `out` and returns `out`.
+/// itself) to `out` and returns `out`. Overlay whiteouts (char 0/0) are
+/// kept as they are.
 pub fn archive_dir<W: Write>(src: &Path, out: W) -> Result<W, ImageError> {
+    archive_tree(src, out, false)
+}
+
+/// [`archive_dir`] for an overlay layer tree, with its whiteouts in OCI
+/// form: a char 0/0 device `NAME` becomes an empty file `.wh.NAME`, and a
+/// directory with `trusted.overlay.opaque=y` is followed by an empty
+/// `.wh..wh..opq` inside it (the reverse of what unpacking does).
+pub fn archive_dir_oci<W: Write>(src: &Path, out: W) -> Result<W, ImageError> {
+    archive_tree(src, out, true)
+}
+
+fn archive_tree<W: Write>(src: &Path, out: W, oci_whiteouts: bool) -> Result<W, ImageError> {
     let root = nix::fcntl::open(
         src,
         OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
@@ -53,6 +69,7 @@ pub fn archive_dir<W: Write>(src: &Path, out: W) -> Result<W, ImageError> {
         src,
         builder: tar::Builder::new(out),
         links: HashMap::new(),
+        oci_whiteouts,
     };
     let names = packer.io(Path::new(""), read_dir_names(&root))?;
     let mut stack = vec![Frame {
@@ -95,6 +112,8 @@ struct Packer<'a, W: Write> {
     builder: tar::Builder<W>,
     /// (dev, ino) of multiply-linked files already stored → their path.
     links: HashMap<(u64, u64), PathBuf>,
+    /// Write whiteouts as `.wh.` entries (see [`archive_dir_oci`]).
+    oci_whiteouts: bool,
 }
 
 impl<W: Write> Packer<'_, W> {
@@ -124,6 +143,11 @@ impl<W: Write> Packer<'_, W> {
                 self.append_xattrs(&rel_path, &file)?;
                 let header = header(EntryType::Directory, &st, 0);
                 self.append(&rel_path, header, io::empty())?;
+                if self.oci_whiteouts && is_opaque(&file) {
+                    let marker = rel_path.join(OsStr::from_bytes(OPAQUE_MARKER));
+                    let header = whiteout_header(&st);
+                    self.append(&marker, header, io::empty())?;
+                }
                 let names = self.io(&rel_path, read_dir_names(&fd))?;
                 Ok(Some(Frame {
                     fd,
@@ -168,6 +192,13 @@ impl<W: Write> Packer<'_, W> {
                 let target = self.nix(&rel_path, readlinkat(dir, name.as_os_str()))?;
                 let header = header(EntryType::Symlink, &st, 0);
                 self.append_link(&rel_path, header, Path::new(&target))?;
+                Ok(None)
+            }
+            Some(Kind::Char) if st.st_rdev == 0 && self.oci_whiteouts => {
+                let mut wh_name = WHITEOUT_PREFIX.to_vec();
+                wh_name.extend_from_slice(name.as_bytes());
+                let wh_path = rel_path.with_file_name(OsStr::from_bytes(&wh_name));
+                self.append(&wh_path, whiteout_header(&st), io::empty())?;
                 Ok(None)
             }
             Some(Kind::Char) if st.st_rdev == 0 => {
@@ -275,6 +306,19 @@ fn header(kind: EntryType, st: &FileStat, size: u64) -> Header {
     header.set_mtime(u64::try_from(st.st_mtime).unwrap_or(0));
     header.set_size(size);
     header
+}
+
+/// An empty regular file standing for an OCI whiteout, with the owner
+/// and mtime of what it stands for.
+fn whiteout_header(st: &FileStat) -> Header {
+    let mut header = header(EntryType::Regular, st, 0);
+    header.set_mode(0o644);
+    header
+}
+
+/// Whether a directory is an opaque overlay directory.
+fn is_opaque(dir: &File) -> bool {
+    matches!(dir.get_xattr(OVERLAY_OPAQUE_XATTR), Ok(Some(v)) if v == b"y")
 }
 
 /// Reads exactly `remaining` bytes, failing if the file shrank (a shorter
