@@ -80,6 +80,8 @@
 //! are dropped; only the store itself sets `trusted.overlay.opaque`).
 
 mod archive;
+mod build_cache;
+mod commit;
 mod digest;
 mod error;
 mod export;
@@ -103,6 +105,7 @@ mod tests;
 mod export_tests;
 
 pub use archive::ANNOTATION_REF_NAME;
+pub use commit::{CommitOptions, CommitOutcome, CommitStats, IdShift, MAX_DEPTH, NOBODY_ID};
 pub use error::ImageError;
 pub use export::{ExportSummary, OciImage, OciLayer, ANNOTATION_LOCAL_SOURCE};
 pub use host::HOST_PATH_ENV;
