@@ -80,7 +80,6 @@
 //! are dropped; only the store itself sets `trusted.overlay.opaque`).
 
 mod archive;
-mod build_cache;
 mod commit;
 mod digest;
 mod error;
