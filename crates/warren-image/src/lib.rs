@@ -80,6 +80,7 @@
 //! are dropped; only the store itself sets `trusted.overlay.opaque`).
 
 mod archive;
+mod build_cache;
 mod commit;
 mod digest;
 mod error;
