@@ -529,6 +529,67 @@ pub struct PullLayer {
     pub size: u64,
 }
 
+/// `POST /v1/images/{reference}/push`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PushImageRequest {
+    /// Where to push: `host[:port]/repository[:tag]` (tag `latest` when
+    /// absent; short names go to the node's default registry).
+    pub target: String,
+    /// Plain HTTP to this registry for this push (admin tokens only).
+    /// Registries marked `insecure` in the node's settings need no flag.
+    #[serde(default)]
+    pub insecure: bool,
+    /// Credentials for this push only (admin tokens only; not stored).
+    /// Without them the node's registry settings apply.
+    #[serde(default, alias = "credentials")]
+    pub auth: Option<RegistryAuth>,
+}
+
+/// The result of a push (the `done` event of the push stream, and the
+/// JSON answer without one).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PushImageResult {
+    /// The normalized target (`host:port/repository:tag`).
+    pub target: String,
+    /// Digest of the manifest the registry now holds under the tag.
+    pub manifest_digest: String,
+    /// Blobs uploaded (config and layers).
+    pub pushed_blobs: u64,
+    /// Blobs the registry already had (not uploaded again).
+    pub skipped_blobs: u64,
+    /// Bytes uploaded.
+    pub pushed_bytes: u64,
+}
+
+/// One progress event of a push (`event: progress` of the push stream).
+/// Order: `resolved`, then per blob (config first, then layers) either
+/// `blob_exists` or `blob_progress`* and `blob_pushed`, then `done`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum PushProgress {
+    Resolved {
+        /// The image pushed (id).
+        image: String,
+        target: String,
+        manifest_digest: String,
+        /// Every blob of the image: config, then layers.
+        blobs: Vec<PullLayer>,
+    },
+    BlobExists {
+        digest: String,
+    },
+    BlobProgress {
+        digest: String,
+        uploaded: u64,
+        total: u64,
+    },
+    BlobPushed {
+        digest: String,
+    },
+    Done(PushImageResult),
+}
+
 /// Checks an image reference's shape (the node parses it fully).
 pub fn validate_image_reference(r: &str) -> Result<(), String> {
     if r.is_empty() || r.len() > 1024 || r.bytes().any(|b| b.is_ascii_whitespace() || b < 0x20) {
@@ -647,6 +708,11 @@ pub enum ErrorCode {
     /// 422: the image or archive is malformed or unsafe (bad manifest,
     /// hostile layer entries, unsupported compression, oversized layer).
     InvalidImage,
+    /// 422: the image cannot be exported or pushed (the built-in `host`
+    /// image, a view of the host's `/usr`).
+    ImageNotExportable,
+    /// 502: the registry refused an upload or the manifest of a push.
+    PushFailed,
     /// 404: no such file or directory in the sandbox.
     FileNotFound,
     /// 403: the sandbox's user may not do this to that file.
@@ -717,6 +783,8 @@ impl ErrorCode {
             ErrorCode::DigestMismatch => "digest_mismatch",
             ErrorCode::NoMatchingPlatform => "no_matching_platform",
             ErrorCode::InvalidImage => "invalid_image",
+            ErrorCode::ImageNotExportable => "image_not_exportable",
+            ErrorCode::PushFailed => "push_failed",
             ErrorCode::FileNotFound => "file_not_found",
             ErrorCode::PermissionDenied => "permission_denied",
             ErrorCode::NotADirectory => "not_a_directory",
@@ -773,6 +841,8 @@ impl ErrorCode {
                 422
             }
             ErrorCode::RegistryUnavailable => 502,
+            ErrorCode::ImageNotExportable => 422,
+            ErrorCode::PushFailed => 502,
             ErrorCode::SandboxNotFound | ErrorCode::ImageNotFound | ErrorCode::NotFound => 404,
             ErrorCode::NameConflict
             | ErrorCode::SandboxTerminated

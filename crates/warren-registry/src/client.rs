@@ -52,6 +52,9 @@ pub struct RepoClient {
     credentials: Option<Credentials>,
     /// The `Authorization` header that last worked (or a given token).
     auth: RwLock<Option<HeaderValue>>,
+    /// Token scope actions asked for when a challenge names none
+    /// (`pull`, or `pull,push` for pushes).
+    actions: &'static str,
 }
 
 /// A parsed `WWW-Authenticate` challenge.
@@ -105,6 +108,58 @@ impl RepoClient {
             insecure,
             credentials,
             auth: RwLock::new(auth),
+            actions: "pull",
+        }
+    }
+
+    /// The same client asking tokens for `pull,push` (pushes).
+    pub fn for_push(mut self) -> Self {
+        self.actions = "pull,push";
+        self
+    }
+
+    /// `<scheme>://<host>/v2/<repository>`.
+    pub(crate) fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// Whether plain HTTP is allowed for this registry.
+    pub(crate) fn insecure(&self) -> bool {
+        self.insecure
+    }
+
+    /// The shared HTTP client.
+    pub(crate) fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// The `Authorization` header to send, if any is known yet.
+    pub(crate) async fn authorization(&self) -> Option<HeaderValue> {
+        self.auth.read().await.clone()
+    }
+
+    /// Answers the challenge of a `401` response (basic credentials, or a
+    /// token from the realm); the request is then sent again.
+    pub(crate) async fn answer_challenge(&self, response: &Response) -> Result<(), PullError> {
+        let challenge = response
+            .headers()
+            .get(WWW_AUTHENTICATE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_challenge);
+        self.authenticate(challenge).await
+    }
+
+    /// The error for a request still refused after answering the
+    /// challenge: credentials missing, or rejected.
+    pub(crate) fn still_unauthorized(&self) -> PullError {
+        match self.credentials {
+            None => PullError::AuthRequired {
+                registry: self.registry.clone(),
+            },
+            Some(_) => PullError::AuthRejected {
+                registry: self.registry.clone(),
+                reason: "the registry refused the credentials".into(),
+            },
         }
     }
 
@@ -302,7 +357,8 @@ impl RepoClient {
                 })
             }
         }
-        let scope = scope.unwrap_or_else(|| format!("repository:{}:pull", self.repository));
+        let scope =
+            scope.unwrap_or_else(|| format!("repository:{}:{}", self.repository, self.actions));
         let mut query: Vec<(&str, String)> = vec![("scope", scope)];
         if let Some(service) = service {
             query.push(("service", service));

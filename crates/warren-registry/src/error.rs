@@ -117,6 +117,57 @@ impl PullError {
     }
 }
 
+/// Everything that can go wrong in a push. [`PushError::code`] gives a
+/// stable snake_case code; registry and store failures keep their own
+/// (`registry_auth`, `registry_unreachable`, `image_not_exportable`, ...).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PushError {
+    /// Talking to the registry failed (auth, connection, timeouts, bad
+    /// answers), or the store did (missing image, host image, ...).
+    #[error(transparent)]
+    Registry(#[from] PullError),
+
+    /// The target is not a `host[:port]/repository[:tag]` to push to.
+    #[error("invalid push target {target:?}: {reason}")]
+    InvalidTarget {
+        /// The target as given.
+        target: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// The registry refused an upload or the manifest.
+    #[error("registry {registry} refused {what} with HTTP {status}: {body}")]
+    PushFailed {
+        /// The registry.
+        registry: String,
+        /// What was being pushed (`blob sha256:..`, `manifest ..`).
+        what: String,
+        /// HTTP status.
+        status: u16,
+        /// The start of the registry's answer (at most 512 bytes).
+        body: String,
+    },
+}
+
+impl From<ImageError> for PushError {
+    fn from(e: ImageError) -> Self {
+        PushError::Registry(PullError::Image(e))
+    }
+}
+
+impl PushError {
+    /// A stable, documented, snake_case code for this error.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Registry(e) => e.code(),
+            Self::InvalidTarget { .. } => "invalid_image_reference",
+            Self::PushFailed { .. } => "push_failed",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

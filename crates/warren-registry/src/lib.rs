@@ -1,5 +1,6 @@
 //! warren-registry: pulls OCI and Docker images from distribution
-//! registries into the `warren-image` store.
+//! registries into the `warren-image` store, and pushes images from it
+//! ([`Pusher`]).
 //!
 //! Dependencies point one way: this crate uses `warren-image` (its OCI
 //! types, verified blob downloads, layer unpacking and image commit);
@@ -34,10 +35,15 @@ mod client;
 mod config;
 mod error;
 mod pull;
+mod push;
 
 pub use client::{parse_challenge, Challenge, CONNECT_TIMEOUT, READ_TIMEOUT};
 pub use config::{Credentials, RegistryConfig, RegistryEntry};
-pub use error::PullError;
+pub use error::{PullError, PushError};
 pub use pull::{
     LayerSummary, PullEvent, PullOptions, Puller, CONCURRENT_DOWNLOADS, PROGRESS_INTERVAL,
+};
+pub use push::{
+    PushEvent, PushOptions, PushSummary, Pusher, BLOB_PUT_MIN_RATE, CONCURRENT_UPLOADS,
+    REQUEST_TIMEOUT,
 };
