@@ -39,10 +39,20 @@ pub fn main() -> i32 {
 
 fn run() -> Result<i32, ()> {
     let mut timer = setup::Timer::new();
+    // Init leads its own session and process group: nothing of the sandbox
+    // refers to the node's session (outside the pid namespace), which a
+    // checkpoint (CRIU) cannot restore.
+    let _ = nix::unistd::setsid();
     // Descriptor hygiene: 0-2 to /dev/null, nothing above the bootstrap fd.
     let _ = warren_sys::fd::stdio_to_dev_null();
     let _ = warren_sys::fd::close_from(BOOTSTRAP_FD as u32 + 1);
     let boot = warren_sys::fd::adopt_inherited(BOOTSTRAP_FD).map_err(|_| ())?;
+    // The bootstrap socket is the node's: the main command must not inherit it.
+    nix::fcntl::fcntl(
+        &boot,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    )
+    .map_err(|_| ())?;
 
     let mut mask = SigSet::empty();
     mask.add(Signal::SIGCHLD);
@@ -116,6 +126,9 @@ fn run() -> Result<i32, ()> {
         return Err(());
     }
     drop((userns, netns));
+    // Stdio onto the sandbox's own /dev/null: init then holds no host file
+    // but the ones the node gave it (a checkpoint names them as external).
+    let _ = warren_sys::fd::stdio_to_dev_null();
     // Before any sandbox process runs, and before init handles anything
     // from the node or the sandbox: init itself runs under the policy.
     if let Err((errno, message)) = crate::seccomp::install_self(&b.seccomp) {

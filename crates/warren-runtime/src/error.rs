@@ -56,6 +56,16 @@ pub enum RuntimeError {
     },
     #[error("sandbox networking failed")]
     Network(#[from] warren_net::NetError),
+    #[error("snapshot is corrupt: {reason}")]
+    SnapshotCorrupt { reason: String },
+    #[error("snapshots are unavailable: {reason}")]
+    SnapshotUnsupported { reason: String },
+    #[error("criu {op} failed ({status}); its log:\n{log}")]
+    Criu {
+        op: &'static str,
+        status: String,
+        log: String,
+    },
     #[error("could not remove {path}")]
     Cleanup {
         path: PathBuf,
@@ -87,6 +97,9 @@ impl RuntimeError {
             }
             RuntimeError::Network(_) => "network_failed",
             RuntimeError::Cleanup { .. } => "cleanup_failed",
+            RuntimeError::SnapshotCorrupt { .. } => "snapshot_corrupt",
+            RuntimeError::SnapshotUnsupported { .. } => "snapshot_unavailable",
+            RuntimeError::Criu { .. } => "snapshot_failed",
         }
     }
 

@@ -28,6 +28,7 @@ use std::os::fd::BorrowedFd;
 use std::time::Duration;
 
 pub use error::RuntimeError;
+pub use native::checkpoint::{CheckpointInfo, CheckpointOptions};
 pub use native::{NativeConfig, NativeRuntime};
 pub use spec::{
     BindMount, ExecIo, ExecSpec, Limits, MainIo, NetworkSpec, RootfsSpec, SandboxId, SandboxSpec,

@@ -79,6 +79,27 @@ pub(crate) fn listen(path: &Path) -> Result<OwnedFd, RuntimeError> {
     Ok(s)
 }
 
+/// [`listen`], with the socket made inside the sandbox's network namespace
+/// (a short-lived thread joins it): the socket then belongs to the
+/// sandbox's network namespace like everything else init holds, so a
+/// checkpoint (CRIU lists sockets per network namespace) can name it.
+pub(crate) fn listen_in_netns(path: &Path, netns: BorrowedFd<'_>) -> Result<OwnedFd, RuntimeError> {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            nix::sched::setns(netns, nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(RuntimeError::sys("setns(net) for the control socket"))?;
+            listen(path)
+        })
+        .join()
+        .unwrap_or_else(|_| {
+            Err(RuntimeError::Sys {
+                op: "control socket thread",
+                source: nix::errno::Errno::EIO,
+            })
+        })
+    })
+}
+
 pub(crate) fn seqpacket_pair() -> Result<(OwnedFd, OwnedFd), RuntimeError> {
     socketpair(
         AddressFamily::Unix,

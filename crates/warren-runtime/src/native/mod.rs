@@ -11,6 +11,7 @@
 //! Host ids: sandbox slot `n` maps container ids `0..65536` to host ids
 //! `id_base + n * 65536 ..`, a different range per live sandbox.
 
+pub mod checkpoint;
 mod control;
 mod ids;
 mod pool;
@@ -78,6 +79,8 @@ pub struct NativeConfig {
     /// `None` = every sandbox gets only `lo`, and nothing in the node's
     /// network namespace is touched. See [`NativeConfig::default_network`].
     pub network: Option<warren_net::NetworkConfig>,
+    /// The CRIU binary used for checkpoints (memory snapshots).
+    pub criu_binary: PathBuf,
 }
 
 impl NativeConfig {
@@ -98,6 +101,7 @@ impl NativeConfig {
             setup_timeout: Duration::from_secs(20),
             netns_pool: 8,
             network: None,
+            criu_binary: PathBuf::from("/usr/local/sbin/criu"),
         }
     }
 
@@ -422,7 +426,7 @@ impl NativeRuntime {
             n
         };
         let netns = Arc::new(netns);
-        let listener = control::listen(&dir.join("init.sock"))?;
+        let listener = control::listen_in_netns(&dir.join("init.sock"), netns.as_fd())?;
         let result = fs::OpenOptions::new()
             .write(true)
             .create(true)

@@ -50,6 +50,10 @@ fn build() -> Result<Fixture> {
     let img = store.host_image()?;
     let mut cfg = NativeConfig::new(data.path().join("runtime"));
     cfg.cgroup_parent = cgroup_parent(tag);
+    // Checkpoint tests may name another CRIU build.
+    if let Some(criu) = std::env::var_os("WARREN_CRIU") {
+        cfg.criu_binary = criu.into();
+    }
     let rt = NativeRuntime::new(cfg)?;
     Ok(Fixture {
         rt,
