@@ -139,12 +139,17 @@ pub fn build(
             ensure_dir(Path::new("disk/upper"), 0o755, b.id_base).step("mount_disk", "upper")?;
             fs::create_dir("disk/work").step("mount_disk", "work")?;
             seed_resolv_conf(b.id_base).step("mount_disk", "etc/resolv.conf")?;
+            keep_disk_upper().step("mount_disk", "keep disk/upper")?;
             ("disk/upper", "disk/work")
         }
         None => ("upper", "work"),
     };
+    // redirect_dir and metacopy pinned off (whatever the module defaults):
+    // a renamed lower directory is copied up in full and every copied-up
+    // file has its data, so the upper dir alone is a complete layer for
+    // filesystem snapshots.
     let opts = format!(
-        "lowerdir={},upperdir={upper},workdir={work}",
+        "lowerdir={},upperdir={upper},workdir={work},redirect_dir=off,metacopy=off",
         lowers.join(":")
     );
     mount(
@@ -171,6 +176,7 @@ pub fn build(
             .step("mount_bind", &bind.target)?;
     }
 
+    mount_images(b, &root, userns)?;
     t.mark("binds");
     mount_proc(&root)?;
     t.mark("proc");
@@ -232,6 +238,53 @@ pub fn build(
     warren_sys::proc::clear_ambient_caps().step("capabilities", "clear ambient capabilities")?;
     nix::sys::prctl::set_no_new_privs().step("no_new_privs", "prctl(PR_SET_NO_NEW_PRIVS)")?;
     t.mark("userns");
+    Ok(())
+}
+
+/// Keeps an `O_PATH` descriptor of the tmpfs writable layer at
+/// [`warren_proto::DISK_UPPER_FD`] (close-on-exec; init's spawns close
+/// everything above stdio anyway) for the node's filesystem snapshots.
+fn keep_disk_upper() -> Result<(), Errno> {
+    use nix::fcntl::{open, OFlag};
+    let fd = open(
+        "disk/upper",
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?;
+    warren_sys::fd::keep_at(fd, warren_proto::DISK_UPPER_FD)
+}
+
+/// Mounts each image tree read-only (idmapped, nosuid, nodev) at its
+/// target, resolved inside the new root (symlinks in the image cannot
+/// redirect it elsewhere), creating missing directories as the sandbox's
+/// root.
+fn mount_images(b: &Bootstrap, root: &Path, userns: &OwnedFd) -> Result<(), SetupError> {
+    if b.image_mounts.is_empty() {
+        return Ok(());
+    }
+    let root_fd = nix::fcntl::open(
+        root,
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .step("mount_image", "open rootfs")?;
+    let attrs = TreeAttrs {
+        readonly: true,
+        nosuid: true,
+        nodev: true,
+        idmap: Some(userns.as_fd()),
+    };
+    for m in &b.image_mounts {
+        let target =
+            warren_sys::mount::open_mount_point(root_fd.as_fd(), &m.target, (b.id_base, b.id_base))
+                .step("mount_image", &m.target)?;
+        let tree = warren_sys::mount::open_tree_clone(Path::new(&m.source), false)
+            .step("mount_image", &m.target)?;
+        warren_sys::mount::set_tree_attrs(tree.as_fd(), attrs, false)
+            .step("mount_image", &m.target)?;
+        warren_sys::mount::move_mount_to_fd(tree.as_fd(), target.as_fd())
+            .step("mount_image", &m.target)?;
+    }
     Ok(())
 }
 

@@ -9,6 +9,7 @@
 
 mod exec;
 pub mod fs;
+mod snapshot;
 pub mod user;
 
 use std::os::fd::OwnedFd;
@@ -24,6 +25,7 @@ use warren_runtime::{
 };
 
 pub use exec::{BufferedExec, ExecOutput, MAX_BUFFERED_OUTPUT};
+pub use snapshot::{ImageMountRequest, SnapshotOutcome};
 
 /// Errors from the node, with stable codes.
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +63,13 @@ pub enum NodeError {
     /// `block_network`, or the node runs without networking).
     #[error("the sandbox has no network interface (created with block_network, or the node has networking off)")]
     NetworkUnavailable,
+    /// A snapshot could not be taken (see the message).
+    #[error("snapshot failed: {reason}")]
+    SnapshotFailed { reason: String },
+    /// A path inside the sandbox is unusable (not absolute, `..`, not a
+    /// directory, on /proc or /sys, ...).
+    #[error("invalid path: {reason}")]
+    InvalidPath { reason: String },
 }
 
 impl NodeError {
@@ -75,6 +84,8 @@ impl NodeError {
             NodeError::Fs { code, .. } => code.as_str(),
             NodeError::FsAgent { .. } => "fs_agent_failed",
             NodeError::NetworkUnavailable => "network_unavailable",
+            NodeError::SnapshotFailed { .. } => "snapshot_failed",
+            NodeError::InvalidPath { .. } => "invalid_path",
         }
     }
 }
@@ -155,6 +166,9 @@ pub struct Node {
     in_use: Arc<std::sync::Mutex<std::collections::HashMap<SandboxId, String>>>,
     /// Per-sandbox pools of file agents (see [`fs`]).
     fs: Arc<fs::FsPools>,
+    /// Image ids mounted into each sandbox (see [`Node::mount_image`]);
+    /// only changed while `in_use` is locked, and part of the in-use set.
+    mounted: Arc<std::sync::Mutex<std::collections::HashMap<SandboxId, Vec<String>>>>,
 }
 
 impl Node {
@@ -184,6 +198,7 @@ impl Node {
             puller,
             in_use: Arc::default(),
             fs: Arc::default(),
+            mounted: Arc::default(),
         })
     }
 
@@ -248,6 +263,14 @@ impl Node {
         let map = self.in_use.lock().expect("in-use lock poisoned");
         let mut set: std::collections::HashSet<String> = map.values().cloned().collect();
         set.extend(extra.iter().cloned());
+        set.extend(
+            self.mounted
+                .lock()
+                .expect("mounted lock poisoned")
+                .values()
+                .flatten()
+                .cloned(),
+        );
         let out = f(&set);
         drop(map);
         out
@@ -357,6 +380,18 @@ impl Node {
         stdout: Option<OwnedFd>,
         stderr: Option<OwnedFd>,
     ) -> Result<(SandboxInfo, String), NodeError> {
+        self.create_inner(req, Vec::new(), stdout, stderr).await
+    }
+
+    /// [`Node::create`] with image mounts already resolved (see
+    /// [`Node::create_with_mounts`]).
+    async fn create_inner(
+        &self,
+        req: CreateRequest,
+        image_mounts: Vec<warren_runtime::ImageMount>,
+        stdout: Option<OwnedFd>,
+        stderr: Option<OwnedFd>,
+    ) -> Result<(SandboxInfo, String), NodeError> {
         // Pull outside the blocking section (it is async and may be slow).
         self.ensure_image(&req.image).await?;
         let node = self.clone();
@@ -377,7 +412,10 @@ impl Node {
                     .remove(&req.id);
             };
             let spec = match node.spec_for(&req, &img) {
-                Ok(s) => s,
+                Ok(mut s) => {
+                    s.image_mounts = image_mounts;
+                    s
+                }
                 Err(e) => {
                     release(&node);
                     return Err(e);
@@ -510,6 +548,7 @@ impl Node {
         let rt = self.rt.clone();
         let id2 = id.clone();
         tokio::task::spawn_blocking(move || rt.destroy(&id2)).await??;
+        self.release_mounts(id);
         self.in_use.lock().expect("in-use lock poisoned").remove(id);
         self.fs.forget(id);
         Ok(())

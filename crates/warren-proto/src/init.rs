@@ -123,6 +123,23 @@ pub struct BindSpec {
     pub readonly: bool,
 }
 
+/// One image mounted read-only into the sandbox (see
+/// [`Bootstrap::image_mounts`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageMountSpec {
+    /// Host path of the image's (single, or flattened) tree.
+    pub source: String,
+    /// Absolute path inside the sandbox.
+    pub target: String,
+}
+
+/// Descriptor number at which init keeps an `O_PATH` descriptor of a
+/// disk-limited sandbox's writable layer (`disk/upper` on the tmpfs it
+/// mounts, unreachable by path from the host after `pivot_root`), so that
+/// the node can read it through `/proc/<init>/fd/` for snapshots.
+pub const DISK_UPPER_FD: i32 = 1000;
+
 /// Everything init needs to build the sandbox. Paths are host paths, read by
 /// init before it pivots into the new root.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -148,6 +165,12 @@ pub struct Bootstrap {
     /// fail with `ENOSPC`); `None` = on the node's disk, unbounded.
     #[serde(default)]
     pub disk_bytes: Option<u64>,
+    /// Read-only image trees init mounts (idmapped through the sandbox's
+    /// user namespace, nosuid, nodev) at paths inside the sandbox, after
+    /// the host binds. Missing mount points are created, owned by the
+    /// sandbox's root.
+    #[serde(default)]
+    pub image_mounts: Vec<ImageMountSpec>,
     /// The main command; `None` = idle until terminated.
     pub main: Option<ProcessSpec>,
     /// A log ring file (see [`crate::log`]) comes with the descriptors;

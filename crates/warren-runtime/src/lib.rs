@@ -34,6 +34,7 @@ pub use spec::{
     BindMount, ExecIo, ExecSpec, Limits, MainIo, NetworkSpec, RootfsSpec, SandboxId, SandboxSpec,
     User, DEFAULT_PATH, MAX_ARGS_ENV_BYTES,
 };
+pub use spec::ImageMount;
 pub use warren_net::{connect_in_netns, EgressPolicy, NetworkConfig, SandboxAddress};
 pub use warren_proto::ExitStatus;
 

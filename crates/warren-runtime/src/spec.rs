@@ -137,6 +137,20 @@ pub struct SandboxSpec {
     /// Networking (needs `NativeConfig::network` when enabled).
     #[serde(default)]
     pub network: NetworkSpec,
+    /// Images mounted read-only into the sandbox at create.
+    #[serde(default)]
+    pub image_mounts: Vec<ImageMount>,
+}
+
+/// An image tree mounted read-only (idmapped to the sandbox's ids, nosuid,
+/// nodev) at a path inside the sandbox; the mount point is created when
+/// missing.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ImageMount {
+    /// Host path of the image's single (or flattened) tree.
+    pub source: PathBuf,
+    /// Absolute path inside the sandbox, without `..`.
+    pub target: String,
 }
 
 impl SandboxSpec {
@@ -153,6 +167,7 @@ impl SandboxSpec {
             user: User::root(),
             limits: Limits::default(),
             network: NetworkSpec::default(),
+            image_mounts: Vec::new(),
         }
     }
 }

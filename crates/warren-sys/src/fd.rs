@@ -104,3 +104,20 @@ pub fn stdio_to_dev_null() -> Result<()> {
     }
     Ok(())
 }
+
+/// Duplicates `fd` onto the descriptor number `target` (close-on-exec) and
+/// leaves it open for the rest of the process's life: a descriptor kept at
+/// a well-known number for another process to reach through
+/// `/proc/<pid>/fd/<target>`. Whatever `target` was before is closed.
+pub fn keep_at(fd: OwnedFd, target: i32) -> Result<()> {
+    if target < 3 {
+        return Err(Errno::EINVAL);
+    }
+    // SAFETY: dup3(2) on a descriptor we own; the new number is not wrapped
+    // in an owner, so nothing in this process closes it (that is the point).
+    let rc = unsafe { libc::dup3(fd.as_raw_fd(), target, libc::O_CLOEXEC) };
+    if rc < 0 {
+        return Err(Errno::last());
+    }
+    Ok(())
+}

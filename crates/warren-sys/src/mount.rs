@@ -130,3 +130,91 @@ pub fn bind_with_attrs(
     set_tree_attrs(tree.as_fd(), attrs, recursive)?;
     move_mount_to(tree.as_fd(), target)
 }
+
+const MOVE_MOUNT_T_EMPTY_PATH: libc::c_uint = 0x0000_0040;
+
+/// Attaches a detached tree onto the directory `target` refers to (an
+/// `O_PATH` descriptor, typically from [`open_mount_point`]). The target
+/// must be in the calling thread's mount namespace.
+pub fn move_mount_to_fd(tree: BorrowedFd<'_>, target: BorrowedFd<'_>) -> Result<()> {
+    // SAFETY: move_mount(2) from a tree fd to a target fd, both with empty
+    // paths (NUL-terminated literals); no memory is handed to the kernel
+    // beyond those strings.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            target.as_raw_fd(),
+            c"".as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH,
+        )
+    };
+    if rc < 0 {
+        return Err(Errno::last());
+    }
+    Ok(())
+}
+
+/// Filesystems a mount point may not be on (`statfs` magic numbers):
+/// proc, sysfs, devpts, cgroup v1/v2, tmpfs-backed `/dev` is allowed.
+const FORBIDDEN_FS: &[i64] = &[0x9fa0, 0x6265_6572, 0x1cd1, 0x0027_e0eb, 0x6367_7270];
+
+/// Opens (as `O_PATH`) the directory `path` inside the tree rooted at
+/// `root`, resolving every component *inside* it (`RESOLVE_IN_ROOT`:
+/// absolute symlinks and `..` stay below `root`; magic links are
+/// refused), creating missing components as directories (mode 0755, owned
+/// by `owner`) without following anything at the point of creation.
+/// Refuses `..` components and targets on proc, sysfs, devpts or cgroup
+/// filesystems (`EPERM`). `path` is absolute or relative to `root`.
+pub fn open_mount_point(root: BorrowedFd<'_>, path: &str, owner: (u32, u32)) -> Result<OwnedFd> {
+    use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
+    use nix::sys::stat::{mkdirat, Mode};
+    let comps: Vec<&str> = path
+        .split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .collect();
+    if comps.contains(&"..") || path.contains('\0') {
+        return Err(Errno::EINVAL);
+    }
+    let in_root = OpenHow::new()
+        .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
+        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    let beneath = OpenHow::new()
+        .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
+        .resolve(
+            ResolveFlag::RESOLVE_BENEATH
+                | ResolveFlag::RESOLVE_NO_SYMLINKS
+                | ResolveFlag::RESOLVE_NO_MAGICLINKS,
+        );
+    let mut cur = openat2(root, ".", in_root)?;
+    for i in 0..comps.len() {
+        let prefix = comps[..=i].join("/");
+        match openat2(root, prefix.as_str(), in_root) {
+            Ok(fd) => cur = fd,
+            Err(Errno::ENOENT) => {
+                match mkdirat(&cur, comps[i], Mode::from_bits_truncate(0o755)) {
+                    Ok(()) => {
+                        nix::unistd::fchownat(
+                            &cur,
+                            comps[i],
+                            Some(nix::unistd::Uid::from_raw(owner.0)),
+                            Some(nix::unistd::Gid::from_raw(owner.1)),
+                            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+                        )?;
+                    }
+                    Err(Errno::EEXIST) => {}
+                    Err(e) => return Err(e),
+                }
+                cur = openat2(&cur, comps[i], beneath)?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let fs = nix::sys::statfs::fstatfs(&cur)?;
+    #[allow(clippy::unnecessary_cast)]
+    if FORBIDDEN_FS.contains(&(fs.filesystem_type().0 as i64)) {
+        return Err(Errno::EPERM);
+    }
+    Ok(cur)
+}

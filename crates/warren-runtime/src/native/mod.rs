@@ -16,6 +16,7 @@ mod control;
 mod ids;
 mod pool;
 mod record;
+mod snapshot;
 mod trash;
 
 use std::collections::HashMap;
@@ -36,6 +37,7 @@ use warren_proto::{
 use warren_sys::clone::Namespaces;
 
 pub(crate) use control::ExecControl;
+pub use snapshot::validate_mount_target;
 
 use crate::spec::validate_process;
 use crate::{
@@ -493,6 +495,7 @@ impl NativeRuntime {
                 (m, d) => m.or(d),
             },
             disk_bytes: spec.limits.disk_bytes,
+            image_mounts: snapshot::image_mount_specs(&spec.image_mounts)?,
             main,
             main_log: log.is_some(),
             seccomp: self.seccomp.clone(),
