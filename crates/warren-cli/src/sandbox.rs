@@ -189,6 +189,9 @@ pub struct LsArgs {
 pub enum StateArg {
     Creating,
     Running,
+    Pausing,
+    Paused,
+    Resuming,
     Terminating,
     Terminated,
 }
@@ -198,6 +201,9 @@ impl From<StateArg> for SandboxState {
         match s {
             StateArg::Creating => SandboxState::Creating,
             StateArg::Running => SandboxState::Running,
+            StateArg::Pausing => SandboxState::Pausing,
+            StateArg::Paused => SandboxState::Paused,
+            StateArg::Resuming => SandboxState::Resuming,
             StateArg::Terminating => SandboxState::Terminating,
             StateArg::Terminated => SandboxState::Terminated,
         }

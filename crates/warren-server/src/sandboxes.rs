@@ -58,6 +58,9 @@ pub fn to_api(app: &AppState, r: &SandboxRecord) -> api::Sandbox {
     let state = match r.state {
         SandboxState::Creating => api::SandboxState::Creating,
         SandboxState::Running => api::SandboxState::Running,
+        SandboxState::Pausing => api::SandboxState::Pausing,
+        SandboxState::Paused => api::SandboxState::Paused,
+        SandboxState::Resuming => api::SandboxState::Resuming,
         SandboxState::Terminating => api::SandboxState::Terminating,
         SandboxState::Terminated => api::SandboxState::Terminated,
     };
@@ -118,6 +121,23 @@ pub fn to_api(app: &AppState, r: &SandboxRecord) -> api::Sandbox {
             warren_store::ReadinessProbe::Exec(argv) => api::ReadinessProbe::Exec(argv.clone()),
         }),
         ready: r.state == SandboxState::Running && app.readiness.is_ready(&r.id),
+        mounts: r
+            .spec
+            .mounts
+            .iter()
+            .map(|m| api::ImageMount {
+                path: m.path.clone(),
+                image: m.image.clone(),
+            })
+            .collect(),
+        auto_resume: r.spec.auto_resume,
+        on_idle: if r.spec.pause_on_idle {
+            api::OnIdle::Pause
+        } else {
+            api::OnIdle::Terminate
+        },
+        paused_at: r.paused_at.map(to_iso),
+        restored_from: r.spec.restored_from.clone(),
     }
 }
 
@@ -214,6 +234,17 @@ pub async fn create(
         timeout_secs: Some(req.timeout_secs.unwrap_or(api::DEFAULT_TIMEOUT_SECS)),
         idle_timeout_secs: req.idle_timeout_secs,
         network: network_spec(&req),
+        mounts: req
+            .mounts
+            .iter()
+            .map(|m| warren_store::ImageMountSpec {
+                path: m.path.clone(),
+                image: m.image.clone(),
+            })
+            .collect(),
+        auto_resume: req.auto_resume,
+        pause_on_idle: !req.on_idle.is_terminate(),
+        restored_from: None,
     };
     let exposes = !spec.network.ports.is_empty();
     if exposes && state.tunnels.is_none() {

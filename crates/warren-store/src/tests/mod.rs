@@ -10,6 +10,7 @@ mod listing;
 mod perf;
 mod persistence;
 mod sandboxes;
+mod snapshots;
 
 /// A fixed, realistic start time (2026-01-01T00:00:00Z).
 pub(crate) const T0: i64 = 1_767_225_600_000;
@@ -55,6 +56,7 @@ pub(crate) fn new_sandbox(workspace_id: &str, name: Option<&str>) -> NewSandbox 
             idle_timeout_secs: None,
             user: Some("1000".to_owned()),
             network: Default::default(),
+            ..Default::default()
         },
         tags: BTreeMap::new(),
         node_id: LOCAL_NODE_ID.to_owned(),
