@@ -9,6 +9,7 @@
 
 mod exec;
 pub mod fs;
+mod push;
 mod snapshot;
 pub mod user;
 

@@ -95,6 +95,16 @@ impl Puller {
         &self.inner.store
     }
 
+    /// A [`Pusher`](crate::Pusher) from the same store, with the same
+    /// registry settings and HTTP client.
+    pub fn pusher(&self) -> crate::Pusher {
+        crate::push::Pusher::from_parts(
+            self.inner.store.clone(),
+            Arc::new(self.inner.config.clone()),
+            self.inner.http.clone(),
+        )
+    }
+
     /// Parses a reference with this puller's default registry.
     pub fn parse_reference(&self, reference: &str) -> Result<Reference, PullError> {
         Ok(Reference::parse(

@@ -99,6 +99,18 @@ impl Pusher {
         })
     }
 
+    pub(crate) fn from_parts(
+        store: Arc<ImageStore>,
+        config: Arc<RegistryConfig>,
+        http: reqwest::Client,
+    ) -> Self {
+        Self {
+            store,
+            config,
+            http,
+        }
+    }
+
     /// Parses a push target (`host[:port]/repository[:tag]`, tag `latest`
     /// when absent); a digest is refused (a push names a tag).
     pub fn parse_target(&self, target: &str) -> Result<Reference, PushError> {

@@ -68,6 +68,7 @@ impl From<warren_node::NodeError> for ApiError {
             }
             "invalid_argument" | "invalid_user" => ErrorCode::InvalidArgument,
             "image_in_use" => ErrorCode::ImageInUse,
+            "image_not_exportable" => ErrorCode::ImageNotExportable,
             "registry_auth" => ErrorCode::RegistryAuth,
             "registry_unreachable" | "registry_error" | "registry_invalid_response" => {
                 ErrorCode::RegistryUnavailable

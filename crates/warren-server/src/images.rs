@@ -1,11 +1,14 @@
-//! `/v1/images`: the node's image store over HTTP. Pulls (with progress as
-//! server-sent events when asked for), list, inspect, remove, GC and
-//! archive import.
+//! `/v1/images`: the node's image store over HTTP. Pulls and pushes (with
+//! progress as server-sent events when asked for), list, inspect, remove,
+//! GC, archive import and OCI archive export.
 //!
 //! The store is per node and shared by every workspace: listing,
 //! inspecting and pulling with the node's own registry settings are open to
 //! any token; pulls with request credentials, imports, removal and GC are
 //! for admin tokens (they affect, or expose private content to, everyone).
+//! Exports are open to any token (an image's content is already readable
+//! from any sandbox created from it); pushes are for admin tokens (they
+//! write to registries with the node's credentials).
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -21,7 +24,7 @@ use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
 use warren_proto::api::{
     self, ErrorCode, ImageConfigInfo, ImageGcReport, ImageInfo, ImageLayerInfo, ImageList,
-    PullImageRequest, RegistryAuth,
+    PullImageRequest, PushImageRequest, PushImageResult, RegistryAuth,
 };
 
 use crate::auth::Auth;
@@ -333,4 +336,183 @@ pub async fn import(
     .map_err(|e| ApiError::internal("import image", &e))?
     .map_err(|e| image_err(q.name.as_deref().unwrap_or("(archive)"), e))?;
     Ok(Json(inspect_ref(&state, &img.id).await?))
+}
+
+/// Chunks of an export queued between the thread writing the tar and the
+/// response body (bounded: a slow client slows the export, memory stays
+/// at most `EXPORT_QUEUE_CHUNKS` × `EXPORT_CHUNK_BYTES`).
+const EXPORT_QUEUE_CHUNKS: usize = 8;
+
+/// Size of one export chunk.
+const EXPORT_CHUNK_BYTES: usize = 256 << 10;
+
+/// A blocking writer feeding a response body through a bounded queue.
+struct BodyWriter {
+    tx: tokio::sync::mpsc::Sender<Result<axum::body::Bytes, std::io::Error>>,
+}
+
+impl std::io::Write for BodyWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.tx
+            .blocking_send(Ok(axum::body::Bytes::copy_from_slice(buf)))
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "client went away"))?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A file name for `Content-Disposition`: the image's name or id, with
+/// anything but `[A-Za-z0-9._-]` replaced.
+fn export_file_name(name: Option<&str>, id: &str) -> String {
+    let base = name.unwrap_or_else(|| id.trim_start_matches("sha256:"));
+    let clean: String = base
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("{clean}.tar")
+}
+
+/// `GET /v1/images/{reference}/export`: the image as a tar of an OCI image
+/// layout (`oci-layout`, `index.json` naming it, `blobs/sha256/`), which
+/// `POST /v1/images/import`, `skopeo copy oci-archive:` and other OCI tools
+/// read. Streamed with an exact `Content-Length`; memory is bounded.
+#[utoipa::path(get, path = "/v1/images/{reference}/export", tag = "images",
+    params(("reference" = String, Path, description = "Name, name:tag or image id, percent-encoded")),
+    responses((status = 200, description = "OCI image layout tar", content_type = "application/x-tar", body = Vec<u8>),
+        (status = 404, description = "image_not_found", body = api::ErrorBody),
+        (status = 422, description = "image_not_exportable (the host image)", body = api::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn export(
+    State(state): State<AppState>,
+    _auth: Auth,
+    Path(reference): Path<String>,
+) -> Result<Response, ApiError> {
+    api::validate_image_reference(&reference).map_err(ApiError::invalid)?;
+    let image = state.node.prepare_export(&reference).await?;
+    let length = image.layout_size();
+    let file_name = export_file_name(image.name.as_deref(), &image.id);
+    let (tx, rx) = tokio::sync::mpsc::channel(EXPORT_QUEUE_CHUNKS);
+    tokio::task::spawn_blocking(move || {
+        let writer =
+            std::io::BufWriter::with_capacity(EXPORT_CHUNK_BYTES, BodyWriter { tx: tx.clone() });
+        let result = image.write_layout(writer).and_then(|mut w| {
+            std::io::Write::flush(&mut w)
+                .map_err(|source| warren_image::ImageError::ExportWrite { source })
+        });
+        match result {
+            Ok(_) => {
+                tracing::info!(id = %image.id, bytes = length, "exported image");
+            }
+            Err(e) => {
+                tracing::warn!(id = %image.id, error = %e, code = e.code(), "export ended early");
+                // Ends the body with an error: the client sees a broken
+                // transfer, never a short archive that looks whole.
+                let _ = tx.blocking_send(Err(std::io::Error::other("export failed")));
+            }
+        }
+    });
+    let body = Body::from_stream(tokio_stream_of(rx));
+    Response::builder()
+        .header(axum::http::header::CONTENT_TYPE, "application/x-tar")
+        .header(axum::http::header::CONTENT_LENGTH, length)
+        .header(
+            axum::http::header::CONTENT_DISPOSITION,
+            format!("attachment; filename=\"{file_name}\""),
+        )
+        .body(body)
+        .map_err(|e| ApiError::internal("export response", &e))
+}
+
+fn push_err(reference: &str, e: warren_registry::PushError) -> ApiError {
+    use warren_registry::{PullError, PushError};
+    match e {
+        PushError::Registry(PullError::Image(source)) => image_err(reference, source),
+        PushError::Registry(source) => warren_node::NodeError::Pull {
+            reference: reference.to_string(),
+            source,
+        }
+        .into(),
+        e @ PushError::InvalidTarget { .. } => {
+            ApiError::new(ErrorCode::InvalidImageReference, e.to_string())
+        }
+        e @ PushError::PushFailed { .. } => ApiError::new(ErrorCode::PushFailed, e.to_string()),
+        e => ApiError::internal("push image", &e),
+    }
+}
+
+/// `POST /v1/images/{reference}/push`: pushes the image to a registry
+/// (`{"target": "host:port/repo:tag", "insecure"?, "auth"?}`). Admin
+/// tokens only: a push writes to a registry with the node's credentials.
+/// With `Accept: text/event-stream` the answer is a stream of `progress`
+/// events (`resolved`, `blob_exists`, `blob_progress`, `blob_pushed`,
+/// `done`), then `done` (a `PushImageResult`) or `error`; otherwise the
+/// `PushImageResult` when the push is done. A push goes on if the client
+/// disconnects.
+#[utoipa::path(post, path = "/v1/images/{reference}/push", tag = "images",
+    params(("reference" = String, Path, description = "Name, name:tag or image id, percent-encoded")),
+    request_body = PushImageRequest,
+    responses((status = 200, description = "The push result (or an event stream)", body = PushImageResult),
+        (status = 400, description = "invalid_image_reference (bad target) / registry_insecure_not_allowed", body = api::ErrorBody),
+        (status = 403, description = "registry_auth / forbidden (admin only)", body = api::ErrorBody),
+        (status = 404, description = "image_not_found", body = api::ErrorBody),
+        (status = 422, description = "image_not_exportable", body = api::ErrorBody),
+        (status = 502, description = "push_failed / registry_unavailable", body = api::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn push(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(reference): Path<String>,
+    headers: HeaderMap,
+    req: Result<Json<PushImageRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    admin_only(&auth, "pushing images")?;
+    let Json(req) = req.map_err(|e| ApiError::new(ErrorCode::InvalidJson, e.body_text()))?;
+    api::validate_image_reference(&reference).map_err(ApiError::invalid)?;
+    api::validate_image_reference(&req.target).map_err(ApiError::invalid)?;
+    let options = warren_registry::PushOptions {
+        credentials: credentials(req.auth),
+        insecure: req.insecure,
+    };
+    if !wants_events(&headers) {
+        let summary = state
+            .node
+            .push_image(&reference, &req.target, options, |_| {})
+            .await
+            .map_err(|e| push_err(&reference, e))?;
+        return Ok(Json(summary).into_response());
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel::<Event>(EVENT_QUEUE);
+    tokio::spawn(async move {
+        let progress_tx = tx.clone();
+        let result = state
+            .node
+            .push_image(&reference, &req.target, options, move |ev| {
+                if let Ok(data) = serde_json::to_string(&ev) {
+                    // Drop intermediate progress for a slow client.
+                    let _ = progress_tx.try_send(Event::default().event("progress").data(data));
+                }
+            })
+            .await;
+        let last = match result {
+            Ok(summary) => Event::default()
+                .event("done")
+                .json_data(&summary)
+                .unwrap_or_default(),
+            Err(e) => error_event(push_err(&reference, e)),
+        };
+        let _ = tx.send(last).await;
+    });
+    let stream = tokio_stream_of(rx).map(Ok::<_, Infallible>);
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response())
 }

@@ -283,6 +283,8 @@ pub fn router(state: AppState) -> Router {
             "/v1/images/{reference}",
             get(images::inspect).delete(images::remove),
         )
+        .route("/v1/images/{reference}/export", get(images::export))
+        .route("/v1/images/{reference}/push", post(images::push))
         .route(
             "/v1/workspaces",
             post(tokens::create_workspace).get(tokens::list_workspaces),
