@@ -11,6 +11,7 @@
 //! workspace learn that a sandbox exists (404, never 403).
 
 mod auth;
+mod builds;
 mod error;
 mod execs;
 mod files;
@@ -277,6 +278,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/images", get(images::list))
         .route("/v1/images/pull", post(images::pull))
+        .route("/v1/images/build", post(builds::build))
         .route("/v1/images/import", post(images::import))
         .route("/v1/images/gc", post(images::gc))
         .route(
