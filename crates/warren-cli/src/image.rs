@@ -1,5 +1,5 @@
-//! `warren image`: pull, list, inspect, remove, garbage-collect and import
-//! images. Everything but a root-filesystem import goes through the API of
+//! `warren image`: pull, push, list, inspect, remove, garbage-collect,
+//! import and export images. Everything but a root-filesystem import goes through the API of
 //! the server (`WARREN_URL`, `WARREN_TOKEN`); importing a plain directory or
 //! rootfs tarball writes to the local store under `--data-dir`.
 
@@ -12,7 +12,9 @@ use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use warren_image::ImageStore;
-use warren_proto::api::{ImageInfo, PullImageRequest, PullProgress, RegistryAuth};
+use warren_proto::api::{
+    ImageInfo, PullImageRequest, PullProgress, PushImageRequest, PushProgress, RegistryAuth,
+};
 
 use crate::remote::{block_on, client, outln};
 
@@ -42,6 +44,38 @@ pub enum ImageCommand {
         #[arg(long)]
         name: Option<String>,
     },
+    /// Export an image as an OCI archive (a tar of an OCI image layout),
+    /// which `warren image import` and OCI tools (`skopeo copy
+    /// oci-archive:FILE ...`) read.
+    Export {
+        /// Name, name:tag or image id.
+        reference: String,
+        /// The archive to write; `-` for stdout.
+        #[arg(short = 'o', long)]
+        output: PathBuf,
+    },
+    /// Push an image to a registry, with progress (admin tokens).
+    Push {
+        /// Name, name:tag or image id in the server's store.
+        reference: String,
+        /// `host[:port]/repository[:tag]`.
+        target: String,
+        /// Plain HTTP to this registry (loopback or trusted networks only).
+        #[arg(long)]
+        insecure: bool,
+        /// Registry user for this push (the password is read from stdin).
+        #[arg(long, requires = "password_stdin")]
+        username: Option<String>,
+        /// Read the registry password from stdin.
+        #[arg(long, requires = "username")]
+        password_stdin: bool,
+        /// Read a registry bearer token from stdin.
+        #[arg(long, conflicts_with_all = ["username", "password_stdin"])]
+        token_stdin: bool,
+    },
+    /// Build an image from a recipe (a Dockerfile subset) and a context
+    /// directory, with step progress and the RUN output.
+    Build(crate::build::BuildArgs),
     /// List images.
     Ls,
     /// Show an image: id, names, layers and config (JSON).
@@ -105,6 +139,33 @@ pub fn run(data_dir: &Path, cmd: ImageCommand) -> Result<i32> {
                 outln!("{}", img.id)?;
             }
         }
+        ImageCommand::Export { reference, output } => {
+            let c = client(data_dir)?;
+            export(&c, &reference, &output)?;
+        }
+        ImageCommand::Push {
+            reference,
+            target,
+            insecure,
+            username,
+            password_stdin,
+            token_stdin,
+        } => {
+            let auth = registry_auth(username, password_stdin, token_stdin)?;
+            let c = client(data_dir)?;
+            let req = PushImageRequest {
+                target,
+                insecure,
+                auth,
+            };
+            let mut display = PullDisplay::new();
+            let result = block_on(c.push_image(&reference, &req, |p| display.push_event(p)))?;
+            display.finish();
+            let result =
+                result.with_context(|| format!("pushing {reference} to {}", req.target))?;
+            outln!("{}@{}", result.target, result.manifest_digest)?;
+        }
+        ImageCommand::Build(args) => return crate::build::run(data_dir, args),
         ImageCommand::Ls => {
             let c = client(data_dir)?;
             let images = block_on(c.list_images())??;
@@ -142,6 +203,102 @@ pub fn run(data_dir: &Path, cmd: ImageCommand) -> Result<i32> {
         }
     }
     Ok(0)
+}
+
+/// Per-request registry credentials from the flags (secrets on stdin).
+fn registry_auth(
+    username: Option<String>,
+    password_stdin: bool,
+    token_stdin: bool,
+) -> Result<Option<RegistryAuth>> {
+    Ok(if token_stdin {
+        Some(RegistryAuth::Token {
+            token: read_secret("token")?,
+        })
+    } else if let (Some(username), true) = (username, password_stdin) {
+        Some(RegistryAuth::Basic {
+            username,
+            password: read_secret("password")?,
+        })
+    } else {
+        None
+    })
+}
+
+/// `warren image export`: streams the archive into `output` (through a
+/// `.partial` file renamed at the end, so a broken transfer never leaves
+/// a file that looks whole) or stdout, with a progress bar on a terminal.
+fn export(c: &warren_client::Client, reference: &str, output: &Path) -> Result<()> {
+    let to_stdout = output == Path::new("-");
+    if to_stdout && std::io::stdout().is_terminal() {
+        bail!("refusing to write an archive to a terminal; redirect stdout or use -o FILE");
+    }
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{prefix} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        bar.set_prefix(format!("exporting {reference}"));
+        bar
+    });
+    let progress = |written: u64, total: Option<u64>| {
+        if let Some(bar) = &bar {
+            if let Some(total) = total {
+                bar.set_length(total);
+            }
+            bar.set_position(written);
+        }
+    };
+    let started = Instant::now();
+    let written = if to_stdout {
+        let mut out = tokio::io::stdout();
+        block_on(async { c.export_image(reference, &mut out, progress).await })?
+            .with_context(|| format!("exporting {reference}"))?
+    } else {
+        let file_name = output
+            .file_name()
+            .with_context(|| format!("{} is not a file name", output.display()))?;
+        let mut partial_name = file_name.to_os_string();
+        partial_name.push(".partial");
+        let partial = output.with_file_name(partial_name);
+        let result = block_on(async {
+            let mut file = tokio::fs::File::create(&partial)
+                .await
+                .with_context(|| format!("creating {}", partial.display()))?;
+            let n = c.export_image(reference, &mut file, progress).await?;
+            file.sync_all().await?;
+            Ok::<_, anyhow::Error>(n)
+        })?;
+        match result {
+            Ok(n) => {
+                std::fs::rename(&partial, output)
+                    .with_context(|| format!("renaming {} into place", partial.display()))?;
+                n
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&partial);
+                return Err(e.context(format!("exporting {reference}")));
+            }
+        }
+    };
+    if let Some(bar) = &bar {
+        bar.finish_and_clear();
+    }
+    eprintln!(
+        "exported {reference}: {} in {:.1}s{}",
+        human_bytes(written),
+        started.elapsed().as_secs_f64(),
+        if to_stdout {
+            String::new()
+        } else {
+            format!(" to {}", output.display())
+        }
+    );
+    Ok(())
 }
 
 fn read_secret(what: &str) -> Result<String> {
@@ -327,6 +484,83 @@ impl PullDisplay {
                 self.line(format!(
                     "pulled {name} in {:.1}s",
                     self.started.elapsed().as_secs_f64()
+                ));
+            }
+        }
+    }
+
+    /// A push event: the same bars, one per blob, counting uploads.
+    fn push_event(&mut self, p: &PushProgress) {
+        match p {
+            PushProgress::Resolved {
+                target,
+                manifest_digest,
+                blobs,
+                ..
+            } => {
+                let total: u64 = blobs.iter().map(|b| b.size).sum();
+                self.line(format!(
+                    "{target}: {} blob(s), {} ({})",
+                    blobs.len(),
+                    human_bytes(total),
+                    short_digest(manifest_digest)
+                ));
+                if let Some(m) = &self.tty {
+                    let style = ProgressStyle::with_template(
+                        "{prefix} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta} {msg}",
+                    )
+                    .unwrap_or_else(|_| ProgressStyle::default_bar())
+                    .progress_chars("=> ");
+                    for b in blobs {
+                        let bar = m.add(ProgressBar::new(b.size));
+                        bar.set_style(style.clone());
+                        bar.set_prefix(short_digest(&b.digest));
+                        self.bars.insert(b.digest.clone(), bar);
+                    }
+                }
+            }
+            PushProgress::BlobProgress {
+                digest,
+                uploaded,
+                total,
+            } => {
+                if let Some(bar) = self.bars.get(digest) {
+                    bar.set_length(*total);
+                    bar.set_position(*uploaded);
+                } else if self.tty.is_none() && *total > 0 {
+                    let q = uploaded * 4 / total;
+                    let last = self.quarters.entry(digest.clone()).or_insert(0);
+                    if q > *last && q < 4 {
+                        *last = q;
+                        eprintln!(
+                            "{}: {} of {}",
+                            short_digest(digest),
+                            human_bytes(*uploaded),
+                            human_bytes(*total)
+                        );
+                    }
+                }
+            }
+            PushProgress::BlobExists { digest } => {
+                self.layer_msg(digest, "already in the registry");
+                if let Some(bar) = self.bars.get(digest) {
+                    bar.finish();
+                }
+            }
+            PushProgress::BlobPushed { digest } => {
+                self.layer_msg(digest, "pushed");
+                if let Some(bar) = self.bars.get(digest) {
+                    bar.finish();
+                }
+            }
+            PushProgress::Done(r) => {
+                self.line(format!(
+                    "pushed {} in {:.1}s: {} blob(s) uploaded ({}), {} already there",
+                    r.target,
+                    self.started.elapsed().as_secs_f64(),
+                    r.pushed_blobs,
+                    human_bytes(r.pushed_bytes),
+                    r.skipped_blobs
                 ));
             }
         }

@@ -1613,3 +1613,149 @@ fn separate_relay_through_the_cli() {
     drop(relay);
     finish(server);
 }
+
+/// Issue #8 through the binary: `warren image export -o FILE` and `-o -`
+/// (the same archive), `warren image import` of the export (the same id),
+/// `warren image push` with plain progress lines (then again: nothing
+/// uploaded) and with bars under a terminal, a second server pulling the
+/// pushed image and running a sandbox from it, and one-line errors.
+#[test]
+fn images_export_import_push() {
+    use warren_testkit::registry::{busybox_tar, Compress, LayoutBuilder, Registry, TestConfig};
+    if !warren_testkit::require_root("images_export_import_push")
+        || !warren_testkit::registry::require_tools("images_export_import_push")
+    {
+        return;
+    }
+    let reg = Registry::start().expect("start docker-registry");
+    let work = tempfile::tempdir().expect("tempdir");
+    let mut layout = LayoutBuilder::new(&work.path().join("layout")).expect("layout");
+    let base = layout
+        .layer(&busybox_tar().expect("busybox tar"), Compress::Gzip)
+        .expect("layer");
+    let noise = warren_testkit::registry::noise(4 << 20, 11);
+    let big = layout
+        .layer(
+            &warren_testkit::registry::TarBuilder::new()
+                .file("blob", 0o644, &noise)
+                .finish(),
+            Compress::Gzip,
+        )
+        .expect("layer");
+    layout
+        .image(
+            "v1",
+            &[base, big],
+            &TestConfig {
+                env: vec!["PATH=/bin".into()],
+                ..Default::default()
+            },
+        )
+        .expect("image");
+    reg.push(layout.dir(), "v1", "e2e/src:v1").expect("push");
+    let host = reg.host();
+    let registries = serde_json::json!({
+        "default_registry": "127.0.0.1:9",
+        "registries": {host.clone(): {"insecure": true}, "127.0.0.1:9": {"insecure": true}}
+    })
+    .to_string();
+    let with_registry = |data: &Path| {
+        std::fs::write(data.join("registries.json"), &registries).expect("registries.json");
+    };
+    let server = Server::start_with(with_registry);
+    let source = format!("{host}/e2e/src:v1");
+    let id = ok(server.cli(&["image", "pull", &source]));
+
+    // Export to a file and to stdout: the same bytes, an OCI layout.
+    let file = work.path().join("exported.tar");
+    let file_arg = file.to_str().expect("utf-8 path");
+    let out = server.cli(&["image", "export", &source, "-o", file_arg]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(stderr(&out).contains("exported "), "{}", describe(&out));
+    assert!(!work.path().join("exported.tar.partial").exists());
+    let bytes = std::fs::read(&file).expect("exported archive");
+    let piped = server.cli(&["image", "export", &source, "-o", "-"]);
+    assert!(piped.status.success(), "{}", describe(&piped));
+    assert!(piped.stdout == bytes, "-o - wrote other bytes");
+    let mut names = Vec::new();
+    for entry in tar::Archive::new(&bytes[..]).entries().expect("tar") {
+        names.push(
+            entry
+                .expect("entry")
+                .path()
+                .expect("path")
+                .display()
+                .to_string(),
+        );
+    }
+    assert!(names.contains(&"oci-layout".to_string()), "{names:?}");
+
+    // Import of the export, after the image is gone: the same id.
+    ok(server.cli(&["image", "rm", &source]));
+    let imported = ok(server.cli(&["image", "import", file_arg]));
+    assert_eq!(imported, id);
+    assert!(ok(server.cli(&["image", "ls"])).contains(&source));
+
+    // Push: plain progress lines; then again, nothing uploaded.
+    let target = format!("{host}/e2e/pushed:v1");
+    let out = server.cli(&["image", "push", &source, &target, "--insecure"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(
+        stdout(&out).starts_with(&format!("{target}@sha256:")),
+        "{}",
+        describe(&out)
+    );
+    let err = stderr(&out);
+    for want in ["3 blob(s)", ": pushed", "3 blob(s) uploaded"] {
+        assert!(err.contains(want), "no {want:?} in: {err}");
+    }
+    let again = server.cli(&["image", "push", &source, &target]);
+    assert!(again.status.success(), "{}", describe(&again));
+    let err = stderr(&again);
+    for want in [
+        "already in the registry",
+        "0 blob(s) uploaded",
+        "3 already there",
+    ] {
+        assert!(err.contains(want), "no {want:?} in: {err}");
+    }
+    // Under a terminal: progress bars.
+    let size = nix::pty::Winsize {
+        ws_row: 40,
+        ws_col: 160,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    let (status, tty_out) = under_pty(
+        &server,
+        &["image", "push", &source, &format!("{host}/e2e/tty:v1")],
+        size,
+        b"",
+    );
+    assert!(status.success(), "{tty_out}");
+    assert!(tty_out.contains("pushed "), "{tty_out:?}");
+
+    // A second server pulls the pushed image: same id, and it runs.
+    let second = Server::start_with(with_registry);
+    let pulled = ok(second.cli(&["image", "pull", &target]));
+    assert_eq!(pulled, id);
+    let out = ok(second.cli(&["run", "--image", &target, "--", "cat", "/etc/passwd"]));
+    assert!(out.contains("app:x:1000"), "{out}");
+    finish(second);
+
+    // One-line errors with their codes.
+    let bad = server.cli(&["image", "export", "host", "-o", file_arg]);
+    one_line_error(&bad, "image_not_exportable");
+    let bad = server.cli(&["image", "push", &source, "Not A Target"]);
+    one_line_error(&bad, "invalid");
+    // (After the `resolved` line: the image itself was found.)
+    let bad = server.cli(&["image", "push", &source, "127.0.0.1:9/nothing/here:1"]);
+    assert!(!bad.status.success(), "{}", describe(&bad));
+    let last = stderr(&bad).lines().last().unwrap_or_default().to_string();
+    assert!(
+        last.starts_with("warren: ") && last.contains("registry_unavailable"),
+        "{}",
+        describe(&bad)
+    );
+    finish(server);
+}

@@ -1,12 +1,18 @@
-//! Image calls: pull (with progress from the server-sent event stream),
-//! list, inspect, remove, GC and archive import.
+//! Image calls: pull and push (with progress from the server-sent event
+//! stream), list, inspect, remove, GC, archive import and OCI archive
+//! export.
 
 use std::path::Path;
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use reqwest::Method;
-use warren_proto::api::{ImageGcReport, ImageInfo, ImageList, PullImageRequest, PullProgress};
+use serde::de::DeserializeOwned;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use warren_proto::api::{
+    ImageGcReport, ImageInfo, ImageList, PullImageRequest, PullProgress, PushImageRequest,
+    PushImageResult, PushProgress,
+};
 
 use crate::{decode, Client, ClientError};
 
@@ -55,6 +61,87 @@ impl Client {
             .timeout(PULL_TIMEOUT)
             .header(reqwest::header::ACCEPT, "text/event-stream")
             .json(req);
+        self.follow_events(rb, "pull", &mut progress).await
+    }
+
+    /// `POST /v1/images/{reference}/push` (admin tokens), following the
+    /// event stream like [`Client::pull_image`]; returns what was pushed.
+    pub async fn push_image(
+        &self,
+        reference: &str,
+        req: &PushImageRequest,
+        mut progress: impl FnMut(&PushProgress),
+    ) -> Result<PushImageResult, ClientError> {
+        let rb = self
+            .request(Method::POST, &["v1", "images", reference, "push"])?
+            .timeout(PULL_TIMEOUT)
+            .header(reqwest::header::ACCEPT, "text/event-stream")
+            .json(req);
+        self.follow_events(rb, "push", &mut progress).await
+    }
+
+    /// `GET /v1/images/{reference}/export`: writes the image, a tar of an
+    /// OCI image layout, to `out` as it arrives; `progress` gets the bytes
+    /// written so far and the total (the server's `Content-Length`).
+    /// Returns the bytes written; a transfer that ends short is an error.
+    pub async fn export_image<W: AsyncWrite + Unpin>(
+        &self,
+        reference: &str,
+        out: &mut W,
+        mut progress: impl FnMut(u64, Option<u64>),
+    ) -> Result<u64, ClientError> {
+        let rb = self
+            .request(Method::GET, &["v1", "images", reference, "export"])?
+            .timeout(PULL_TIMEOUT);
+        let transport = |source| ClientError::Transport {
+            url: self.base.to_string(),
+            source,
+        };
+        let resp = rb.send().await.map_err(transport)?;
+        let status = resp.status();
+        if !status.is_success() {
+            let body = resp.bytes().await.map_err(transport)?;
+            return Err(ClientError::from_response(status, &body));
+        }
+        let total = resp.content_length();
+        let mut written = 0u64;
+        let mut body = resp.bytes_stream();
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(transport)?;
+            out.write_all(&chunk)
+                .await
+                .map_err(|source| ClientError::Io {
+                    what: "write the exported image".into(),
+                    source,
+                })?;
+            written += chunk.len() as u64;
+            progress(written, total);
+        }
+        out.flush().await.map_err(|source| ClientError::Io {
+            what: "write the exported image".into(),
+            source,
+        })?;
+        if total.is_some_and(|t| t != written) {
+            return Err(ClientError::Stream {
+                code: "stream_closed".into(),
+                message: format!(
+                    "the export ended after {written} of {} bytes",
+                    total.unwrap_or_default()
+                ),
+            });
+        }
+        Ok(written)
+    }
+
+    /// Sends `rb` (asking for server-sent events) and follows the stream:
+    /// `progress` events go to `progress`, `done` is the result, `error`
+    /// an error.
+    async fn follow_events<P: DeserializeOwned, R: DeserializeOwned>(
+        &self,
+        rb: reqwest::RequestBuilder,
+        what: &str,
+        progress: &mut impl FnMut(&P),
+    ) -> Result<R, ClientError> {
         let transport = |source| ClientError::Transport {
             url: self.base.to_string(),
             source,
@@ -72,7 +159,7 @@ impl Client {
             for (event, data) in parser.push(&chunk)? {
                 match event.as_str() {
                     "progress" => {
-                        if let Ok(p) = serde_json::from_str::<PullProgress>(&data) {
+                        if let Ok(p) = serde_json::from_str::<P>(&data) {
                             progress(&p);
                         }
                     }
@@ -91,7 +178,7 @@ impl Client {
         }
         Err(ClientError::Stream {
             code: "stream_closed".into(),
-            message: "the pull stream ended without a result".into(),
+            message: format!("the {what} stream ended without a result"),
         })
     }
 

@@ -436,11 +436,19 @@ fn push_err(reference: &str, e: warren_registry::PushError) -> ApiError {
     use warren_registry::{PullError, PushError};
     match e {
         PushError::Registry(PullError::Image(source)) => image_err(reference, source),
-        PushError::Registry(source) => warren_node::NodeError::Pull {
-            reference: reference.to_string(),
-            source,
+        PushError::Registry(source) => {
+            let message = format!("pushing {reference:?}: {source}");
+            // The pull's mapping of registry codes, with a push's message.
+            let mut e: ApiError = warren_node::NodeError::Pull {
+                reference: reference.to_string(),
+                source,
+            }
+            .into();
+            if e.code != ErrorCode::Internal {
+                e.message = message;
+            }
+            e
         }
-        .into(),
         e @ PushError::InvalidTarget { .. } => {
             ApiError::new(ErrorCode::InvalidImageReference, e.to_string())
         }
