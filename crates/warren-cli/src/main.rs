@@ -1,6 +1,7 @@
 //! `warren`: the command-line entry point. Parses arguments, sets up
 //! logging, and calls into the libraries; one file per subcommand.
 
+mod build;
 mod files;
 mod image;
 mod local;
@@ -9,6 +10,7 @@ mod remote;
 mod run;
 mod sandbox;
 mod serve;
+mod snapshot;
 mod stream;
 mod term;
 mod token;

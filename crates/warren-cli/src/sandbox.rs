@@ -108,6 +108,13 @@ pub enum SandboxCommand {
     },
     /// Show a sandbox's network, or change its egress policy while it runs.
     Network(crate::tunnels::NetworkCmdArgs),
+    /// Snapshot a sandbox's filesystem into a new image (prints its id);
+    /// the sandbox is frozen briefly and keeps running.
+    Snapshot(crate::snapshot::SnapshotArgs),
+    /// Snapshot one directory of a sandbox into a single-layer image.
+    SnapshotDir(crate::snapshot::SnapshotDirArgs),
+    /// Mount an image read-only into a running sandbox.
+    Mount(crate::snapshot::MountArgs),
 }
 
 #[derive(Args)]
@@ -146,6 +153,9 @@ pub struct CreateArgs {
     /// Tag, KEY=VALUE (repeatable).
     #[arg(long = "tag", value_name = "KEY=VALUE")]
     tag: Vec<String>,
+    /// Mount an image read-only, PATH=IMAGE (repeatable).
+    #[arg(long = "mount", value_name = "PATH=IMAGE")]
+    mount: Vec<String>,
     #[command(flatten)]
     network: NetworkArgs,
     /// After printing the id, wait until the sandbox is ready (its
@@ -272,6 +282,7 @@ async fn dispatch(c: &Client, cmd: SandboxCommand) -> Result<i32> {
                 tags: parse_pairs("tag", &a.tag)?,
                 user: a.user,
                 use_image_command: a.image_command,
+                mounts: crate::snapshot::parse_mounts(&a.mount)?,
                 ..Default::default()
             };
             a.network.apply(&mut req);
@@ -429,6 +440,9 @@ async fn dispatch(c: &Client, cmd: SandboxCommand) -> Result<i32> {
             tunnels::wait_ready(c, &id, timeout, false).await
         }
         SandboxCommand::Network(a) => tunnels::network(c, a).await,
+        SandboxCommand::Snapshot(a) => crate::snapshot::snapshot(c, a).await,
+        SandboxCommand::SnapshotDir(a) => crate::snapshot::snapshot_dir(c, a).await,
+        SandboxCommand::Mount(a) => crate::snapshot::mount(c, a).await,
     }
 }
 

@@ -21,10 +21,12 @@
 
 #![forbid(unsafe_code)]
 
+pub mod build;
 mod execs;
 mod files;
 mod images;
 mod network;
+mod snapshot;
 pub mod stream;
 
 use std::collections::BTreeMap;

@@ -21,6 +21,7 @@ mod metrics;
 mod openapi;
 mod readiness;
 mod sandboxes;
+mod snapshots;
 mod stream;
 mod supervisor;
 mod tokens;
@@ -240,6 +241,15 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/relay/routes/{id}", get(tunnels::relay_route))
         .route("/v1/relay/raw-routes", get(tunnels::relay_raw_routes))
+        .route(
+            "/v1/sandboxes/{id}/snapshot-filesystem",
+            post(snapshots::snapshot_filesystem),
+        )
+        .route(
+            "/v1/sandboxes/{id}/snapshot-directory",
+            post(snapshots::snapshot_directory),
+        )
+        .route("/v1/sandboxes/{id}/mounts", post(snapshots::mount_image))
         .route("/v1/sandboxes/{id}/exec", post(sandboxes::exec))
         .route("/v1/sandboxes/{id}/logs", get(logs::logs))
         .route("/v1/sandboxes/{id}/exec/stream", get(stream::exec_stream))

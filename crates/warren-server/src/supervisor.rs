@@ -163,7 +163,16 @@ impl Supervisor {
         req: CreateRequest,
     ) -> Result<Option<i64>, ApiError> {
         let id = req.id.clone();
-        let image_id = match self.node.create(req, None, None).await {
+        let mounts = rec
+            .spec
+            .mounts
+            .iter()
+            .map(|m| warren_node::ImageMountRequest {
+                path: m.path.clone(),
+                image: m.image.clone(),
+            })
+            .collect();
+        let image_id = match self.node.create_with_mounts(req, mounts, None, None).await {
             Ok((_, image_id)) => image_id,
             Err(e) => {
                 let t = Termination::new(TerminationReason::Error).with_detail(e.to_string());
@@ -226,8 +235,13 @@ impl Supervisor {
             let mut tick = tokio::time::interval(interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut last_prune = std::time::Instant::now();
+            let mut last_expiry = std::time::Instant::now();
             loop {
                 tick.tick().await;
+                if last_expiry.elapsed() >= Duration::from_secs(1) {
+                    last_expiry = std::time::Instant::now();
+                    crate::snapshots::expire_images(&sup.store, &sup.node).await;
+                }
                 if last_prune.elapsed() > Duration::from_secs(60) {
                     last_prune = std::time::Instant::now();
                     let dir = sup.logs_dir.clone();
@@ -286,6 +300,18 @@ impl Supervisor {
                         };
                         if let Some(image_id) = image_id {
                             self.node.adopt_image(&id, image_id);
+                        }
+                        let mut mounted = Vec::new();
+                        for m in &rec.spec.mounts {
+                            match self.node.image_id(&m.image).await {
+                                Ok(i) => mounted.push(i),
+                                Err(e) => {
+                                    warn!(sandbox_id = %id, image = %m.image, error = %e, "a mounted image is gone")
+                                }
+                            }
+                        }
+                        if !mounted.is_empty() {
+                            self.node.adopt_mounted_images(&id, mounted);
                         }
                         // A crash between the node's create and the record's
                         // `running` left it `creating`: it runs, so say so

@@ -5,7 +5,7 @@ use sqlx::Row;
 
 use crate::error::{is_unique_violation, Result, StoreError};
 use crate::store::Store;
-use crate::types::{ConnectTokenRecord, NetworkSpec, RelayPort, SandboxSpec};
+use crate::types::{ConnectTokenRecord, NetworkSpec, RelayPort};
 
 fn db(operation: &'static str, id: &str) -> impl FnOnce(sqlx::Error) -> StoreError {
     let id = id.to_owned();
@@ -141,37 +141,13 @@ impl Store {
         block_network: bool,
         allowlist: Option<Vec<String>>,
     ) -> Result<Option<NetworkSpec>> {
-        let err = db("update network", sandbox_id);
-        let mut tx = self.begin_write().await.map_err(err)?;
-        let spec: Option<String> =
-            sqlx::query_scalar("SELECT spec FROM sandboxes WHERE id = $1 AND workspace_id = $2")
-                .bind(sandbox_id)
-                .bind(workspace_id)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(db("update network", sandbox_id))?;
-        let Some(spec) = spec else {
-            return Ok(None);
-        };
-        let mut spec: SandboxSpec =
-            serde_json::from_str(&spec).map_err(|e| StoreError::DecodeRow {
-                table: "sandboxes",
-                id: sandbox_id.to_owned(),
-                reason: format!("spec: {e}"),
-            })?;
-        spec.network.block_network = block_network;
-        spec.network.outbound_cidr_allowlist = allowlist;
-        let json = serde_json::to_string(&spec).expect("a spec always serializes");
-        sqlx::query("UPDATE sandboxes SET spec = $1 WHERE id = $2")
-            .bind(json)
-            .bind(sandbox_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(db("update network", sandbox_id))?;
-        tx.commit()
-            .await
-            .map_err(db("update network", sandbox_id))?;
-        Ok(Some(spec.network))
+        let spec = self
+            .modify_spec(sandbox_id, Some(workspace_id), "update network", |spec| {
+                spec.network.block_network = block_network;
+                spec.network.outbound_cidr_allowlist = allowlist;
+            })
+            .await?;
+        Ok(spec.map(|s| s.network))
     }
 
     /// Records a minted connect token's metadata.

@@ -4,7 +4,7 @@
 use crate::error::{Result, StoreError};
 use crate::ids::validate_id;
 use crate::store::Store;
-use crate::types::{MemorySnapshotRecord, SandboxSpec};
+use crate::types::{ImageMountSpec, MemorySnapshotRecord, SandboxSpec};
 
 fn db(operation: &'static str, id: &str) -> impl FnOnce(sqlx::Error) -> StoreError {
     let id = id.to_owned();
@@ -67,6 +67,58 @@ macro_rules! select_snapshots {
 }
 
 impl Store {
+    /// Changes a sandbox's spec JSON in one write transaction; returns the
+    /// new spec, or `None` when no such sandbox (in that workspace).
+    pub(crate) async fn modify_spec(
+        &self,
+        sandbox_id: &str,
+        workspace_id: Option<&str>,
+        operation: &'static str,
+        change: impl FnOnce(&mut SandboxSpec),
+    ) -> Result<Option<SandboxSpec>> {
+        let mut tx = self
+            .begin_write()
+            .await
+            .map_err(db(operation, sandbox_id))?;
+        let spec: Option<String> = sqlx::query_scalar(
+            "SELECT spec FROM sandboxes WHERE id = $1 AND ($2 IS NULL OR workspace_id = $2)",
+        )
+        .bind(sandbox_id)
+        .bind(workspace_id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db(operation, sandbox_id))?;
+        let Some(spec) = spec else {
+            return Ok(None);
+        };
+        let mut spec: SandboxSpec =
+            serde_json::from_str(&spec).map_err(|e| StoreError::DecodeRow {
+                table: "sandboxes",
+                id: sandbox_id.to_owned(),
+                reason: format!("spec: {e}"),
+            })?;
+        change(&mut spec);
+        let json = serde_json::to_string(&spec).expect("a spec always serializes");
+        sqlx::query("UPDATE sandboxes SET spec = $1 WHERE id = $2")
+            .bind(json)
+            .bind(sandbox_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db(operation, sandbox_id))?;
+        tx.commit().await.map_err(db(operation, sandbox_id))?;
+        Ok(Some(spec))
+    }
+
+    /// Records an image mounted into a running sandbox.
+    pub async fn add_mount(&self, sandbox_id: &str, mount: &ImageMountSpec) -> Result<()> {
+        self.modify_spec(sandbox_id, None, "add mount", |spec| {
+            spec.mounts.retain(|m| m.path != mount.path);
+            spec.mounts.push(mount.clone());
+        })
+        .await?;
+        Ok(())
+    }
+
     /// Records a memory snapshot. `created_at` is taken from the record.
     pub async fn insert_memory_snapshot(&self, s: &MemorySnapshotRecord) -> Result<()> {
         validate_id("snapshot id", &s.id)?;
