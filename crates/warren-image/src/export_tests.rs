@@ -426,3 +426,82 @@ fn a_failing_writer_is_an_export_write_error() {
     let report = a.gc(&Default::default()).unwrap();
     assert_eq!(report.tmp_removed, 0);
 }
+
+#[test]
+fn a_filesystem_snapshot_round_trips_with_its_whiteouts() {
+    if !is_root() {
+        eprintln!("SKIP a_filesystem_snapshot_round_trips_with_its_whiteouts: needs root (overlay whiteouts)");
+        return;
+    }
+    use std::os::fd::AsFd;
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = tmp.path().join("layout");
+    docker_style_layout(&layout);
+    let a = store(&tmp, "a");
+    let parent = a.import_archive(&layout, None).unwrap();
+    // An overlay upper dir: a new file, a deleted one, an opaque dir.
+    let upper = tmp.path().join("upper");
+    fs::create_dir_all(upper.join("etc")).unwrap();
+    fs::write(upper.join("etc/new"), b"snapshot").unwrap();
+    nix::sys::stat::mknod(
+        &upper.join("etc/hostname"),
+        nix::sys::stat::SFlag::S_IFCHR,
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+        0,
+    )
+    .unwrap();
+    fs::create_dir(upper.join("opaque")).unwrap();
+    xattr::set(upper.join("opaque"), crate::OVERLAY_OPAQUE_XATTR, b"y").unwrap();
+    let dir = fs::File::open(&upper).unwrap();
+    let snap = a
+        .commit_upper(
+            dir.as_fd(),
+            &parent,
+            crate::IdShift::IDENTITY,
+            &crate::CommitOptions {
+                name: Some("snap:v1".into()),
+                config: None,
+            },
+        )
+        .unwrap();
+
+    let tar = export(&a, "snap:v1");
+    let m = members(&tar);
+    let index = json(&m["index.json"]);
+    let manifest = json(blob(&m, index["manifests"][0]["digest"].as_str().unwrap()));
+    assert_eq!(manifest["annotations"][ANNOTATION_LOCAL_SOURCE], "local");
+    assert_eq!(manifest["layers"].as_array().unwrap().len(), 3);
+    let top = blob(&m, manifest["layers"][2]["digest"].as_str().unwrap());
+    let mut paths = Vec::new();
+    for entry in tar::Archive::new(top).entries().unwrap() {
+        paths.push(entry.unwrap().path().unwrap().display().to_string());
+    }
+    for want in ["etc/.wh.hostname", "opaque/.wh..wh..opq", "etc/new"] {
+        assert!(paths.iter().any(|p| p == want), "{want} not in {paths:?}");
+    }
+
+    let b = store(&tmp, "b");
+    let back = import(&b, &tar, tmp.path(), None);
+    assert_eq!(back.id, snap.image.id, "the snapshot's id in a fresh store");
+    assert_eq!(back.config, parent.config);
+    let top = back.layers.last().unwrap();
+    assert!(fs::symlink_metadata(top.join("etc/hostname"))
+        .unwrap()
+        .file_type()
+        .is_char_device());
+    assert_eq!(fs::read(top.join("etc/new")).unwrap(), b"snapshot");
+
+    // A snapshot of a sandbox on the host image keeps its host binds: it
+    // cannot be exported either.
+    let host = a.host_image().unwrap();
+    let on_host = a
+        .commit_upper(
+            dir.as_fd(),
+            &host,
+            crate::IdShift::IDENTITY,
+            &crate::CommitOptions::default(),
+        )
+        .unwrap();
+    let err = a.export_oci(&on_host.image.id, io::sink()).unwrap_err();
+    assert_eq!(err.code(), "image_not_exportable");
+}
