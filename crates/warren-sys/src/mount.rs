@@ -1,7 +1,7 @@
 //! The new mount API: detached bind trees, idmapped mounts, attaching them.
 
 use std::ffi::CString;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -126,7 +126,6 @@ pub fn bind_with_attrs(
     recursive: bool,
 ) -> Result<()> {
     let tree = open_tree_clone(source, recursive)?;
-    use std::os::fd::AsFd;
     set_tree_attrs(tree.as_fd(), attrs, recursive)?;
     move_mount_to(tree.as_fd(), target)
 }
@@ -191,7 +190,13 @@ pub fn open_mount_point(root: BorrowedFd<'_>, path: &str, owner: (u32, u32)) -> 
     for i in 0..comps.len() {
         let prefix = comps[..=i].join("/");
         match openat2(root, prefix.as_str(), in_root) {
-            Ok(fd) => cur = fd,
+            Ok(fd) => {
+                if is_kernel_fs(fd.as_fd())? {
+                    return Err(Errno::EPERM);
+                }
+                cur = fd
+            }
+            Err(Errno::ENOENT) if is_kernel_fs(cur.as_fd())? => return Err(Errno::EPERM),
             Err(Errno::ENOENT) => {
                 match mkdirat(&cur, comps[i], Mode::from_bits_truncate(0o755)) {
                     Ok(()) => {
@@ -211,10 +216,16 @@ pub fn open_mount_point(root: BorrowedFd<'_>, path: &str, owner: (u32, u32)) -> 
             Err(e) => return Err(e),
         }
     }
-    let fs = nix::sys::statfs::fstatfs(&cur)?;
-    #[allow(clippy::unnecessary_cast)]
-    if FORBIDDEN_FS.contains(&(fs.filesystem_type().0 as i64)) {
+    if is_kernel_fs(cur.as_fd())? {
         return Err(Errno::EPERM);
     }
     Ok(cur)
+}
+
+/// Whether `fd` is on proc, sysfs, devpts or a cgroup filesystem (kernel
+/// interfaces nothing should be mounted on or archived from).
+pub fn is_kernel_fs(fd: BorrowedFd<'_>) -> Result<bool> {
+    let fs = nix::sys::statfs::fstatfs(fd)?;
+    #[allow(clippy::unnecessary_cast)]
+    Ok(FORBIDDEN_FS.contains(&(fs.filesystem_type().0 as i64)))
 }

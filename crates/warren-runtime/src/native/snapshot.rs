@@ -150,6 +150,12 @@ impl NativeRuntime {
                 source: e,
             },
         })?;
+        if warren_sys::mount::is_kernel_fs(dir.as_fd()).unwrap_or(true) {
+            return Err(RuntimeError::InvalidSpec {
+                field: "path",
+                reason: format!("{path:?} is on a kernel filesystem (proc, sys, devpts, cgroup)"),
+            });
+        }
         Ok(f(dir.as_fd(), base))
     }
 
