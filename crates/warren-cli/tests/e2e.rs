@@ -1759,3 +1759,112 @@ fn images_export_import_push() {
     );
     finish(server);
 }
+/// Issue #8 through the binary: `warren image build -f FILE -t NAME DIR`
+/// with the recipe outside the context and a `.warrenignore`; step lines
+/// and the RUN output on stderr, the image id on stdout; a sandbox from
+/// the result sees the files and the environment; a rebuild is all cached;
+/// a failing RUN exits non-zero with the server's code and the exit code.
+#[test]
+fn image_build_through_the_cli() {
+    if !warren_testkit::require_root("image_build_through_the_cli") {
+        return;
+    }
+    let server = Server::start();
+    let work = tempfile::tempdir().expect("tempdir");
+    let ctx = work.path().join("ctx");
+    std::fs::create_dir_all(ctx.join("app")).expect("mkdir");
+    std::fs::write(ctx.join("app/msg.txt"), "from the context\n").expect("write");
+    std::fs::write(ctx.join("app/skip.tmp"), "ignored\n").expect("write");
+    std::fs::write(
+        ctx.join(".warrenignore"),
+        "# scratch files\n*.tmp\napp/*.tmp\n",
+    )
+    .expect("write");
+    let recipe = work.path().join("Recipe");
+    std::fs::write(
+        &recipe,
+        "FROM host\n\
+         COPY app/ /opt/app/\n\
+         RUN cat /opt/app/msg.txt > /opt/app/out.txt && \\\n    echo built-from-cli\n\
+         ENV APP_MODE=cli\n",
+    )
+    .expect("write the recipe");
+    let recipe = recipe.to_str().expect("utf-8 path");
+    let ctx = ctx.to_str().expect("utf-8 path");
+
+    let out = server.cli(&["image", "build", "-f", recipe, "-t", "cli-app:v1", ctx]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let id = stdout(&out).trim().to_string();
+    assert!(id.starts_with("sha256:"), "{}", describe(&out));
+    let err = stderr(&out);
+    for want in [
+        "[1/4] FROM host",
+        "[2/4] COPY app/ /opt/app/",
+        "built-from-cli",
+        "built cli-app:v1",
+    ] {
+        assert!(err.contains(want), "no {want:?} in: {err}");
+    }
+
+    let out = ok(server.cli(&[
+        "run",
+        "--image",
+        "cli-app:v1",
+        "--",
+        "sh",
+        "-c",
+        "cat /opt/app/out.txt; echo \"mode=$APP_MODE\"; ls /opt/app",
+    ]));
+    assert!(out.contains("from the context\nmode=cli\n"), "{out}");
+    assert!(
+        out.contains("msg.txt") && !out.contains("skip.tmp"),
+        "{out}"
+    );
+
+    // Unchanged: every step from the cache, the same image.
+    let out = server.cli(&["image", "build", "-f", recipe, "-t", "cli-app:v2", ctx]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(stdout(&out).trim(), id);
+    assert_eq!(
+        stderr(&out).matches("(cached)").count(),
+        4,
+        "{}",
+        describe(&out)
+    );
+
+    // A failing RUN: non-zero exit, one error line with the code.
+    let bad = work.path().join("Bad");
+    std::fs::write(&bad, "FROM host\nRUN echo going-down; exit 3\n").expect("write");
+    let out = server.cli(&[
+        "image",
+        "build",
+        "-f",
+        bad.to_str().expect("utf-8"),
+        "-t",
+        "bad:v1",
+        ctx,
+    ]);
+    assert!(!out.status.success(), "{}", describe(&out));
+    let err = stderr(&out);
+    assert!(err.contains("going-down"), "{err}");
+    assert!(err.contains("exit code 3"), "{err}");
+    assert!(err.contains("(build_step_failed)"), "{err}");
+    // A recipe error names its line.
+    std::fs::write(&bad, "FROM host\nADD x /y\n").expect("write");
+    let out = server.cli(&[
+        "image",
+        "build",
+        "-f",
+        bad.to_str().expect("utf-8"),
+        "-t",
+        "bad:v1",
+        ctx,
+    ]);
+    assert!(!out.status.success(), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains("line 2") && stderr(&out).contains("(invalid_recipe)"),
+        "{}",
+        describe(&out)
+    );
+    finish(server);
+}
