@@ -138,7 +138,10 @@ async fn exec_out(e: &Env, id: &str, cmd: &str) -> Result<String> {
             Some(json!({"command": ["sh", "-c", cmd]})),
         )
         .await?;
-    ensure!(s == StatusCode::OK && v["exit_code"] == 0, "exec {cmd}: {s} {v}");
+    ensure!(
+        s == StatusCode::OK && v["exit_code"] == 0,
+        "exec {cmd}: {s} {v}"
+    );
     Ok(v["stdout"].as_str().unwrap_or_default().to_string())
 }
 
@@ -146,17 +149,32 @@ async fn build_run_and_cache() -> Result<()> {
     let e = env().await?;
     let r = async {
         busybox_image(&e)?;
-        let ctx = |greeting: &[u8]| context(&[("Dockerfile", RECIPE.as_bytes()), ("greeting.txt", greeting)]);
+        let ctx = |greeting: &[u8]| {
+            context(&[
+                ("Dockerfile", RECIPE.as_bytes()),
+                ("greeting.txt", greeting),
+            ])
+        };
 
         let t = Instant::now();
         let (s, ev) = build(&e, "tag=app:v1", ctx(b"hi\n")?).await?;
         let first = t.elapsed();
         ensure!(s == StatusCode::OK, "{s} {ev:?}");
         let done = ev.last().context("events")?;
-        ensure!(done["event"] == "done" && done["name"] == "app:v1", "{done}");
+        ensure!(
+            done["event"] == "done" && done["name"] == "app:v1",
+            "{done}"
+        );
         ensure!(done["steps"] == 6, "{done}");
-        ensure!(cached_flags(&ev) == [true, false, false, false, false, false], "{ev:?}");
-        ensure!(ev[0]["total"] == 6 && ev[0]["text"] == "FROM bb:1", "{}", ev[0]);
+        ensure!(
+            cached_flags(&ev) == [true, false, false, false, false, false],
+            "{ev:?}"
+        );
+        ensure!(
+            ev[0]["total"] == 6 && ev[0]["text"] == "FROM bb:1",
+            "{}",
+            ev[0]
+        );
         let out = logs(&ev, "stdout");
         ensure!(out.contains("run: hello as 0 in /app"), "stdout {out:?}");
         ensure!(logs(&ev, "stderr").contains("to-stderr"), "{ev:?}");
@@ -164,7 +182,10 @@ async fn build_run_and_cache() -> Result<()> {
 
         // The image: config from ENV, WORKDIR, CMD; files from COPY + RUN.
         let (s, info) = e.admin("GET", "/v1/images/app:v1", None).await?;
-        ensure!(s == StatusCode::OK && info["id"] == image_id.as_str(), "{s} {info}");
+        ensure!(
+            s == StatusCode::OK && info["id"] == image_id.as_str(),
+            "{s} {info}"
+        );
         let env_list: Vec<&str> = info["config"]["env"]
             .as_array()
             .context("env")?
@@ -176,7 +197,10 @@ async fn build_run_and_cache() -> Result<()> {
             "{info}"
         );
         ensure!(info["config"]["workdir"] == "/app", "{info}");
-        ensure!(info["config"]["cmd"] == json!(["cat", "doubled.txt"]), "{info}");
+        ensure!(
+            info["config"]["cmd"] == json!(["cat", "doubled.txt"]),
+            "{info}"
+        );
         let id = e.create(json!({"image": "app:v1"})).await?;
         let out = exec_out(&e, &id, "cat doubled.txt; echo \"$GREETING|$MODE|$(pwd)\"").await?;
         ensure!(out == "hi\nhi\nhello|two words|/app\n", "{out:?}");
@@ -186,7 +210,9 @@ async fn build_run_and_cache() -> Result<()> {
             .await?;
         let v = e.wait_end(&runner).await?;
         ensure!(v["termination"]["exit_code"] == 0, "{v}");
-        let (_, log) = e.admin("GET", &format!("/v1/sandboxes/{runner}/logs"), None).await?;
+        let (_, log) = e
+            .admin("GET", &format!("/v1/sandboxes/{runner}/logs"), None)
+            .await?;
         ensure!(log.as_str() == Some("hi\nhi\n"), "{log}");
 
         // Rebuild: every step from the cache, in a tenth of the time (the
@@ -202,8 +228,14 @@ async fn build_run_and_cache() -> Result<()> {
         }
         ensure!(cached_flags(&ev).iter().all(|c| *c), "{ev:?}");
         let done = ev.last().context("events")?;
-        ensure!(done["image_id"] == image_id.as_str() && done["cached_steps"] == 6, "{done}");
-        ensure!(logs(&ev, "stdout").is_empty(), "a cached RUN does not run: {ev:?}");
+        ensure!(
+            done["image_id"] == image_id.as_str() && done["cached_steps"] == 6,
+            "{done}"
+        );
+        ensure!(
+            logs(&ev, "stdout").is_empty(),
+            "a cached RUN does not run: {ev:?}"
+        );
         eprintln!("first build {first:?}, cached rebuild {second:?}");
         ensure!(
             second * 10 < first,
@@ -213,7 +245,10 @@ async fn build_run_and_cache() -> Result<()> {
         // A changed COPY source: the steps before it stay cached.
         let (s, ev) = build(&e, "tag=app:v3", ctx(b"changed\n")?).await?;
         ensure!(s == StatusCode::OK, "{s} {ev:?}");
-        ensure!(cached_flags(&ev) == [true, true, false, false, false, false], "{ev:?}");
+        ensure!(
+            cached_flags(&ev) == [true, true, false, false, false, false],
+            "{ev:?}"
+        );
         let id3 = e.create(json!({"image": "app:v3"})).await?;
         ensure!(exec_out(&e, &id3, "cat doubled.txt").await? == "changed\nchanged\n");
         // The old image is unchanged.
@@ -229,7 +264,10 @@ async fn build_run_and_cache() -> Result<()> {
         let (s, v) = e.admin("POST", "/v1/images/gc", None).await?;
         ensure!(s == StatusCode::OK, "{s} {v}");
         let (s, ev) = build(&e, "tag=app:v5", ctx(b"hi\n")?).await?;
-        ensure!(s == StatusCode::OK && ev.last().context("x")?["event"] == "done", "{ev:?}");
+        ensure!(
+            s == StatusCode::OK && ev.last().context("x")?["event"] == "done",
+            "{ev:?}"
+        );
         // The ENV step's image was unnamed: collected, so its entry missed
         // (and the step ran again, deterministically to the same id).
         let flags = cached_flags(&ev);
@@ -249,7 +287,12 @@ async fn failing_run_leaves_nothing() -> Result<()> {
     let r = async {
         busybox_image(&e)?;
         let recipe = "FROM bb:1\nENV A=1\nRUN echo before-fail; exit 7\nRUN echo never\n";
-        let (s, ev) = build(&e, "tag=broken:1", context(&[("Dockerfile", recipe.as_bytes())])?).await?;
+        let (s, ev) = build(
+            &e,
+            "tag=broken:1",
+            context(&[("Dockerfile", recipe.as_bytes())])?,
+        )
+        .await?;
         ensure!(s == StatusCode::OK, "{s} {ev:?}");
         let last = ev.last().context("events")?;
         ensure!(
@@ -267,19 +310,37 @@ async fn failing_run_leaves_nothing() -> Result<()> {
 
         // A user from USER that the image lacks: the step fails cleanly.
         let recipe = "FROM bb:1\nUSER ghost\nRUN true\n";
-        let (_, ev) = build(&e, "tag=ghost:1", context(&[("Dockerfile", recipe.as_bytes())])?).await?;
+        let (_, ev) = build(
+            &e,
+            "tag=ghost:1",
+            context(&[("Dockerfile", recipe.as_bytes())])?,
+        )
+        .await?;
         let last = ev.last().context("events")?;
-        ensure!(last["code"] == "invalid_user" && last["step"] == 3, "{last}");
+        ensure!(
+            last["code"] == "invalid_user" && last["step"] == 3,
+            "{last}"
+        );
         ensure!(build_sandboxes(&e).is_empty(), "{:?}", build_sandboxes(&e));
 
         // USER applies to RUN.
         let recipe = "FROM bb:1\nUSER nobody\nRUN id -u\n";
-        let (_, ev) = build(&e, "tag=nobody:1", context(&[("Dockerfile", recipe.as_bytes())])?).await?;
+        let (_, ev) = build(
+            &e,
+            "tag=nobody:1",
+            context(&[("Dockerfile", recipe.as_bytes())])?,
+        )
+        .await?;
         ensure!(logs(&ev, "stdout") == "65534\n", "{ev:?}");
 
         // A missing COPY source fails its step, before any sandbox.
         let recipe = "FROM bb:1\nCOPY nope.txt /x\n";
-        let (_, ev) = build(&e, "tag=nocopy:1", context(&[("Dockerfile", recipe.as_bytes())])?).await?;
+        let (_, ev) = build(
+            &e,
+            "tag=nocopy:1",
+            context(&[("Dockerfile", recipe.as_bytes())])?,
+        )
+        .await?;
         let last = ev.last().context("events")?;
         ensure!(
             last["code"] == "invalid_copy_source" && last["line"] == 2,
@@ -302,22 +363,50 @@ async fn refusals() -> Result<()> {
         busybox_image(&e)?;
         // A bad recipe: invalid_recipe, naming the line.
         let recipe = "FROM bb:1\nRUN true\nADD x /y\n";
-        let (s, v) = build(&e, "tag=x:1", context(&[("Dockerfile", recipe.as_bytes())])?).await?;
-        ensure!(s == StatusCode::BAD_REQUEST && code(&v[0]) == "invalid_recipe", "{s} {v:?}");
+        let (s, v) = build(
+            &e,
+            "tag=x:1",
+            context(&[("Dockerfile", recipe.as_bytes())])?,
+        )
+        .await?;
+        ensure!(
+            s == StatusCode::BAD_REQUEST && code(&v[0]) == "invalid_recipe",
+            "{s} {v:?}"
+        );
         let msg = v[0]["error"]["message"].as_str().unwrap_or_default();
         ensure!(msg.contains("line 3") && msg.contains("ADD"), "{msg}");
         // The recipe at another path.
-        let (s, v) = build(&e, "tag=x:1&recipe=build/Recipe", context(&[("build/Recipe", b"FROM bb:1\nRUN true\n")])?).await?;
-        ensure!(s == StatusCode::OK && v.last().context("x")?["event"] == "done", "{s} {v:?}");
+        let (s, v) = build(
+            &e,
+            "tag=x:1&recipe=build/Recipe",
+            context(&[("build/Recipe", b"FROM bb:1\nRUN true\n")])?,
+        )
+        .await?;
+        ensure!(
+            s == StatusCode::OK && v.last().context("x")?["event"] == "done",
+            "{s} {v:?}"
+        );
         // No recipe, not a tar.
         let (s, v) = build(&e, "tag=x:1", context(&[("other", b"x")])?).await?;
-        ensure!(s == StatusCode::BAD_REQUEST && code(&v[0]) == "invalid_context", "{s} {v:?}");
+        ensure!(
+            s == StatusCode::BAD_REQUEST && code(&v[0]) == "invalid_context",
+            "{s} {v:?}"
+        );
         let (s, v) = build(&e, "tag=x:1", vec![b'z'; 2000]).await?;
-        ensure!(s == StatusCode::BAD_REQUEST && code(&v[0]) == "invalid_context", "{s} {v:?}");
+        ensure!(
+            s == StatusCode::BAD_REQUEST && code(&v[0]) == "invalid_context",
+            "{s} {v:?}"
+        );
         // Too large: by the declared length and by what arrives.
-        let big = context(&[("Dockerfile", b"FROM bb:1\n"), ("blob", &vec![1u8; 100_000])])?;
+        let big = context(&[
+            ("Dockerfile", b"FROM bb:1\n"),
+            ("blob", &vec![1u8; 100_000]),
+        ])?;
         let (s, v) = build(&e, "tag=x:1", big.clone()).await?;
-        ensure!(s == StatusCode::PAYLOAD_TOO_LARGE && code(&v[0]) == "context_too_large", "{s} {v:?}");
+        ensure!(
+            s == StatusCode::PAYLOAD_TOO_LARGE && code(&v[0]) == "context_too_large",
+            "{s} {v:?}"
+        );
         let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
             big.chunks(8192).map(|c| Ok(c.to_vec())).collect();
         let req = Request::builder()
@@ -326,29 +415,63 @@ async fn refusals() -> Result<()> {
             .header("authorization", format!("Bearer {}", e.token))
             .body(Body::from_stream(futures_util::stream::iter(chunks)))?;
         let resp = warren_server::router(e.state.clone()).oneshot(req).await?;
-        ensure!(resp.status() == StatusCode::PAYLOAD_TOO_LARGE, "{}", resp.status());
+        ensure!(
+            resp.status() == StatusCode::PAYLOAD_TOO_LARGE,
+            "{}",
+            resp.status()
+        );
         // Bad tag, bad options, non-admin.
         let ok_ctx = context(&[("Dockerfile", b"FROM bb:1\n")])?;
         let (s, v) = build(&e, "tag=Bad%20Tag", ok_ctx.clone()).await?;
-        ensure!(s == StatusCode::BAD_REQUEST && code(&v[0]) == "invalid_image_reference", "{s} {v:?}");
+        ensure!(
+            s == StatusCode::BAD_REQUEST && code(&v[0]) == "invalid_image_reference",
+            "{s} {v:?}"
+        );
         let (s, v) = build(&e, "tag=x:1&step_timeout_secs=0", ok_ctx.clone()).await?;
-        ensure!(s == StatusCode::BAD_REQUEST && code(&v[0]) == "invalid_argument", "{s} {v:?}");
+        ensure!(
+            s == StatusCode::BAD_REQUEST && code(&v[0]) == "invalid_argument",
+            "{s} {v:?}"
+        );
         let (s, v) = build(&e, "tag=x:1&bogus=1", ok_ctx.clone()).await?;
-        ensure!(s == StatusCode::BAD_REQUEST && code(&v[0]) == "invalid_argument", "{s} {v:?}");
-        let (s, v) = e.admin("POST", "/v1/tokens", Some(json!({"name": "plain"}))).await?;
+        ensure!(
+            s == StatusCode::BAD_REQUEST && code(&v[0]) == "invalid_argument",
+            "{s} {v:?}"
+        );
+        let (s, v) = e
+            .admin("POST", "/v1/tokens", Some(json!({"name": "plain"})))
+            .await?;
         ensure!(s == StatusCode::CREATED, "{s} {v}");
         let plain = v["token"].as_str().context("token")?.to_string();
         let req = build_request(&e, "tag=x:1", ok_ctx.clone(), &plain)?;
         let resp = warren_server::router(e.state.clone()).oneshot(req).await?;
         ensure!(resp.status() == StatusCode::FORBIDDEN, "{}", resp.status());
         // A FROM image that does not exist (the registry is offline).
-        let (s, v) = build(&e, "tag=x:1", context(&[("Dockerfile", b"FROM sha256:0000000000000000000000000000000000000000000000000000000000000000\n")])?).await?;
+        let (s, v) = build(
+            &e,
+            "tag=x:1",
+            context(&[(
+                "Dockerfile",
+                b"FROM sha256:0000000000000000000000000000000000000000000000000000000000000000\n",
+            )])?,
+        )
+        .await?;
         let last = v.last().context("x")?;
-        ensure!(s == StatusCode::OK && last["code"] == "image_not_found" && last["step"] == 1, "{v:?}");
+        ensure!(
+            s == StatusCode::OK && last["code"] == "image_not_found" && last["step"] == 1,
+            "{v:?}"
+        );
         // A step timeout is reported as such.
-        let (s, v) = build(&e, "tag=slow:1&step_timeout_secs=1", context(&[("Dockerfile", b"FROM bb:1\nRUN sleep 30\n")])?).await?;
+        let (s, v) = build(
+            &e,
+            "tag=slow:1&step_timeout_secs=1",
+            context(&[("Dockerfile", b"FROM bb:1\nRUN sleep 30\n")])?,
+        )
+        .await?;
         let last = v.last().context("x")?;
-        ensure!(s == StatusCode::OK && last["code"] == "build_step_timeout", "{v:?}");
+        ensure!(
+            s == StatusCode::OK && last["code"] == "build_step_timeout",
+            "{v:?}"
+        );
         ensure!(build_sandboxes(&e).is_empty(), "{:?}", build_sandboxes(&e));
         Ok(())
     }
@@ -362,14 +485,23 @@ async fn disconnect_cancels() -> Result<()> {
     let r = async {
         busybox_image(&e)?;
         let recipe = "FROM bb:1\nRUN echo started; sleep 60\n";
-        let req = build_request(&e, "tag=cancel:1", context(&[("Dockerfile", recipe.as_bytes())])?, &e.token)?;
+        let req = build_request(
+            &e,
+            "tag=cancel:1",
+            context(&[("Dockerfile", recipe.as_bytes())])?,
+            &e.token,
+        )?;
         let resp = warren_server::router(e.state.clone()).oneshot(req).await?;
         ensure!(resp.status() == StatusCode::OK);
         let mut body = resp.into_body().into_data_stream();
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut seen = Vec::new();
         loop {
-            ensure!(Instant::now() < deadline, "no output: {:?}", String::from_utf8_lossy(&seen));
+            ensure!(
+                Instant::now() < deadline,
+                "no output: {:?}",
+                String::from_utf8_lossy(&seen)
+            );
             match tokio::time::timeout(Duration::from_secs(30), body.next()).await {
                 Ok(Some(Ok(chunk))) => seen.extend_from_slice(&chunk),
                 other => bail!("stream ended: {other:?}"),
@@ -390,7 +522,11 @@ async fn disconnect_cancels() -> Result<()> {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        ensure!(gone, "the step sandbox outlived the client: {:?}", build_sandboxes(&e));
+        ensure!(
+            gone,
+            "the step sandbox outlived the client: {:?}",
+            build_sandboxes(&e)
+        );
         let (s, _) = e.admin("GET", "/v1/images/cancel:1", None).await?;
         ensure!(s == StatusCode::NOT_FOUND, "{s}");
         Ok(())
