@@ -787,6 +787,101 @@ async fn copy_into(
 mod tests {
     use super::*;
 
+    fn image(config: ImageConfig) -> Image {
+        Image {
+            id: "sha256:parent".into(),
+            names: vec![],
+            layers: vec![],
+            binds: vec![],
+            config,
+        }
+    }
+
+    fn empty_context() -> Arc<BuildContext> {
+        let mut f = tempfile::tempfile().unwrap();
+        let bytes = tar::Builder::new(Vec::new()).into_inner().unwrap();
+        std::io::Write::write_all(&mut f, &bytes).unwrap();
+        Arc::new(BuildContext::open(f).unwrap())
+    }
+
+    /// Plans every step of `recipe` from `config`, each on the previous
+    /// step's config: (canonical steps, final config).
+    async fn plan_all(recipe: &str, config: ImageConfig) -> (Vec<String>, ImageConfig) {
+        let r = crate::parse(recipe.as_bytes()).unwrap();
+        let ctx = empty_context();
+        let mut current = image(config);
+        let mut canon = Vec::new();
+        let mut cmd_set_here = false;
+        for step in &r.steps {
+            let p = plan(step, &current, &ctx, &mut cmd_set_here).await.unwrap();
+            canon.push(p.canonical);
+            if let Action::Config(c) = p.action {
+                current = image(c);
+            }
+        }
+        (canon, current.config)
+    }
+
+    #[tokio::test]
+    async fn config_steps_expand_against_the_accumulated_env() {
+        let base = ImageConfig {
+            env: vec!["PATH=/bin".into(), "HOME=/root".into()],
+            cmd: Some(vec!["sh".into()]),
+            ..Default::default()
+        };
+        let (canon, cfg) = plan_all(
+            "FROM x\nENV PATH=/opt/bin:$PATH A=${HOME}/a\nENV B=$A/b PATH=$PATH:/z\nWORKDIR $HOME\nWORKDIR sub/../app\nUSER ${U:-nobody}\nENTRYPOINT [\"/bin/app\"]\nRUN echo $A\n",
+            base,
+        )
+        .await;
+        assert_eq!(
+            cfg.env,
+            vec![
+                "HOME=/root",
+                "A=/root/a",
+                "B=/root/a/b",
+                "PATH=/opt/bin:/bin:/z"
+            ]
+        );
+        assert_eq!(cfg.workdir.as_deref(), Some("/root/app"));
+        assert_eq!(cfg.user.as_deref(), Some("nobody"));
+        assert_eq!(cfg.entrypoint, Some(vec!["/bin/app".to_string()]));
+        // The base's CMD goes with a new ENTRYPOINT (no CMD of our own).
+        assert_eq!(cfg.cmd, None);
+        assert_eq!(canon[2], "WORKDIR \"/root\"");
+        // RUN is left to the shell.
+        assert_eq!(canon[6], r#"RUN ["/bin/sh","-c","echo $A"]"#);
+
+        // A CMD of the recipe stays when an ENTRYPOINT follows.
+        let (_, cfg) = plan_all(
+            "FROM x\nCMD run\nENTRYPOINT [\"e\"]\n",
+            ImageConfig::default(),
+        )
+        .await;
+        assert_eq!(
+            cfg.cmd,
+            Some(vec!["/bin/sh".to_string(), "-c".into(), "run".into()])
+        );
+    }
+
+    #[tokio::test]
+    async fn copy_keys_follow_the_destination_and_missing_sources_fail() {
+        let (canon, _) =
+            plan_all("FROM x\nWORKDIR /w\nCOPY . rel/\n", ImageConfig::default()).await;
+        assert_eq!(canon[1], r#"COPY [["."],"/w/rel/"]"#);
+        let r = crate::parse(b"FROM x\nCOPY nope /x\n").unwrap();
+        let err = plan(
+            &r.steps[0],
+            &image(ImageConfig::default()),
+            &empty_context(),
+            &mut false,
+        )
+        .await
+        .err()
+        .unwrap();
+        assert_eq!(err.code(), "invalid_copy_source");
+    }
+
     #[test]
     fn utf8_is_not_split() {
         let mut u = Utf8Chunks::default();
