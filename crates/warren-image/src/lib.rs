@@ -9,7 +9,10 @@
 //! [`ImageStore::unpack_layer`] and [`ImageStore::commit_oci`]), or the
 //! host itself (the built-in `host` image, [`ImageStore::host_image`]).
 //! Management: [`ImageStore::inspect`], [`ImageStore::remove_unless_in_use`]
-//! and [`ImageStore::gc`]. See `docs/images.md` for the user's view.
+//! and [`ImageStore::gc`]. Images leave the store as OCI parts
+//! ([`ImageStore::oci_image`], for registry pushes) or an OCI layout tar
+//! ([`ImageStore::export_oci`]); see the `export` module for where the
+//! parts come from. See `docs/images.md` for the user's view.
 //!
 //! # On-disk layout
 //!

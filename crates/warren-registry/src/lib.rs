@@ -5,7 +5,9 @@
 //! Dependencies point one way: this crate uses `warren-image` (its OCI
 //! types, verified blob downloads, layer unpacking and image commit);
 //! `warren-image` knows nothing about HTTP. The node and the server use
-//! [`Puller`]; the CLI shows [`PullEvent`]s.
+//! [`Puller`] and [`Pusher`] (a push reads the store only through
+//! `ImageStore::oci_image`); the CLI shows [`PullEvent`]s and
+//! [`PushEvent`]s.
 //!
 //! # Invariants
 //!
