@@ -8,6 +8,7 @@
 //! - `density`: many idle sandboxes; host memory per sandbox and the first
 //!   kernel or runtime limit that would stop a larger count.
 //! - `pull`: MB/s of an image pull from a loopback registry vs `skopeo copy`.
+//! - `push`: MB/s of an image push to a loopback registry vs `skopeo copy`.
 //! - `api-create`, `api-exec`, `api-throughput`: the same through the HTTP
 //!   API of a real `warren serve` child process, next to the in-process
 //!   runtime, so the API's overhead can be stated.
@@ -30,6 +31,7 @@ mod exec;
 mod hostns;
 mod peers;
 mod pull;
+mod push;
 mod relay;
 mod relay_child;
 mod rootfs;
@@ -84,6 +86,8 @@ enum Command {
     ApiFairness(api::fairness::ApiFairnessArgs),
     /// MB/s of pulling a ~100 MB image from a loopback registry vs skopeo.
     Pull(pull::PullArgs),
+    /// MB/s of pushing a ~100 MB image to a loopback registry vs skopeo.
+    Push(push::PushArgs),
     /// The file API: 4 KiB write/read latency, 1 GiB throughput vs `cat`.
     ApiFiles(api::files::ApiFilesArgs),
     /// The relay: TCP throughput, HTTP latency and idle memory vs direct, socat, nginx.
@@ -170,6 +174,7 @@ fn run(cli: Cli) -> Result<()> {
         | Command::ApiThroughput(_)
         | Command::ApiFairness(_)
         | Command::Pull(_)
+        | Command::Push(_)
         | Command::ApiFiles(_)
         | Command::Relay(_)
         | Command::Snapshot(_)
@@ -193,6 +198,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::ApiFairness(args) => api::fairness::run(&args, data.path(), &shutdown),
         Command::ApiFiles(args) => api::files::run(&args, data.path(), &shutdown),
         Command::Pull(args) => pull::run(&args, data.path(), &shutdown),
+        Command::Push(args) => push::run(&args, data.path(), &shutdown),
         Command::Relay(args) => relay::run(&args, data.path(), &shutdown),
         Command::Snapshot(args) => snapshot::run(&args, data.path(), &shutdown),
         Command::RelayChild(_) => unreachable!("handled above"),
