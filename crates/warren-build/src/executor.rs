@@ -170,12 +170,10 @@ pub async fn build(
     // FROM: the base image, pulled when missing.
     let started = Instant::now();
     let from_err = at(1, recipe.from_line);
-    let store = node.images().clone();
-    let from = recipe.from.clone();
-    let present = tokio::task::spawn_blocking(move || store.resolve(&from).ok())
-        .await
-        .map_err(|e| from_err(e.into()))?;
-    let from_cached = present.is_some();
+    // Through the node's short-lived resolution cache: resolving `host`
+    // regenerates its skeleton from the host, which a rebuild need not
+    // pay twice.
+    let from_cached = node.image_id(&recipe.from).await.is_ok();
     emit(
         events,
         BuildEvent::Step {
@@ -187,13 +185,10 @@ pub async fn build(
     )
     .await
     .map_err(from_err)?;
-    let mut current = match present {
-        Some(img) => img,
-        None => node
-            .ensure_image(&recipe.from)
-            .await
-            .map_err(|e| from_err(e.into()))?,
-    };
+    let mut current = node
+        .ensure_image(&recipe.from)
+        .await
+        .map_err(|e| from_err(e.into()))?;
     let mut cached_steps = u32::from(from_cached);
     emit(
         events,
