@@ -24,6 +24,7 @@
 //! stdout, for scripts. Progress and notes go to stderr.
 
 mod api;
+mod checkpoint;
 mod create;
 mod datadir;
 mod density;
@@ -94,6 +95,9 @@ enum Command {
     Relay(relay::RelayArgs),
     /// Filesystem snapshot time: 10 files and 1,000 files / 100 MB changed.
     Snapshot(snapshot::SnapshotArgs),
+    /// Memory snapshots: checkpoint and restore of an idle Python HTTP
+    /// server, against runc and runsc.
+    Checkpoint(checkpoint::CheckpointArgs),
     /// (internal) a relay or node link process for `relay`.
     #[command(hide = true)]
     RelayChild(relay_child::ChildArgs),
@@ -177,6 +181,7 @@ fn run(cli: Cli) -> Result<()> {
         | Command::Push(_)
         | Command::ApiFiles(_)
         | Command::Relay(_)
+        | Command::Checkpoint(_)
         | Command::Snapshot(_)
         | Command::RelayChild(_) => false,
     };
@@ -200,6 +205,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Pull(args) => pull::run(&args, data.path(), &shutdown),
         Command::Push(args) => push::run(&args, data.path(), &shutdown),
         Command::Relay(args) => relay::run(&args, data.path(), &shutdown),
+        Command::Checkpoint(args) => checkpoint::run(&args, data.path(), &shutdown),
         Command::Snapshot(args) => snapshot::run(&args, data.path(), &shutdown),
         Command::RelayChild(_) => unreachable!("handled above"),
     }

@@ -78,6 +78,11 @@ impl Warren {
         })
     }
 
+    /// The runtime itself (for benches of its non-trait API).
+    pub fn runtime(&self) -> &NativeRuntime {
+        &self.rt
+    }
+
     /// Networked sandboxes from now on (see `create --network`).
     pub fn set_network(&mut self, on: bool) {
         self.network = on;
