@@ -361,6 +361,14 @@ async fn refusals() -> Result<()> {
     .await?;
     let r = async {
         busybox_image(&e)?;
+        // The endpoint and its events are in the OpenAPI document.
+        let (s, doc) = e.call("GET", "/v1/openapi.json", None, None).await?;
+        ensure!(
+            s == StatusCode::OK
+                && doc["paths"]["/v1/images/build"]["post"].is_object()
+                && doc["components"]["schemas"]["BuildEvent"].is_object(),
+            "{s}"
+        );
         // A bad recipe: invalid_recipe, naming the line.
         let recipe = "FROM bb:1\nRUN true\nADD x /y\n";
         let (s, v) = build(
