@@ -194,6 +194,20 @@ impl ImageStore {
         ids: IdShift,
         options: &CommitOptions,
     ) -> Result<CommitOutcome, ImageError> {
+        self.commit_upper_then(upper, parent, ids, options, || {})
+    }
+
+    /// [`ImageStore::commit_upper`], calling `after_walk` as soon as the
+    /// source has been read completely (before the sync and the renames):
+    /// the caller can let the sandbox run again from there.
+    pub fn commit_upper_then(
+        &self,
+        upper: BorrowedFd<'_>,
+        parent: &Image,
+        ids: IdShift,
+        options: &CommitOptions,
+        after_walk: impl FnOnce(),
+    ) -> Result<CommitOutcome, ImageError> {
         let name = options
             .name
             .as_deref()
@@ -207,7 +221,8 @@ impl ImageStore {
         })?;
         let _lock = self.lock(FlockArg::LockShared)?;
         let parent_record = self.read_record(parent_hex)?;
-        let (diff_hex, reused, stats, mut phases) = self.commit_tree(upper, ids, Source::Upper)?;
+        let (diff_hex, reused, stats, mut phases) =
+            self.commit_tree(upper, ids, Source::Upper, after_walk)?;
         let started = Instant::now();
         let mut layers = parent_record.layers.clone();
         layers.push(format!("{SHA256_PREFIX}{diff_hex}"));
@@ -241,6 +256,18 @@ impl ImageStore {
         ids: IdShift,
         options: &CommitOptions,
     ) -> Result<CommitOutcome, ImageError> {
+        self.commit_directory_then(dir, ids, options, || {})
+    }
+
+    /// [`ImageStore::commit_directory`], calling `after_walk` once the
+    /// source has been read completely.
+    pub fn commit_directory_then(
+        &self,
+        dir: BorrowedFd<'_>,
+        ids: IdShift,
+        options: &CommitOptions,
+        after_walk: impl FnOnce(),
+    ) -> Result<CommitOutcome, ImageError> {
         let name = options
             .name
             .as_deref()
@@ -248,7 +275,7 @@ impl ImageStore {
             .transpose()?;
         let _lock = self.lock(FlockArg::LockShared)?;
         let (diff_hex, reused, stats, mut phases) =
-            self.commit_tree(dir, ids, Source::Directory)?;
+            self.commit_tree(dir, ids, Source::Directory, after_walk)?;
         let started = Instant::now();
         let record = ImageRecord {
             schema_version: IMAGE_RECORD_VERSION,
@@ -307,6 +334,7 @@ impl ImageStore {
         src: BorrowedFd<'_>,
         ids: IdShift,
         source: Source,
+        after_walk: impl FnOnce(),
     ) -> Result<(String, bool, CommitStats, Vec<(String, u64)>), ImageError> {
         let mut phases = Vec::new();
         let started = Instant::now();
@@ -333,6 +361,7 @@ impl ImageStore {
             dst_root: None,
         };
         walker.walk(src, dest)?;
+        after_walk();
         let (blob, diff_hex, tar_size) =
             walker.out.finish().map_err(|e| write_err(&blob_path, e))?;
         let mut stats = walker.stats;

@@ -37,10 +37,12 @@ pub struct SnapshotOutcome {
     pub stats: CommitStats,
     /// Wall-clock phases in microseconds, in order: `freeze` (from the
     /// call until the sandbox is frozen: image lookup, opening the layer,
-    /// the freeze), `walk`, `sync`, `publish`, `record` (`sync` is missing
-    /// when the layer was reused), `thaw`.
+    /// the freeze), `walk` (the only phase run frozen), `thaw`, then, with
+    /// the sandbox running again, `sync`, `publish`, `record` (`sync` is
+    /// missing when the layer was reused).
     pub phases: Vec<(String, u64)>,
-    /// How long the sandbox was frozen, in microseconds.
+    /// How long the sandbox was frozen (from frozen until thawed, which is
+    /// right after its layer was read), in microseconds.
     pub frozen_micros: u64,
     /// Whole call on the node, in microseconds.
     pub total_micros: u64,
@@ -100,17 +102,29 @@ impl Node {
             let options = CommitOptions { name, config: None };
             let frozen_at = std::cell::Cell::new(None);
             let done_at = std::cell::Cell::new(None);
-            let out = node.rt.with_frozen_upper(&id, |upper, base| {
+            let thawed_at = std::cell::Cell::new(None);
+            let out = node.rt.with_frozen_upper(&id, |upper, base, thaw| {
                 frozen_at.set(Some(Instant::now()));
                 let ids = IdShift {
                     base,
                     count: warren_runtime::native::IDS_PER_SANDBOX,
                 };
-                let out = node.images.commit_upper(upper, &parent, ids, &options);
-                done_at.set(Some(Instant::now()));
-                out
+                // The sandbox runs again as soon as its layer is read.
+                node.images
+                    .commit_upper_then(upper, &parent, ids, &options, || {
+                        done_at.set(Some(Instant::now()));
+                        thaw.thaw();
+                        thawed_at.set(Some(Instant::now()));
+                    })
             })?;
-            finish(&node, out, started, frozen_at.get(), done_at.get())
+            finish(
+                &node,
+                out,
+                started,
+                frozen_at.get(),
+                done_at.get(),
+                thawed_at.get(),
+            )
         })
         .await?
     }
@@ -134,20 +148,30 @@ impl Node {
             let options = CommitOptions { name, config: None };
             let frozen_at = std::cell::Cell::new(None);
             let done_at = std::cell::Cell::new(None);
+            let thawed_at = std::cell::Cell::new(None);
             let out = node
                 .rt
-                .with_frozen_dir(&id, &path, |dir, base| {
+                .with_frozen_dir(&id, &path, |dir, base, thaw| {
                     frozen_at.set(Some(Instant::now()));
                     let ids = IdShift {
                         base,
                         count: warren_runtime::native::IDS_PER_SANDBOX,
                     };
-                    let out = node.images.commit_directory(dir, ids, &options);
-                    done_at.set(Some(Instant::now()));
-                    out
+                    node.images.commit_directory_then(dir, ids, &options, || {
+                        done_at.set(Some(Instant::now()));
+                        thaw.thaw();
+                        thawed_at.set(Some(Instant::now()));
+                    })
                 })
                 .map_err(path_error)?;
-            finish(&node, out, started, frozen_at.get(), done_at.get())
+            finish(
+                &node,
+                out,
+                started,
+                frozen_at.get(),
+                done_at.get(),
+                thawed_at.get(),
+            )
         })
         .await?
     }
@@ -281,8 +305,10 @@ fn finish(
     started: Instant,
     frozen_at: Option<Instant>,
     done_at: Option<Instant>,
+    thawed_at: Option<Instant>,
 ) -> Result<SnapshotOutcome, NodeError> {
-    let thawed = Instant::now();
+    // Without a walk (an error), the sandbox was thawed on the way out.
+    let thawed = thawed_at.unwrap_or_else(Instant::now);
     let out = out.map_err(|source| NodeError::Image {
         reference: "(snapshot)".into(),
         source,

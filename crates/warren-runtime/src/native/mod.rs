@@ -37,7 +37,7 @@ use warren_proto::{
 use warren_sys::clone::Namespaces;
 
 pub(crate) use control::ExecControl;
-pub use snapshot::validate_mount_target;
+pub use snapshot::{validate_mount_target, Thaw};
 
 use crate::spec::validate_process;
 use crate::{

@@ -74,14 +74,28 @@ pub fn validate_mount_target(target: &str) -> Result<(), RuntimeError> {
     Ok(())
 }
 
-/// Thaws the sandbox when dropped.
-struct Thaw<'a>(&'a Sandbox);
+/// Thaws the sandbox when asked to ([`Thaw::thaw`], for callers done
+/// reading before they are done), and at the latest when dropped.
+pub struct Thaw<'a> {
+    sb: &'a Sandbox,
+    done: std::cell::Cell<bool>,
+}
+
+impl Thaw<'_> {
+    /// Thaws now (idempotent).
+    pub fn thaw(&self) {
+        if self.done.replace(true) {
+            return;
+        }
+        if let Err(e) = self.sb.cgroup.thaw() {
+            tracing::error!(sandbox_id = %self.sb.id, error = %e, "thawing after a snapshot failed");
+        }
+    }
+}
 
 impl Drop for Thaw<'_> {
     fn drop(&mut self) {
-        if let Err(e) = self.0.cgroup.thaw() {
-            tracing::error!(sandbox_id = %self.0.id, error = %e, "thawing after a snapshot failed");
-        }
+        self.thaw();
     }
 }
 
@@ -101,30 +115,36 @@ impl NativeRuntime {
     }
 
     /// Runs `f` with the sandbox frozen, giving it a directory descriptor
-    /// of the sandbox's overlay upper dir (its writable layer) and the host
-    /// id of the sandbox's root. The sandbox is thawed afterwards whatever
-    /// happens (error or panic in `f` included) and keeps running.
+    /// of the sandbox's overlay upper dir (its writable layer), the host
+    /// id of the sandbox's root, and a [`Thaw`] to let the sandbox run
+    /// again as soon as `f` has read what it needs. The sandbox is thawed
+    /// at the latest when `f` returns, whatever happens (error or panic in
+    /// `f` included), and keeps running.
     pub fn with_frozen_upper<T>(
         &self,
         id: &SandboxId,
-        f: impl FnOnce(BorrowedFd<'_>, u32) -> T,
+        f: impl FnOnce(BorrowedFd<'_>, u32, &Thaw<'_>) -> T,
     ) -> Result<T, RuntimeError> {
         let sb = self.running(id)?;
         let base = self.host_id_base(sb.slot);
         let upper = self.open_upper(&sb)?;
         sb.cgroup.freeze()?;
-        let _thaw = Thaw(&sb);
-        Ok(f(upper.as_fd(), base))
+        let thaw = Thaw {
+            sb: &sb,
+            done: false.into(),
+        };
+        Ok(f(upper.as_fd(), base, &thaw))
     }
 
     /// Runs `f` with the sandbox frozen, giving it a directory descriptor
-    /// of `path` in the sandbox's merged root (resolved inside that root)
-    /// and the host id of the sandbox's root. Thawed afterwards, always.
+    /// of `path` in the sandbox's merged root (resolved inside that root),
+    /// the host id of the sandbox's root and a [`Thaw`]. Thawed at the
+    /// latest when `f` returns, always.
     pub fn with_frozen_dir<T>(
         &self,
         id: &SandboxId,
         path: &str,
-        f: impl FnOnce(BorrowedFd<'_>, u32) -> T,
+        f: impl FnOnce(BorrowedFd<'_>, u32, &Thaw<'_>) -> T,
     ) -> Result<T, RuntimeError> {
         if !path.starts_with('/') || path.contains('\0') {
             return Err(RuntimeError::InvalidSpec {
@@ -135,7 +155,10 @@ impl NativeRuntime {
         let sb = self.running(id)?;
         let base = self.host_id_base(sb.slot);
         sb.cgroup.freeze()?;
-        let _thaw = Thaw(&sb);
+        let thaw = Thaw {
+            sb: &sb,
+            done: false.into(),
+        };
         let root = self.open_root(&sb)?;
         let how = OpenHow::new()
             .flags(OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
@@ -156,7 +179,7 @@ impl NativeRuntime {
                 reason: format!("{path:?} is on a kernel filesystem (proc, sys, devpts, cgroup)"),
             });
         }
-        Ok(f(dir.as_fd(), base))
+        Ok(f(dir.as_fd(), base, &thaw))
     }
 
     /// Mounts the host directory `tree` (an image's tree) read-only,
