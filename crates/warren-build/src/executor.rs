@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 use warren_image::{Image, ImageConfig};
 use warren_node::fs::WriteOptions;
 use warren_node::{CreateRequest, NetworkRequest, Node};
+use warren_proto::api::PullProgress;
 use warren_proto::build::{BuildEvent, LogStream};
 use warren_proto::ExitStatus;
 use warren_runtime::{ExecIo, ExecSpec, Limits, SandboxId, User, DEFAULT_PATH};
@@ -185,10 +186,23 @@ pub async fn build(
     )
     .await
     .map_err(from_err)?;
-    let mut current = node
-        .ensure_image(&recipe.from)
+    let mut current = if from_cached || !pullable(&recipe.from) {
+        node.ensure_image(&recipe.from).await
+    } else {
+        // A pull: its progress as log lines (dropped, not waited for, when
+        // the client reads slowly; the build's own events never are).
+        let tx = events.clone();
+        node.pull(&recipe.from, None, move |ev| {
+            if let Some(data) = pull_line(&ev) {
+                let _ = tx.try_send(BuildEvent::Log {
+                    stream: LogStream::Stderr,
+                    data,
+                });
+            }
+        })
         .await
-        .map_err(|e| from_err(e.into()))?;
+    }
+    .map_err(|e| from_err(e.into()))?;
     let mut cached_steps = u32::from(from_cached);
     emit(
         events,
@@ -277,6 +291,41 @@ pub async fn build(
         image,
         steps: total,
         cached_steps,
+    })
+}
+
+/// Whether a missing `FROM` image could come from a registry (not the
+/// built-in image, not an image id).
+fn pullable(reference: &str) -> bool {
+    !reference.starts_with("sha256:")
+        && reference != warren_image::HOST_IMAGE_NAME
+        && reference != "host:latest"
+}
+
+/// A pull event as a log line (per-chunk progress is left out).
+fn pull_line(ev: &PullProgress) -> Option<String> {
+    let short = |d: &str| -> String {
+        d.strip_prefix("sha256:")
+            .unwrap_or(d)
+            .chars()
+            .take(12)
+            .collect()
+    };
+    Some(match ev {
+        PullProgress::Resolved {
+            reference, layers, ..
+        } => format!(
+            "pulling {reference}: {} layer(s), {} bytes\n",
+            layers.len(),
+            layers.iter().map(|l| l.size).sum::<u64>()
+        ),
+        PullProgress::LayerProgress { .. } => return None,
+        PullProgress::LayerVerified { digest } => format!("{}: downloaded\n", short(digest)),
+        PullProgress::LayerAlreadyPresent { digest } => {
+            format!("{}: already present\n", short(digest))
+        }
+        PullProgress::LayerUnpacked { digest, .. } => format!("{}: unpacked\n", short(digest)),
+        PullProgress::Done { name, .. } => format!("pulled {name}\n"),
     })
 }
 

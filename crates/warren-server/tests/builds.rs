@@ -544,6 +544,57 @@ async fn disconnect_cancels() -> Result<()> {
     r
 }
 
+/// A `FROM` the store lacks is pulled from a (loopback) registry, with its
+/// progress in the build's log; the next build finds it in the store.
+async fn from_a_registry() -> Result<()> {
+    use warren_testkit::registry::{busybox_tar, Compress, LayoutBuilder, Registry, TestConfig};
+    let reg = Registry::start()?;
+    let work = tempfile::tempdir()?;
+    let mut layout = LayoutBuilder::new(&work.path().join("layout"))?;
+    let layer = layout.layer(&busybox_tar()?, Compress::Gzip)?;
+    layout.image(
+        "v1",
+        &[layer],
+        &TestConfig {
+            env: vec!["PATH=/bin".into()],
+            ..Default::default()
+        },
+    )?;
+    reg.push(layout.dir(), "v1", "test/bb:v1")?;
+    let host = reg.host();
+    let e = env_with(|cfg, data| {
+        let path = data.join("registries.json");
+        std::fs::write(
+            &path,
+            json!({"default_registry": "127.0.0.1:9", "registries": {host.clone(): {"insecure": true}, "127.0.0.1:9": {"insecure": true}}}).to_string(),
+        )?;
+        cfg.registries = Some(path);
+        Ok(())
+    })
+    .await?;
+    let r = async {
+        let recipe = format!("FROM {host}/test/bb:v1\nRUN echo on-the-pulled-image\n");
+        let ctx = context(&[("Dockerfile", recipe.as_bytes())])?;
+        let (s, ev) = build(&e, "tag=pulled:1", ctx.clone()).await?;
+        ensure!(s == StatusCode::OK, "{s} {ev:?}");
+        ensure!(ev.last().context("x")?["event"] == "done", "{ev:?}");
+        ensure!(cached_flags(&ev) == [false, false], "{ev:?}");
+        let err = logs(&ev, "stderr");
+        ensure!(
+            err.contains("pulling ") && err.contains(": unpacked") && err.contains("pulled "),
+            "{err:?}"
+        );
+        ensure!(logs(&ev, "stdout") == "on-the-pulled-image\n", "{ev:?}");
+        let (_, ev) = build(&e, "tag=pulled:2", ctx).await?;
+        ensure!(cached_flags(&ev) == [true, true], "{ev:?}");
+        ensure!(logs(&ev, "stderr").is_empty(), "{ev:?}");
+        Ok(())
+    }
+    .await;
+    e.teardown().await;
+    r
+}
+
 fn main() {
     warren_init::run_if_init();
     common::init_logging();
@@ -553,6 +604,11 @@ fn main() {
         t!(failing_run_leaves_nothing),
         t!(refusals),
         t!(disconnect_cancels),
+        common::trial_with(
+            "from_a_registry",
+            || Box::pin(from_a_registry()),
+            warren_testkit::registry::require_tools,
+        ),
     ];
     libtest_mimic::run(&args, tests).exit()
 }
