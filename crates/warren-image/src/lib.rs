@@ -7,7 +7,11 @@
 //! layout ([`ImageStore::import_archive`]), a registry pull (the
 //! `warren-registry` crate drives [`ImageStore::begin_blob`],
 //! [`ImageStore::unpack_layer`] and [`ImageStore::commit_oci`]), or the
-//! host itself (the built-in `host` image, [`ImageStore::host_image`]).
+//! host itself (the built-in `host` image, [`ImageStore::host_image`]), or
+//! a running sandbox (filesystem and directory snapshots:
+//! [`ImageStore::commit_upper`], [`ImageStore::commit_directory`], one new
+//! layer written as a tar blob and an unpacked tree in one pass; see the
+//! `commit` module).
 //! Management: [`ImageStore::inspect`], [`ImageStore::remove_unless_in_use`]
 //! and [`ImageStore::gc`]. Images leave the store as OCI parts
 //! ([`ImageStore::oci_image`], for registry pushes) or an OCI layout tar
@@ -23,7 +27,8 @@
 //!   locks/blob-<hex>           flock: one process at a time downloads a blob
 //!   locks/layer-<hex>          flock: one process at a time unpacks (or flattens) a layer
 //!   blobs/sha256/<hex>         verified blobs: layer blobs as pulled or imported, OCI
-//!                              manifests and configs
+//!                              manifests and configs; a committed snapshot layer's
+//!                              uncompressed tar (named by its diff id)
 //!   layers/<diff>/fs/          the unpacked tree of the layer whose uncompressed tar has
 //!                              sha256 <diff> (the OCI diff_id); overlayfs whiteouts inside
 //!   layers/<diff>/layer.json   {schema_version, diff_id, size, blob: {digest, media_type, size}}
