@@ -296,8 +296,23 @@ fn leak_check() -> Result<()> {
         f.rt.destroy(&id)?;
     }
     f.rt.flush_trash();
+    // The fixture's own subtree goes too; this trial runs last.
+    common::teardown();
     let marker = format!("warren-test-ckpt-{}", std::process::id());
-    let leaks = warren_testkit::leaks(&marker);
+    // `leaks` lists every warren-init on the host; other engineers' and
+    // test binaries' sandboxes run beside this one, so only processes in
+    // this binary's cgroup subtree count.
+    let leaks: Vec<String> = warren_testkit::leaks(&marker)
+        .into_iter()
+        .filter(|l| match l.strip_prefix("process: pid ") {
+            Some(rest) => {
+                let pid = rest.split_whitespace().next().unwrap_or("");
+                std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+                    .is_ok_and(|c| c.contains(&marker))
+            }
+            None => true,
+        })
+        .collect();
     ensure!(leaks.is_empty(), "leaks: {leaks:#?}");
     Ok(())
 }

@@ -15,6 +15,7 @@
 
 use std::fs;
 use std::io::Read;
+use std::os::fd::AsFd;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Component, Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -547,6 +548,15 @@ impl NativeRuntime {
             for b in &self.bind_targets(sb) {
                 args.push("--external".into());
                 args.push(format!("mnt[{b}]:{}", mount_key(b)));
+            }
+            // The network namespace is the node's (from its pool, wired to
+            // the host): CRIU does not dump it (a restore joins a new one).
+            if let Some(ns) = &sb.netns {
+                let ino = nix::sys::stat::fstat(ns.as_fd())
+                    .map_err(RuntimeError::sys("fstat netns"))?
+                    .st_ino;
+                args.push("--external".into());
+                args.push(format!("net[{ino}]:warren-netns"));
             }
             for e in &externals {
                 if e.key.starts_with("file[") {
