@@ -30,11 +30,11 @@ use std::time::Duration;
 pub use error::RuntimeError;
 pub use native::checkpoint::{CheckpointInfo, CheckpointOptions};
 pub use native::{NativeConfig, NativeRuntime};
+pub use spec::ImageMount;
 pub use spec::{
     BindMount, ExecIo, ExecSpec, Limits, MainIo, NetworkSpec, RootfsSpec, SandboxId, SandboxSpec,
     User, DEFAULT_PATH, MAX_ARGS_ENV_BYTES,
 };
-pub use spec::ImageMount;
 pub use warren_net::{connect_in_netns, EgressPolicy, NetworkConfig, SandboxAddress};
 pub use warren_proto::ExitStatus;
 

@@ -162,6 +162,21 @@ fn checkpoint_refusals() -> Result<()> {
         "checkpoint of a missing sandbox: {e:?}"
     );
     ensure!(!tmp.path().join("x").exists());
+    // A disk-limited sandbox's writable layer lives only inside its mount
+    // namespace: refused, by name, before anything is written.
+    if checkpoint::criu_version(&criu_path()).is_ok() {
+        let limited = Sb::with("ckdisk", |s| s.limits.disk_bytes = Some(64 << 20))?;
+        let d = tmp.path().join("disk");
+        match limited
+            .f
+            .rt
+            .checkpoint(&limited.id, &d, CheckpointOptions::default())
+        {
+            Err(RuntimeError::SnapshotUnsupported { reason }) if reason.contains("disk limit") => {}
+            other => bail!("checkpoint of a disk-limited sandbox: {other:?}"),
+        }
+        ensure!(!d.exists(), "{} was created", d.display());
+    }
     Ok(())
 }
 

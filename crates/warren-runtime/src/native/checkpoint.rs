@@ -455,12 +455,7 @@ impl NativeRuntime {
         let mut phases = Phases::new();
         let criu = &self.cfg.criu_binary;
         let criu_version = criu_version(criu)?;
-        if sb
-            .dir
-            .join("disk")
-            .read_dir()
-            .is_ok_and(|mut d| d.next().is_some())
-        {
+        if has_disk_limit(sb.init_pid) {
             // The tmpfs upper of a disk-limited sandbox is only reachable
             // inside its mount namespace.
             return Err(RuntimeError::SnapshotUnsupported {
@@ -655,6 +650,20 @@ impl NativeRuntime {
                 .into(),
         })
     }
+}
+
+/// Whether the sandbox's writable layer is the disk-limit tmpfs (its
+/// overlay root names `upperdir=disk/upper`; see `warren-init`'s setup).
+/// That tmpfs exists only inside the sandbox's mount namespace.
+fn has_disk_limit(init_pid: i32) -> bool {
+    fs::read_to_string(format!("/proc/{init_pid}/mountinfo")).is_ok_and(|t| {
+        t.lines().any(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            cols.get(4) == Some(&"/")
+                && l.contains(" - overlay ")
+                && l.split(',').any(|o| o == "upperdir=disk/upper")
+        })
+    })
 }
 
 fn mount_key(target: &str) -> String {
