@@ -38,7 +38,8 @@ pub enum ImageCommand {
     /// (directory or tar) through the server, or a plain root filesystem
     /// (directory, .tar, .tar.gz) into the local store.
     Import {
-        /// Archive, layout directory, or root filesystem.
+        /// Archive, layout directory, or root filesystem; `-` reads an
+        /// archive from stdin (say, `warren image export REF -o -`).
         source: PathBuf,
         /// Name for the image, `name[:tag]` (required for a root filesystem).
         #[arg(long)]
@@ -116,6 +117,23 @@ pub fn run(data_dir: &Path, cmd: ImageCommand) -> Result<i32> {
             outln!("{}", info.id)?;
         }
         ImageCommand::Import { source, name } => {
+            // An archive on stdin is spooled to a temporary file first
+            // (the upload needs its length; the type check reads it twice).
+            let _spooled;
+            let source = if source == Path::new("-") {
+                let mut tmp = tempfile::Builder::new()
+                    .prefix("warren-import-")
+                    .suffix(".tar")
+                    .tempfile()
+                    .context("temporary file for the archive on stdin")?;
+                std::io::copy(&mut std::io::stdin().lock(), tmp.as_file_mut())
+                    .context("reading the archive from stdin")?;
+                let path = tmp.path().to_path_buf();
+                _spooled = tmp;
+                path
+            } else {
+                source
+            };
             if is_image_archive(&source)? {
                 let c = client(data_dir)?;
                 let (upload, _tmp) = archive_for_upload(&source)?;

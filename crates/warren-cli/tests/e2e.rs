@@ -1690,7 +1690,8 @@ fn images_export_import_push() {
     }
     assert!(names.contains(&"oci-layout".to_string()), "{names:?}");
 
-    // Import of the export, after the image is gone: the same id.
+    // Import of the export, after the image is gone: the same id; and
+    // from stdin under another name.
     ok(server.cli(&["image", "rm", &source]));
     let imported = ok(server.cli(&["image", "import", file_arg]));
     assert_eq!(imported, id);
