@@ -1695,6 +1695,9 @@ fn images_export_import_push() {
     ok(server.cli(&["image", "rm", &source]));
     let imported = ok(server.cli(&["image", "import", file_arg]));
     assert_eq!(imported, id);
+    let piped_import = server.cli_stdin(&["image", "import", "-", "--name", "piped:v1"], &bytes);
+    assert_eq!(ok(piped_import), id);
+    ok(server.cli(&["image", "rm", "piped:v1"]));
     assert!(ok(server.cli(&["image", "ls"])).contains(&source));
 
     // Push: plain progress lines; then again, nothing uploaded.
