@@ -199,9 +199,6 @@ pub struct LsArgs {
 pub enum StateArg {
     Creating,
     Running,
-    Pausing,
-    Paused,
-    Resuming,
     Terminating,
     Terminated,
 }
@@ -211,9 +208,6 @@ impl From<StateArg> for SandboxState {
         match s {
             StateArg::Creating => SandboxState::Creating,
             StateArg::Running => SandboxState::Running,
-            StateArg::Pausing => SandboxState::Pausing,
-            StateArg::Paused => SandboxState::Paused,
-            StateArg::Resuming => SandboxState::Resuming,
             StateArg::Terminating => SandboxState::Terminating,
             StateArg::Terminated => SandboxState::Terminated,
         }

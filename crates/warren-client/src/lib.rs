@@ -240,9 +240,6 @@ pub fn state_str(s: SandboxState) -> &'static str {
     match s {
         SandboxState::Creating => "creating",
         SandboxState::Running => "running",
-        SandboxState::Pausing => "pausing",
-        SandboxState::Paused => "paused",
-        SandboxState::Resuming => "resuming",
         SandboxState::Terminating => "terminating",
         SandboxState::Terminated => "terminated",
     }

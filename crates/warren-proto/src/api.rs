@@ -97,19 +97,6 @@ pub struct CreateSandboxRequest {
     /// any image), at absolute paths.
     #[serde(default)]
     pub mounts: Vec<crate::snapshot::ImageMount>,
-    /// Restore this memory snapshot (`snapshot-memory`) as the new
-    /// sandbox: its processes continue where they were. `image`,
-    /// `command`, `user`, `use_image_command` and `mounts` come from the
-    /// snapshot and must be absent.
-    #[serde(default)]
-    pub from_memory_snapshot: Option<String>,
-    /// A paused sandbox resumes by itself on the next exec, file
-    /// operation or tunnel connection.
-    #[serde(default)]
-    pub auto_resume: bool,
-    /// What `idle_timeout_secs` does: end the sandbox (default) or pause it.
-    #[serde(default)]
-    pub on_idle: crate::snapshot::OnIdle,
 }
 
 /// Where a sandbox is in its life.
@@ -118,12 +105,6 @@ pub struct CreateSandboxRequest {
 pub enum SandboxState {
     Creating,
     Running,
-    /// Being checkpointed before it is paused.
-    Pausing,
-    /// Checkpointed; holds no memory or CPU and no timeout runs.
-    Paused,
-    /// Being restored from its pause checkpoint.
-    Resuming,
     Terminating,
     Terminated,
 }
@@ -189,16 +170,6 @@ pub struct Sandbox {
     /// Images mounted into the sandbox.
     #[serde(default)]
     pub mounts: Vec<crate::snapshot::ImageMount>,
-    #[serde(default)]
-    pub auto_resume: bool,
-    #[serde(default)]
-    pub on_idle: crate::snapshot::OnIdle,
-    /// When it was paused (state `paused`).
-    #[serde(default)]
-    pub paused_at: Option<String>,
-    /// The memory snapshot it was restored or forked from.
-    #[serde(default)]
-    pub restored_from: Option<String>,
 }
 
 /// `GET /v1/sandboxes`.
@@ -791,17 +762,8 @@ pub enum ErrorCode {
     NotReady,
     /// 503: the relay (tunnels) is not configured on this server.
     RelayUnavailable,
-    /// 404: no memory snapshot with that id in this workspace.
-    SnapshotNotFound,
-    /// 422: a snapshot failed verification (checksum, size, format
-    /// version) and was not restored.
-    SnapshotCorrupt,
     /// 500: taking or restoring a snapshot failed.
     SnapshotFailed,
-    /// 501: this node cannot take memory snapshots (no CRIU 4.x).
-    SnapshotUnavailable,
-    /// 409: the sandbox is paused (and not `auto_resume`): resume it first.
-    SandboxPaused,
     /// 500: Warren failed; details are in the server log.
     Internal,
 }
@@ -853,11 +815,7 @@ impl ErrorCode {
             ErrorCode::NetworkUnavailable => "network_unavailable",
             ErrorCode::NotReady => "not_ready",
             ErrorCode::RelayUnavailable => "relay_unavailable",
-            ErrorCode::SnapshotNotFound => "snapshot_not_found",
-            ErrorCode::SnapshotCorrupt => "snapshot_corrupt",
             ErrorCode::SnapshotFailed => "snapshot_failed",
-            ErrorCode::SnapshotUnavailable => "snapshot_unavailable",
-            ErrorCode::SandboxPaused => "sandbox_paused",
             ErrorCode::Internal => "internal",
         }
     }
@@ -905,11 +863,7 @@ impl ErrorCode {
             ErrorCode::NetworkUnavailable => 409,
             ErrorCode::NotReady => 408,
             ErrorCode::RelayUnavailable => 503,
-            ErrorCode::SnapshotNotFound => 404,
-            ErrorCode::SnapshotCorrupt => 422,
             ErrorCode::SnapshotFailed => 500,
-            ErrorCode::SnapshotUnavailable => 501,
-            ErrorCode::SandboxPaused => 409,
             ErrorCode::Internal => 500,
         }
     }

@@ -1,36 +1,16 @@
 //! The public API's snapshot bodies (re-exported from [`crate::api`]):
-//! filesystem and directory snapshots into images, image mounts, memory
-//! snapshots, pause and resume, fork.
+//! filesystem and directory snapshots into images, and image mounts.
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::api::CreateSandboxRequest;
 
-/// Longest lifetime of a snapshot (an image or a memory snapshot) with a
-/// TTL: 30 days. Without a TTL a snapshot lives until deleted.
+/// Longest lifetime of a snapshot image with a TTL: 30 days. Without a
+/// TTL a snapshot image lives until removed.
 pub const MAX_SNAPSHOT_TTL_SECS: u64 = 30 * 86_400;
-/// Most copies one `fork` call makes.
-pub const MAX_FORK_COUNT: u32 = 64;
 /// Most image mounts of one sandbox.
 pub const MAX_IMAGE_MOUNTS: usize = 16;
-
-/// What `idle_timeout_secs` does when it passes.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum OnIdle {
-    /// End the sandbox with reason `idle_timeout`.
-    #[default]
-    Terminate,
-    /// Pause it (a memory checkpoint); it keeps its id and tunnel URLs.
-    Pause,
-}
-
-impl OnIdle {
-    pub fn is_terminate(&self) -> bool {
-        *self == OnIdle::Terminate
-    }
-}
 
 /// An image mounted read-only at an absolute path of a sandbox.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -88,51 +68,6 @@ pub struct SnapshotImage {
 /// into a running sandbox.
 pub type MountImageRequest = ImageMount;
 
-/// Body of `POST /v1/sandboxes/{id}/snapshot-memory`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct SnapshotMemoryRequest {
-    #[serde(default)]
-    pub ttl_secs: Option<u64>,
-}
-
-/// A memory snapshot: a sandbox's processes, memory, open files and
-/// writable filesystem layer, restorable with `from_memory_snapshot`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct MemorySnapshot {
-    pub id: String,
-    /// The sandbox it was taken from.
-    pub sandbox_id: String,
-    /// The image the sandbox ran.
-    pub image: String,
-    /// Bytes on disk.
-    pub size_bytes: u64,
-    pub created_at: String,
-    pub expires_at: Option<String>,
-    /// How long the checkpoint took, in milliseconds.
-    #[serde(default)]
-    pub took_ms: f64,
-}
-
-/// `GET /v1/memory-snapshots`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct MemorySnapshotList {
-    pub snapshots: Vec<MemorySnapshot>,
-}
-
-/// Body of `POST /v1/sandboxes/{id}/fork`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ForkRequest {
-    /// How many copies, 1 to [`MAX_FORK_COUNT`].
-    #[serde(default = "one")]
-    pub count: u32,
-}
-
-fn one() -> u32 {
-    1
-}
-
 /// Validates a TTL.
 pub fn validate_ttl(ttl: Option<u64>) -> Result<(), String> {
     match ttl {
@@ -178,28 +113,6 @@ pub(crate) fn validate_create_snapshot_fields(req: &CreateSandboxRequest) -> Res
             return Err(format!("mount path {} is given twice", m.path));
         }
     }
-    if let Some(s) = &req.from_memory_snapshot {
-        if s.is_empty() || s.len() > 64 {
-            return Err("from_memory_snapshot must be a memory snapshot id".into());
-        }
-        let from_snapshot = [
-            ("image", req.image.is_some()),
-            ("command", req.command.is_some()),
-            ("user", req.user.is_some()),
-            ("use_image_command", req.use_image_command),
-            ("mounts", !req.mounts.is_empty()),
-            ("workdir", req.workdir.is_some()),
-            ("env", !req.env.is_empty()),
-        ];
-        if let Some((field, _)) = from_snapshot.iter().find(|(_, given)| *given) {
-            return Err(format!(
-                "{field} comes from the memory snapshot and cannot be given with from_memory_snapshot"
-            ));
-        }
-    }
-    if req.on_idle == OnIdle::Pause && req.idle_timeout_secs.is_none() {
-        return Err("on_idle: pause needs idle_timeout_secs".into());
-    }
     Ok(())
 }
 
@@ -232,23 +145,11 @@ mod tests {
     }
 
     #[test]
-    fn restore_refuses_what_the_snapshot_decides() {
-        let req: CreateSandboxRequest =
-            serde_json::from_str(r#"{"from_memory_snapshot": "ms-1", "command": ["sh"]}"#).unwrap();
-        let err = validate_create_snapshot_fields(&req).unwrap_err();
-        assert!(err.contains("command"), "{err}");
-        let req: CreateSandboxRequest =
-            serde_json::from_str(r#"{"from_memory_snapshot": "ms-1", "timeout_secs": 60}"#)
-                .unwrap();
-        assert!(validate_create_snapshot_fields(&req).is_ok());
-    }
-
-    #[test]
-    fn pause_on_idle_needs_an_idle_timeout() {
-        let req: CreateSandboxRequest = serde_json::from_str(r#"{"on_idle": "pause"}"#).unwrap();
+    fn duplicate_mount_paths_are_refused() {
+        let req: CreateSandboxRequest = serde_json::from_str(
+            r#"{"mounts": [{"path": "/a", "image": "x"}, {"path": "/a/", "image": "y"}]}"#,
+        )
+        .unwrap();
         assert!(validate_create_snapshot_fields(&req).is_err());
-        let req: CreateSandboxRequest =
-            serde_json::from_str(r#"{"on_idle": "pause", "idle_timeout_secs": 5}"#).unwrap();
-        assert!(validate_create_snapshot_fields(&req).is_ok());
     }
 }

@@ -109,8 +109,6 @@ impl From<warren_node::NodeError> for ApiError {
             "capacity_exhausted" => ErrorCode::CapacityExhausted,
             "network_unavailable" => ErrorCode::NetworkUnavailable,
             "snapshot_failed" => ErrorCode::SnapshotFailed,
-            "snapshot_corrupt" => ErrorCode::SnapshotCorrupt,
-            "snapshot_unavailable" => ErrorCode::SnapshotUnavailable,
             _ => return ApiError::internal("sandbox operation", &e),
         };
         ApiError::new(code, e.to_string())

@@ -114,7 +114,6 @@ use warren_proto::api;
         api::Endpoint,
         api::Tunnel,
         api::TunnelList,
-        api::OnIdle,
         api::ImageMount,
         api::SnapshotFilesystemRequest,
         api::SnapshotDirectoryRequest,

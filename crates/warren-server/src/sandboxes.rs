@@ -58,9 +58,6 @@ pub fn to_api(app: &AppState, r: &SandboxRecord) -> api::Sandbox {
     let state = match r.state {
         SandboxState::Creating => api::SandboxState::Creating,
         SandboxState::Running => api::SandboxState::Running,
-        SandboxState::Pausing => api::SandboxState::Pausing,
-        SandboxState::Paused => api::SandboxState::Paused,
-        SandboxState::Resuming => api::SandboxState::Resuming,
         SandboxState::Terminating => api::SandboxState::Terminating,
         SandboxState::Terminated => api::SandboxState::Terminated,
     };
@@ -130,14 +127,6 @@ pub fn to_api(app: &AppState, r: &SandboxRecord) -> api::Sandbox {
                 image: m.image.clone(),
             })
             .collect(),
-        auto_resume: r.spec.auto_resume,
-        on_idle: if r.spec.pause_on_idle {
-            api::OnIdle::Pause
-        } else {
-            api::OnIdle::Terminate
-        },
-        paused_at: r.paused_at.map(to_iso),
-        restored_from: r.spec.restored_from.clone(),
     }
 }
 
@@ -242,9 +231,6 @@ pub async fn create(
                 image: m.image.clone(),
             })
             .collect(),
-        auto_resume: req.auto_resume,
-        pause_on_idle: !req.on_idle.is_terminate(),
-        restored_from: None,
     };
     let exposes = !spec.network.ports.is_empty();
     if exposes && state.tunnels.is_none() {

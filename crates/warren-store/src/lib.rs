@@ -76,9 +76,8 @@ pub use ids::{new_sandbox_id, new_token_id, new_workspace_id, TOKEN_PREFIX, TOKE
 pub use sandbox::MAX_TIMEOUT_SECS;
 pub use store::{Store, BUSY_TIMEOUT};
 pub use types::{
-    ConnectTokenRecord, ExpiredSandbox, ExposedPort, ImageMountSpec, ListFilter,
-    MemorySnapshotRecord, NetworkSpec, NewSandbox, NewToken, Page, PortKind, Principal,
-    ReadinessProbe, RelayPort, SandboxRecord, SandboxSpec, SandboxState, Termination,
-    TerminationReason, TokenInfo, UnknownVariant, Workspace, DEFAULT_PAGE_LIMIT, LOCAL_NODE_ID,
-    MAX_PAGE_LIMIT,
+    ConnectTokenRecord, ExpiredSandbox, ExposedPort, ImageMountSpec, ListFilter, NetworkSpec,
+    NewSandbox, NewToken, Page, PortKind, Principal, ReadinessProbe, RelayPort, SandboxRecord,
+    SandboxSpec, SandboxState, Termination, TerminationReason, TokenInfo, UnknownVariant,
+    Workspace, DEFAULT_PAGE_LIMIT, LOCAL_NODE_ID, MAX_PAGE_LIMIT,
 };

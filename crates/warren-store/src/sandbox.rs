@@ -35,7 +35,7 @@ macro_rules! sandbox_columns {
         concat!(
             "SELECT s.id, s.workspace_id, s.name, s.image, s.spec, s.tags, s.state, s.reason, ",
             "s.exit_code, s.reason_detail, s.created_at, s.started_at, s.ended_at, ",
-            "s.deadline_at, s.last_activity_at, s.node_id, s.image_id, s.suspend, s.paused_at "
+            "s.deadline_at, s.last_activity_at, s.node_id, s.image_id "
         )
     };
 }
@@ -71,8 +71,6 @@ struct SandboxRow {
     last_activity_at: i64,
     node_id: String,
     image_id: Option<String>,
-    suspend: Option<String>,
-    paused_at: Option<i64>,
 }
 
 impl TryFrom<SandboxRow> for SandboxRecord {
@@ -88,7 +86,9 @@ impl TryFrom<SandboxRow> for SandboxRecord {
             serde_json::from_str(&r.spec).map_err(|e| bad(format!("spec: {e}")))?;
         let tags: BTreeMap<String, String> =
             serde_json::from_str(&r.tags).map_err(|e| bad(format!("tags: {e}")))?;
-        let state = SandboxState::from_columns(&r.state, r.suspend.as_deref())
+        let state = r
+            .state
+            .parse::<SandboxState>()
             .map_err(|e| bad(format!("state: {e}")))?;
         let reason = r
             .reason
@@ -114,7 +114,6 @@ impl TryFrom<SandboxRow> for SandboxRecord {
             last_activity_at: r.last_activity_at,
             node_id: r.node_id,
             image_id: r.image_id,
-            paused_at: r.paused_at,
         })
     }
 }
@@ -207,7 +206,6 @@ pub(crate) async fn insert_sandbox_in(
         last_activity_at: now,
         node_id: new.node_id.clone(),
         image_id: None,
-        paused_at: None,
     };
     sqlx::query(
         "INSERT INTO sandboxes (id, workspace_id, name, image, spec, tags, state, \
@@ -348,7 +346,7 @@ impl Store {
     pub async fn record_activity(&self, id: &str) -> Result<()> {
         sqlx::query(
             "UPDATE sandboxes SET last_activity_at = $1 \
-             WHERE id = $2 AND state = 'running' AND suspend IS NULL AND last_activity_at < $1",
+             WHERE id = $2 AND state = 'running' AND last_activity_at < $1",
         )
         .bind(self.now())
         .bind(id)
@@ -579,14 +577,12 @@ impl Store {
         decode_all(rows)
     }
 
-    /// Image ids of every sandbox that has not ended and of every memory
-    /// snapshot (they must survive image removal and garbage collection: a
-    /// paused sandbox and a snapshot restore onto their image's layers).
+    /// Image ids of every sandbox that has not ended (they must survive
+    /// image removal and garbage collection).
     pub async fn live_image_ids(&self) -> Result<Vec<String>> {
         let rows: Vec<(String,)> = sqlx::query_as(
-            "SELECT image_id FROM sandboxes \
-             WHERE state != 'terminated' AND image_id IS NOT NULL \
-             UNION SELECT image_id FROM memory_snapshots WHERE image_id IS NOT NULL",
+            "SELECT DISTINCT image_id FROM sandboxes \
+             WHERE state != 'terminated' AND image_id IS NOT NULL",
         )
         .fetch_all(&self.pool)
         .await
@@ -599,26 +595,18 @@ impl Store {
 
     /// How many sandboxes (all workspaces) are in each state, for metrics.
     pub async fn count_by_state(&self) -> Result<Vec<(SandboxState, i64)>> {
-        let rows: Vec<(String, Option<String>, i64)> = sqlx::query_as(
-            "SELECT state, suspend, COUNT(*) FROM sandboxes GROUP BY state, suspend",
-        )
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|source| StoreError::ListSandboxes {
-            operation: "count",
-            source,
-        })?;
-        let mut counts: Vec<(SandboxState, i64)> = Vec::new();
-        for (state, suspend, n) in rows {
-            let Ok(state) = SandboxState::from_columns(&state, suspend.as_deref()) else {
-                continue;
-            };
-            match counts.iter_mut().find(|(s, _)| *s == state) {
-                Some((_, total)) => *total += n,
-                None => counts.push((state, n)),
-            }
-        }
-        Ok(counts)
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT state, COUNT(*) FROM sandboxes GROUP BY state")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|source| StoreError::ListSandboxes {
+                    operation: "count",
+                    source,
+                })?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(s, n)| s.parse().ok().map(|s| (s, n)))
+            .collect())
     }
 
     /// Running sandboxes (any workspace) whose deadline is at or before
@@ -626,7 +614,7 @@ impl Store {
     /// with the limit that passed first.
     pub async fn expired(&self, now_ms: i64) -> Result<Vec<ExpiredSandbox>> {
         let rows: Vec<SandboxRow> = sqlx::query_as(select_sandboxes!(
-            "WHERE state = 'running' AND suspend IS NULL AND ( \
+            "WHERE state = 'running' AND ( \
                (deadline_at IS NOT NULL AND deadline_at <= $1) \
                OR (idle_timeout_secs IS NOT NULL \
                    AND last_activity_at + idle_timeout_secs * 1000 <= $1)) \
@@ -697,17 +685,7 @@ pub(crate) fn list_query_after(
         }
     };
     if let Some(state) = filter.state {
-        let (column, suspend) = state.columns();
-        qb.push(" AND s.state = ").push_bind(column);
-        match suspend {
-            Some(sub) => {
-                qb.push(" AND s.suspend = ").push_bind(sub);
-            }
-            None if state == SandboxState::Running => {
-                qb.push(" AND s.suspend IS NULL");
-            }
-            None => {}
-        }
+        qb.push(" AND s.state = ").push_bind(state.as_str());
     }
     if let Some(name) = &filter.name {
         qb.push(" AND s.name = ").push_bind(name.clone());
@@ -743,103 +721,4 @@ fn idle_deadline(sandbox: &SandboxRecord) -> Option<i64> {
     sandbox
         .last_activity_at
         .checked_add(secs.checked_mul(1000)?)
-}
-
-/// Pause and resume: the `suspend` sub-state of a running sandbox.
-impl Store {
-    async fn update_suspend(
-        &self,
-        id: &str,
-        operation: &'static str,
-        sql: &'static str,
-    ) -> Result<bool> {
-        let result = sqlx::query(sql)
-            .bind(self.now())
-            .bind(id)
-            .execute(&self.pool)
-            .await
-            .map_err(|source| StoreError::UpdateSandbox {
-                id: id.to_owned(),
-                operation,
-                source,
-            })?;
-        Ok(result.rows_affected() == 1)
-    }
-
-    /// `running` → `pausing`. Returns whether this call made the
-    /// transition (a sandbox that is not running, or already pausing or
-    /// paused, is left alone).
-    pub async fn begin_pause(&self, id: &str) -> Result<bool> {
-        self.update_suspend(
-            id,
-            "begin pause",
-            "UPDATE sandboxes SET suspend = 'pausing' \
-             WHERE id = $2 AND state = 'running' AND suspend IS NULL AND $1 = $1",
-        )
-        .await
-    }
-
-    /// `pausing` → `paused`: the deadline stops (what is left of the
-    /// timeout is kept for the resume) and `paused_at` is set.
-    pub async fn finish_pause(&self, id: &str) -> Result<bool> {
-        self.update_suspend(
-            id,
-            "finish pause",
-            "UPDATE sandboxes SET suspend = 'paused', paused_at = $1, \
-             remaining_ms = CASE WHEN deadline_at IS NULL THEN NULL \
-                                 WHEN deadline_at > $1 THEN deadline_at - $1 ELSE 0 END, \
-             deadline_at = NULL \
-             WHERE id = $2 AND state = 'running' AND suspend = 'pausing'",
-        )
-        .await
-    }
-
-    /// `pausing` → `running` after a failed checkpoint.
-    pub async fn abort_pause(&self, id: &str) -> Result<bool> {
-        self.update_suspend(
-            id,
-            "abort pause",
-            "UPDATE sandboxes SET suspend = NULL \
-             WHERE id = $2 AND state = 'running' AND suspend = 'pausing' AND $1 = $1",
-        )
-        .await
-    }
-
-    /// `paused` → `resuming`. Returns whether this call made the
-    /// transition: concurrent resumers (auto-resume from several requests)
-    /// get `false` and wait for the winner.
-    pub async fn begin_resume(&self, id: &str) -> Result<bool> {
-        self.update_suspend(
-            id,
-            "begin resume",
-            "UPDATE sandboxes SET suspend = 'resuming' \
-             WHERE id = $2 AND state = 'running' AND suspend = 'paused' AND $1 = $1",
-        )
-        .await
-    }
-
-    /// `resuming` → `running`: the deadline continues from what was left,
-    /// and the idle clock starts again.
-    pub async fn finish_resume(&self, id: &str) -> Result<bool> {
-        self.update_suspend(
-            id,
-            "finish resume",
-            "UPDATE sandboxes SET suspend = NULL, paused_at = NULL, last_activity_at = $1, \
-             deadline_at = CASE WHEN remaining_ms IS NULL THEN NULL ELSE $1 + remaining_ms END, \
-             remaining_ms = NULL \
-             WHERE id = $2 AND state = 'running' AND suspend = 'resuming'",
-        )
-        .await
-    }
-
-    /// `resuming` → `paused` after a failed restore.
-    pub async fn abort_resume(&self, id: &str) -> Result<bool> {
-        self.update_suspend(
-            id,
-            "abort resume",
-            "UPDATE sandboxes SET suspend = 'paused' \
-             WHERE id = $2 AND state = 'running' AND suspend = 'resuming' AND $1 = $1",
-        )
-        .await
-    }
 }

@@ -88,14 +88,8 @@ pub struct SandboxSpec {
     pub user: Option<String>,
     /// Egress policy, exposed ports and readiness.
     pub network: NetworkSpec,
-    /// Images mounted read-only: `(path, image reference)`.
+    /// Images mounted read-only (at create, or later through the API).
     pub mounts: Vec<ImageMountSpec>,
-    /// Resume by itself when used while paused.
-    pub auto_resume: bool,
-    /// Pause instead of ending when `idle_timeout_secs` passes.
-    pub pause_on_idle: bool,
-    /// The memory snapshot it was restored (or forked) from.
-    pub restored_from: Option<String>,
 }
 
 /// An image mounted into a sandbox, as persisted.
@@ -103,23 +97,6 @@ pub struct SandboxSpec {
 pub struct ImageMountSpec {
     pub path: String,
     pub image: String,
-}
-
-/// A memory snapshot, as stored.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct MemorySnapshotRecord {
-    pub id: String,
-    pub workspace_id: String,
-    pub sandbox_id: String,
-    pub image: String,
-    pub image_id: Option<String>,
-    /// The source sandbox's spec: what a restore inherits.
-    pub spec: SandboxSpec,
-    pub size_bytes: i64,
-    pub took_ms: i64,
-    pub created_at: i64,
-    pub expires_at: Option<i64>,
-    pub node_id: String,
 }
 
 /// A sandbox's networking, as persisted (inside the spec JSON).
@@ -199,79 +176,40 @@ impl fmt::Debug for SandboxSpec {
             .field("user", &self.user)
             .field("network", &self.network)
             .field("mounts", &self.mounts)
-            .field("auto_resume", &self.auto_resume)
-            .field("pause_on_idle", &self.pause_on_idle)
-            .field("restored_from", &self.restored_from)
             .finish()
     }
 }
 
 /// The lifecycle state of a sandbox. Transitions only move forward:
 /// `creating` → `running` → `terminating` → `terminated`, where any
-/// state may jump straight to `terminated`. A running sandbox may also
-/// cycle through `pausing` → `paused` → `resuming` → `running`; those
-/// three are stored as state `running` plus the `suspend` column (see
-/// migration 0004), so a paused sandbox keeps its name and its relay ports.
+/// state may jump straight to `terminated`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SandboxState {
     Creating,
     Running,
-    Pausing,
-    Paused,
-    Resuming,
     Terminating,
     Terminated,
 }
 
 impl SandboxState {
-    /// The serialized spelling.
+    /// The stored (and serialized) spelling.
     pub fn as_str(self) -> &'static str {
         match self {
             SandboxState::Creating => "creating",
             SandboxState::Running => "running",
-            SandboxState::Pausing => "pausing",
-            SandboxState::Paused => "paused",
-            SandboxState::Resuming => "resuming",
             SandboxState::Terminating => "terminating",
             SandboxState::Terminated => "terminated",
         }
     }
 
     /// Every state, in lifecycle order.
-    pub const ALL: [SandboxState; 7] = [
+    pub const ALL: [SandboxState; 4] = [
         SandboxState::Creating,
         SandboxState::Running,
-        SandboxState::Pausing,
-        SandboxState::Paused,
-        SandboxState::Resuming,
         SandboxState::Terminating,
         SandboxState::Terminated,
     ];
-
-    /// The `(state, suspend)` columns that store this state.
-    pub(crate) fn columns(self) -> (&'static str, Option<&'static str>) {
-        match self {
-            SandboxState::Pausing | SandboxState::Paused | SandboxState::Resuming => {
-                ("running", Some(self.as_str()))
-            }
-            other => (other.as_str(), None),
-        }
-    }
-
-    /// The state stored as `(state, suspend)`.
-    pub(crate) fn from_columns(state: &str, suspend: Option<&str>) -> Result<Self, UnknownVariant> {
-        let state: SandboxState = state.parse()?;
-        match (state, suspend) {
-            (SandboxState::Running, Some(s)) => match s {
-                "pausing" => Ok(SandboxState::Pausing),
-                "paused" => Ok(SandboxState::Paused),
-                "resuming" => Ok(SandboxState::Resuming),
-                other => Err(UnknownVariant(other.to_owned())),
-            },
-            (state, _) => Ok(state),
-        }
-    }
 }
 
 impl fmt::Display for SandboxState {
@@ -430,8 +368,6 @@ pub struct SandboxRecord {
     pub node_id: String,
     /// The resolved image id, once the node has resolved `image`.
     pub image_id: Option<String>,
-    /// When the current pause finished (state `paused`).
-    pub paused_at: Option<i64>,
 }
 
 /// Filters and paging of [`crate::Store::list_sandboxes`].
