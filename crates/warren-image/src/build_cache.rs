@@ -124,11 +124,12 @@ impl ImageStore {
         // The record must still be there (a concurrent remove).
         self.read_record(hex)?;
         let ref_path = self.root().join(REFS_DIR).join(name.ref_file_name());
-        atomic_write(
-            &self.root().join(TMP_DIR),
-            &ref_path,
-            format!("{SHA256_PREFIX}{hex}\n").as_bytes(),
-        )?;
+        let content = format!("{SHA256_PREFIX}{hex}\n");
+        // An unchanged ref is not rewritten (no fsyncs for a rebuild that
+        // changed nothing).
+        if fs::read(&ref_path).ok().as_deref() != Some(content.as_bytes()) {
+            atomic_write(&self.root().join(TMP_DIR), &ref_path, content.as_bytes())?;
+        }
         let refs = self.read_refs()?;
         self.load_image(hex, &refs)
     }
