@@ -361,12 +361,13 @@ impl ImageStore {
             dst_root: None,
         };
         walker.walk(src, dest)?;
-        after_walk();
         let (blob, diff_hex, tar_size) =
             walker.out.finish().map_err(|e| write_err(&blob_path, e))?;
         let mut stats = walker.stats;
         stats.tar_bytes = tar_size;
         phases.push(("walk".into(), started.elapsed().as_micros() as u64));
+        // The source is read completely: the caller may let it change again.
+        after_walk();
         let started = Instant::now();
         if self.layer_is_complete(&diff_hex) {
             drop(blob);

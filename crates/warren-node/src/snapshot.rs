@@ -327,12 +327,17 @@ fn finish(
             t.duration_since(started).as_micros() as u64,
         ));
     }
-    phases.extend(out.phases);
-    if let Some(done) = done_at {
-        phases.push((
-            "thaw".into(),
-            thawed.duration_since(done).as_micros() as u64,
-        ));
+    // The store's phases: only `walk` ran frozen; the thaw came right
+    // after it, before `sync`.
+    for (name, us) in out.phases {
+        let walk = name == "walk";
+        phases.push((name, us));
+        if let (true, Some(done)) = (walk, done_at) {
+            phases.push((
+                "thaw".into(),
+                thawed.duration_since(done).as_micros() as u64,
+            ));
+        }
     }
     Ok(SnapshotOutcome {
         image: out.image,

@@ -76,6 +76,7 @@ static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0)
 struct Sb {
     f: Arc<Fixture>,
     id: SandboxId,
+    init_pid: i32,
 }
 
 impl Drop for Sb {
@@ -112,9 +113,14 @@ impl Sb {
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let id = SandboxId::new(format!("{prefix}-{}-{n}", std::process::id()))?;
         let req = request(&id, image, limits);
-        f.rt.block_on(f.node.create_with_mounts(req, mounts, None, None))
-            .with_context(|| format!("create {id} from {image}"))?;
-        Ok(Sb { f, id })
+        let (info, _) =
+            f.rt.block_on(f.node.create_with_mounts(req, mounts, None, None))
+                .with_context(|| format!("create {id} from {image}"))?;
+        Ok(Sb {
+            f,
+            id,
+            init_pid: info.init_pid,
+        })
     }
 
     fn of(prefix: &str, image: &str) -> Result<Sb> {
@@ -320,6 +326,15 @@ fn disk_limited_sandbox_snapshot() -> Result<()> {
     let d = Sb::create("snap-disk", "host", limits.clone(), Vec::new())?;
     d.sh("mkdir -p /data && head -c 3000000 /dev/urandom > /data/blob && echo small > /data/small && rm /etc/os-release")?;
     let before = d.listing("/data")?;
+    // What the runtime relies on to refuse a disk-limited sandbox without
+    // init's kept descriptor (one made by an older node).
+    let mountinfo = std::fs::read_to_string(format!("/proc/{}/mountinfo", d.init_pid))?;
+    ensure!(
+        mountinfo.lines().any(|l| l.split(' ').nth(4) == Some("/")
+            && l.contains(" - overlay ")
+            && l.contains("upperdir=disk/upper")),
+        "{mountinfo}"
+    );
     let out = d.block(d.f.node.snapshot_filesystem(&d.id, None))?;
     ensure!(out.stats.content_bytes >= 3_000_000, "{:?}", out.stats);
     let e = Sb::create("snap-disk2", &out.image.id, limits, Vec::new())?;

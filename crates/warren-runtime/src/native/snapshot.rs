@@ -265,6 +265,17 @@ impl NativeRuntime {
         let fd = match open(kept.as_str(), flags, Mode::empty()) {
             Ok(fd) => fd,
             Err(nix::errno::Errno::ENOENT) => {
+                // No kept descriptor: fine for an upper on the host, but a
+                // disk-limited sandbox whose init predates it would give
+                // the empty host `upper/`; refuse that one.
+                if root_upper_is_disk(sb.init_pid) {
+                    return Err(RuntimeError::InvalidSpec {
+                        field: "disk",
+                        reason: "this disk-limited sandbox was created by an older node; \
+                                 its writable layer cannot be reached (recreate it)"
+                            .into(),
+                    });
+                }
                 let upper = sb.dir.join("upper");
                 open(&upper, flags | OFlag::O_NOFOLLOW, Mode::empty())
                     .map_err(|e| RuntimeError::prepare(&upper)(e.into()))?
@@ -295,6 +306,21 @@ impl NativeRuntime {
         }
         Ok(fd)
     }
+}
+
+/// Whether the sandbox's root overlay has its upper dir on the disk-limit
+/// tmpfs (`upperdir=disk/upper`, as init mounts it), from init's
+/// mountinfo.
+fn root_upper_is_disk(init_pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{init_pid}/mountinfo"))
+        .map(|m| {
+            m.lines().any(|l| {
+                l.split(' ').nth(4) == Some("/")
+                    && l.contains(" - overlay ")
+                    && l.contains("upperdir=disk/upper")
+            })
+        })
+        .unwrap_or(false)
 }
 
 /// Whether init (so the pid the paths above name) is still alive.
