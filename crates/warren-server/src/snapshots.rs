@@ -85,17 +85,41 @@ pub async fn snapshot_filesystem(
 ) -> Result<(StatusCode, Json<api::SnapshotImage>), ApiError> {
     let req: api::SnapshotFilesystemRequest = optional_body(&bytes)?;
     api::validate_ttl(req.ttl_secs).map_err(ApiError::invalid)?;
-    let rec = running(&state, &auth, &id).await?;
+    take(&state, &auth, &id, None, req.name, req.ttl_secs).await
+}
+
+/// Takes a filesystem snapshot (`path: None`) or a directory snapshot of
+/// a running sandbox, and records its TTL.
+async fn take(
+    state: &AppState,
+    auth: &Auth,
+    id: &str,
+    path: Option<String>,
+    name: Option<String>,
+    ttl_secs: Option<u64>,
+) -> Result<(StatusCode, Json<api::SnapshotImage>), ApiError> {
+    let rec = running(state, auth, id).await?;
     let _busy = state.supervisor.busy(&rec.id);
-    let out = state
-        .node
-        .snapshot_filesystem(&sandbox_id(&rec.id)?, req.name.as_deref())
-        .await?;
-    let expires = expire_after(&state, &out.image.id, req.ttl_secs).await?;
-    info!(sandbox_id = %rec.id, image = %out.image.id, micros = out.total_micros, "filesystem snapshot");
+    let sid = sandbox_id(&rec.id)?;
+    let out = match &path {
+        None => {
+            state
+                .node
+                .snapshot_filesystem(&sid, name.as_deref())
+                .await?
+        }
+        Some(p) => {
+            state
+                .node
+                .snapshot_directory(&sid, p, name.as_deref())
+                .await?
+        }
+    };
+    let expires = expire_after(state, &out.image.id, ttl_secs).await?;
+    info!(sandbox_id = %rec.id, image = %out.image.id, path = ?path, micros = out.total_micros, "snapshot");
     Ok((
         StatusCode::CREATED,
-        Json(snapshot_image(&out, req.name, expires)),
+        Json(snapshot_image(&out, name, expires)),
     ))
 }
 
@@ -118,18 +142,7 @@ pub async fn snapshot_directory(
         .map_err(|e| ApiError::new(ErrorCode::InvalidJson, e.to_string()))?;
     api::validate_sandbox_path("path", &req.path).map_err(ApiError::invalid)?;
     api::validate_ttl(req.ttl_secs).map_err(ApiError::invalid)?;
-    let rec = running(&state, &auth, &id).await?;
-    let _busy = state.supervisor.busy(&rec.id);
-    let out = state
-        .node
-        .snapshot_directory(&sandbox_id(&rec.id)?, &req.path, req.name.as_deref())
-        .await?;
-    let expires = expire_after(&state, &out.image.id, req.ttl_secs).await?;
-    info!(sandbox_id = %rec.id, image = %out.image.id, path = %req.path, "directory snapshot");
-    Ok((
-        StatusCode::CREATED,
-        Json(snapshot_image(&out, req.name, expires)),
-    ))
+    take(&state, &auth, &id, Some(req.path), req.name, req.ttl_secs).await
 }
 
 /// `POST /v1/sandboxes/{id}/mounts`

@@ -7,7 +7,8 @@ use crate::error::{is_unique_violation, Result, StoreError};
 use crate::store::Store;
 use crate::types::{ConnectTokenRecord, NetworkSpec, RelayPort};
 
-fn db(operation: &'static str, id: &str) -> impl FnOnce(sqlx::Error) -> StoreError {
+/// Maps a query's error to `UpdateSandbox` (the sandbox's own tables).
+pub(crate) fn db(operation: &'static str, id: &str) -> impl FnOnce(sqlx::Error) -> StoreError {
     let id = id.to_owned();
     move |source| StoreError::UpdateSandbox {
         id,

@@ -2,17 +2,9 @@
 //! images that snapshots made with a TTL.
 
 use crate::error::{Result, StoreError};
+use crate::network::db;
 use crate::store::Store;
 use crate::types::{ImageMountSpec, SandboxSpec};
-
-fn db(operation: &'static str, id: &str) -> impl FnOnce(sqlx::Error) -> StoreError {
-    let id = id.to_owned();
-    move |source| StoreError::UpdateSandbox {
-        id,
-        operation,
-        source,
-    }
-}
 
 impl Store {
     /// Changes a sandbox's spec JSON in one write transaction; returns the
