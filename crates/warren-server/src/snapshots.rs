@@ -115,6 +115,31 @@ async fn take(
                 .await?
         }
     };
+    // Image GC removes unnamed images nobody uses: a snapshot gets a name
+    // of its own, so it stays until it is removed or its TTL passes.
+    let name = match name {
+        Some(n) => Some(n),
+        None => {
+            let auto = format!(
+                "snapshot-{}",
+                out.image
+                    .id
+                    .trim_start_matches("sha256:")
+                    .get(..12)
+                    .unwrap_or_default()
+            );
+            let (images, image_id, tag) = (
+                state.node.images().clone(),
+                out.image.id.clone(),
+                auto.clone(),
+            );
+            tokio::task::spawn_blocking(move || images.tag(&image_id, &tag))
+                .await
+                .map_err(|e| ApiError::internal("naming a snapshot", &e))?
+                .map_err(|e| ApiError::internal("naming a snapshot", &e))?;
+            Some(auto)
+        }
+    };
     let expires = expire_after(state, &out.image.id, ttl_secs).await?;
     info!(sandbox_id = %rec.id, image = %out.image.id, path = ?path, micros = out.total_micros, "snapshot");
     Ok((

@@ -125,6 +125,15 @@ async fn filesystem_snapshot_round_trip() -> Result<()> {
         // A snapshot of a snapshot stacks another layer.
         sh(&e, &copy, "echo third > /srv/third").await?;
         let snap2 = snapshot(&e, &copy, json!({})).await?;
+        // Unnamed snapshots get a name, so image GC keeps them.
+        ensure!(
+            snap2["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("snapshot-")),
+            "{snap2}"
+        );
+        let (s, v) = e.admin("POST", "/v1/images/gc", None).await?;
+        ensure!(s == StatusCode::OK, "gc: {s} {v}");
         let third = e
             .create(json!({"image": snap2["image_id"], "timeout_secs": 60}))
             .await?;
