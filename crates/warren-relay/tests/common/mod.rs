@@ -310,20 +310,28 @@ pub fn error_code(resp: &Response<Bytes>) -> Option<String> {
 
 /// Sends `data` through a TCP connection to `addr`, reads the echo to EOF.
 pub async fn tcp_round_trip(addr: SocketAddr, data: &[u8]) -> Vec<u8> {
-    let mut s = TcpStream::connect(addr).await.unwrap();
+    try_tcp_round_trip(addr, data)
+        .await
+        .expect("tcp round trip failed")
+}
+
+/// Like [`tcp_round_trip`], with an error (refused, reset, timed out)
+/// instead of a panic: for retries while a limit frees up.
+pub async fn try_tcp_round_trip(addr: SocketAddr, data: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut s = TcpStream::connect(addr).await?;
     let (mut r, mut w) = s.split();
     let send = async {
-        w.write_all(data).await.unwrap();
-        w.shutdown().await.unwrap();
+        w.write_all(data).await?;
+        w.shutdown().await
     };
     let recv = async {
         let mut got = Vec::with_capacity(data.len());
-        r.read_to_end(&mut got).await.unwrap();
-        got
+        r.read_to_end(&mut got).await.map(|_| got)
     };
-    let (_, got) = tokio::time::timeout(T, async { tokio::join!(send, recv) })
+    let (sent, got) = tokio::time::timeout(T, async { tokio::join!(send, recv) })
         .await
-        .expect("tcp round trip timed out");
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))?;
+    sent?;
     got
 }
 
