@@ -298,26 +298,22 @@ fn one_line_error(o: &Output, code_hint: &str) {
     assert!(!err.contains("panicked"), "{}", describe(o));
 }
 
-/// Issue #5 through the binary: `warren image pull` from a real registry
-/// with plain progress lines (and bars under a terminal), `ls`, `inspect`,
-/// a sandbox from the pulled image, a `docker save` archive import, `rm`
-/// and `gc`.
-#[test]
-fn images_through_the_cli() {
+/// A loopback registry holding a busybox image with a second layer of
+/// `noise_len` incompressible bytes, under each of `refs`; the temporary
+/// directory holds its OCI layout.
+fn registry_with_image(
+    noise_len: usize,
+    seed: u64,
+    refs: &[&str],
+) -> (warren_testkit::registry::Registry, tempfile::TempDir) {
     use warren_testkit::registry::{busybox_tar, Compress, LayoutBuilder, Registry, TestConfig};
-    if !warren_testkit::require_root("images_through_the_cli")
-        || !warren_testkit::registry::require_tools("images_through_the_cli")
-    {
-        return;
-    }
     let reg = Registry::start().expect("start docker-registry");
     let work = tempfile::tempdir().expect("tempdir");
     let mut layout = LayoutBuilder::new(&work.path().join("layout")).expect("layout");
     let base = layout
         .layer(&busybox_tar().expect("busybox tar"), Compress::Gzip)
         .expect("layer");
-    // A second, incompressible layer large enough to show progress.
-    let noise = warren_testkit::registry::noise(8 << 20, 7);
+    let noise = warren_testkit::registry::noise(noise_len, seed);
     let big = layout
         .layer(
             &warren_testkit::registry::TarBuilder::new()
@@ -336,8 +332,25 @@ fn images_through_the_cli() {
             },
         )
         .expect("image");
-    reg.push(layout.dir(), "v1", "e2e/app:v1").expect("push");
-    reg.push(layout.dir(), "v1", "e2e/app:v2").expect("push");
+    for r in refs {
+        reg.push(layout.dir(), "v1", r).expect("push");
+    }
+    (reg, work)
+}
+
+/// Issue #5 through the binary: `warren image pull` from a real registry
+/// with plain progress lines (and bars under a terminal), `ls`, `inspect`,
+/// a sandbox from the pulled image, a `docker save` archive import, `rm`
+/// and `gc`.
+#[test]
+fn images_through_the_cli() {
+    if !warren_testkit::require_root("images_through_the_cli")
+        || !warren_testkit::registry::require_tools("images_through_the_cli")
+    {
+        return;
+    }
+    // A second, incompressible layer large enough to show progress.
+    let (reg, work) = registry_with_image(8 << 20, 7, &["e2e/app:v1", "e2e/app:v2"]);
     let host = reg.host();
     let server = Server::start_with(|data| {
         let cfg = serde_json::json!({
@@ -391,7 +404,7 @@ fn images_through_the_cli() {
     let archive = work.path().join("saved.tar");
     let made = Command::new("skopeo")
         .args(["copy", "--quiet"])
-        .arg(format!("oci:{}:v1", layout.dir().display()))
+        .arg(format!("oci:{}:v1", work.path().join("layout").display()))
         .arg(format!("docker-archive:{}:saved/app:v1", archive.display()))
         .output()
         .expect("skopeo");
@@ -1621,38 +1634,12 @@ fn separate_relay_through_the_cli() {
 /// pushed image and running a sandbox from it, and one-line errors.
 #[test]
 fn images_export_import_push() {
-    use warren_testkit::registry::{busybox_tar, Compress, LayoutBuilder, Registry, TestConfig};
     if !warren_testkit::require_root("images_export_import_push")
         || !warren_testkit::registry::require_tools("images_export_import_push")
     {
         return;
     }
-    let reg = Registry::start().expect("start docker-registry");
-    let work = tempfile::tempdir().expect("tempdir");
-    let mut layout = LayoutBuilder::new(&work.path().join("layout")).expect("layout");
-    let base = layout
-        .layer(&busybox_tar().expect("busybox tar"), Compress::Gzip)
-        .expect("layer");
-    let noise = warren_testkit::registry::noise(4 << 20, 11);
-    let big = layout
-        .layer(
-            &warren_testkit::registry::TarBuilder::new()
-                .file("blob", 0o644, &noise)
-                .finish(),
-            Compress::Gzip,
-        )
-        .expect("layer");
-    layout
-        .image(
-            "v1",
-            &[base, big],
-            &TestConfig {
-                env: vec!["PATH=/bin".into()],
-                ..Default::default()
-            },
-        )
-        .expect("image");
-    reg.push(layout.dir(), "v1", "e2e/src:v1").expect("push");
+    let (reg, work) = registry_with_image(4 << 20, 11, &["e2e/src:v1"]);
     let host = reg.host();
     let registries = serde_json::json!({
         "default_registry": "127.0.0.1:9",
