@@ -437,6 +437,57 @@ impl PullDisplay {
         }
     }
 
+    /// The first line of a pull or push, and a bar per blob on a terminal.
+    fn resolved(
+        &mut self,
+        what: &str,
+        unit: &str,
+        manifest_digest: &str,
+        blobs: &[warren_proto::api::PullLayer],
+    ) {
+        let total: u64 = blobs.iter().map(|b| b.size).sum();
+        self.line(format!(
+            "{what}: {} {unit}, {} ({})",
+            blobs.len(),
+            human_bytes(total),
+            short_digest(manifest_digest)
+        ));
+        if let Some(m) = &self.tty {
+            let style = ProgressStyle::with_template(
+                "{prefix} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta} {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> ");
+            for b in blobs {
+                let bar = m.add(ProgressBar::new(b.size));
+                bar.set_style(style.clone());
+                bar.set_prefix(short_digest(&b.digest));
+                self.bars.insert(b.digest.clone(), bar);
+            }
+        }
+    }
+
+    /// Bytes moved for one blob: its bar, or a line per quarter without a
+    /// terminal.
+    fn progress(&mut self, digest: &str, done: u64, total: u64) {
+        if let Some(bar) = self.bars.get(digest) {
+            bar.set_length(total);
+            bar.set_position(done);
+        } else if self.tty.is_none() && total > 0 {
+            let q = done * 4 / total;
+            let last = self.quarters.entry(digest.to_string()).or_insert(0);
+            if q > *last && q < 4 {
+                *last = q;
+                eprintln!(
+                    "{}: {} of {}",
+                    short_digest(digest),
+                    human_bytes(done),
+                    human_bytes(total)
+                );
+            }
+        }
+    }
+
     fn event(&mut self, p: &PullProgress) {
         match p {
             PullProgress::Resolved {
@@ -444,48 +495,14 @@ impl PullDisplay {
                 manifest_digest,
                 layers,
             } => {
-                let total: u64 = layers.iter().map(|l| l.size).sum();
-                self.line(format!(
-                    "{reference}: {} layer(s), {} ({})",
-                    layers.len(),
-                    human_bytes(total),
-                    short_digest(manifest_digest)
-                ));
-                if let Some(m) = &self.tty {
-                    let style = ProgressStyle::with_template(
-                        "{prefix} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta} {msg}",
-                    )
-                    .unwrap_or_else(|_| ProgressStyle::default_bar())
-                    .progress_chars("=> ");
-                    for l in layers {
-                        let bar = m.add(ProgressBar::new(l.size));
-                        bar.set_style(style.clone());
-                        bar.set_prefix(short_digest(&l.digest));
-                        self.bars.insert(l.digest.clone(), bar);
-                    }
-                }
+                self.resolved(reference, "layer(s)", manifest_digest, layers);
             }
             PullProgress::LayerProgress {
                 digest,
                 downloaded,
                 total,
             } => {
-                if let Some(bar) = self.bars.get(digest) {
-                    bar.set_length(*total);
-                    bar.set_position(*downloaded);
-                } else if self.tty.is_none() && *total > 0 {
-                    let q = downloaded * 4 / total;
-                    let last = self.quarters.entry(digest.clone()).or_insert(0);
-                    if q > *last && q < 4 {
-                        *last = q;
-                        eprintln!(
-                            "{}: {} of {}",
-                            short_digest(digest),
-                            human_bytes(*downloaded),
-                            human_bytes(*total)
-                        );
-                    }
-                }
+                self.progress(digest, *downloaded, *total);
             }
             PullProgress::LayerVerified { digest } => self.layer_msg(digest, "downloaded"),
             PullProgress::LayerAlreadyPresent { digest } => {
@@ -516,48 +533,14 @@ impl PullDisplay {
                 blobs,
                 ..
             } => {
-                let total: u64 = blobs.iter().map(|b| b.size).sum();
-                self.line(format!(
-                    "{target}: {} blob(s), {} ({})",
-                    blobs.len(),
-                    human_bytes(total),
-                    short_digest(manifest_digest)
-                ));
-                if let Some(m) = &self.tty {
-                    let style = ProgressStyle::with_template(
-                        "{prefix} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta} {msg}",
-                    )
-                    .unwrap_or_else(|_| ProgressStyle::default_bar())
-                    .progress_chars("=> ");
-                    for b in blobs {
-                        let bar = m.add(ProgressBar::new(b.size));
-                        bar.set_style(style.clone());
-                        bar.set_prefix(short_digest(&b.digest));
-                        self.bars.insert(b.digest.clone(), bar);
-                    }
-                }
+                self.resolved(target, "blob(s)", manifest_digest, blobs);
             }
             PushProgress::BlobProgress {
                 digest,
                 uploaded,
                 total,
             } => {
-                if let Some(bar) = self.bars.get(digest) {
-                    bar.set_length(*total);
-                    bar.set_position(*uploaded);
-                } else if self.tty.is_none() && *total > 0 {
-                    let q = uploaded * 4 / total;
-                    let last = self.quarters.entry(digest.clone()).or_insert(0);
-                    if q > *last && q < 4 {
-                        *last = q;
-                        eprintln!(
-                            "{}: {} of {}",
-                            short_digest(digest),
-                            human_bytes(*uploaded),
-                            human_bytes(*total)
-                        );
-                    }
-                }
+                self.progress(digest, *uploaded, *total);
             }
             PushProgress::BlobExists { digest } => {
                 self.layer_msg(digest, "already in the registry");
