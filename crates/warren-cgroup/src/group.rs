@@ -360,7 +360,30 @@ impl Cgroup {
         deadline: Instant,
     ) -> Result<bool, CgroupError> {
         self.request_frozen(f, frozen)?;
-        wait_until(deadline, || Self::is_frozen_state(f, frozen))
+        let Freezer::V1(dir) = f else {
+            return wait_until(deadline, || Self::is_frozen_state(f, frozen));
+        };
+        // A v1 group stays FREEZING while a task cannot be frozen at that
+        // moment (busy in the kernel, or just forked); writing FROZEN again
+        // retries them, and now and then a short thaw lets a task stuck
+        // half-way finish what it was doing (as runc does).
+        let state = dir.join("freezer.state");
+        let mut polls = 0u32;
+        wait_until(deadline, || {
+            let now = kernel::read(&state)?;
+            let now = now.trim();
+            if now == if frozen { "FROZEN" } else { "THAWED" } {
+                return Ok(true);
+            }
+            if frozen && now == "FREEZING" {
+                polls += 1;
+                if polls.is_multiple_of(25) {
+                    self.request_frozen(f, false)?;
+                }
+                self.request_frozen(f, true)?;
+            }
+            Ok(false)
+        })
     }
 
     fn busy(&self, path: &Path) -> CgroupError {

@@ -155,7 +155,7 @@ pub struct Timeouts {
 impl Default for Timeouts {
     fn default() -> Self {
         Self {
-            freeze: Duration::from_secs(1),
+            freeze: Duration::from_secs(3),
             kill: Duration::from_secs(2),
             remove: Duration::from_secs(2),
         }

@@ -2,7 +2,7 @@
 //! image mounts into running sandboxes.
 //!
 //! The codes particular to these endpoints: `snapshot_failed` (500),
-//! `invalid_path` (400), `sandbox_paused` (409), `image_not_found` (404,
+//! `invalid_path` (400), `sandbox_terminated` (409), `image_not_found` (404,
 //! for a mount).
 
 use std::time::Duration;

@@ -74,7 +74,7 @@ fn snapshot_image(
     responses((status = 201, description = "The new image", body = api::SnapshotImage),
         (status = 400, description = "invalid_argument / invalid_json / invalid_image_reference", body = api::ErrorBody),
         (status = 404, description = "sandbox_not_found", body = api::ErrorBody),
-        (status = 409, description = "sandbox_terminated / sandbox_not_running / sandbox_paused", body = api::ErrorBody),
+        (status = 409, description = "sandbox_terminated / sandbox_not_running", body = api::ErrorBody),
         (status = 500, description = "snapshot_failed", body = api::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn snapshot_filesystem(
@@ -155,7 +155,7 @@ async fn take(
     responses((status = 201, description = "The new single-layer image", body = api::SnapshotImage),
         (status = 400, description = "invalid_argument / invalid_json / invalid_path", body = api::ErrorBody),
         (status = 404, description = "sandbox_not_found / file_not_found", body = api::ErrorBody),
-        (status = 409, description = "sandbox_terminated / sandbox_paused", body = api::ErrorBody)),
+        (status = 409, description = "sandbox_terminated / sandbox_not_running", body = api::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn snapshot_directory(
     State(state): State<AppState>,
@@ -177,7 +177,7 @@ pub async fn snapshot_directory(
     responses((status = 200, description = "The sandbox, with the mount", body = api::Sandbox),
         (status = 400, description = "invalid_argument / invalid_json / invalid_path", body = api::ErrorBody),
         (status = 404, description = "sandbox_not_found / image_not_found", body = api::ErrorBody),
-        (status = 409, description = "sandbox_terminated / sandbox_paused", body = api::ErrorBody)),
+        (status = 409, description = "sandbox_terminated / sandbox_not_running", body = api::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn mount_image(
     State(state): State<AppState>,
