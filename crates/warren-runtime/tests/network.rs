@@ -494,6 +494,8 @@ fn addresses_are_reused_after_release() -> Result<()> {
     let ib = node.rt().address(&b)?.context("b")?;
     ensure!((ia.index, ib.index) == (0, 1), "{ia:?} {ib:?}");
     node.rt().destroy(&a)?;
+    // Destroy hands the veth and the lease to the reaper thread.
+    node.rt().flush_trash();
     let mut nl = warren_net::Netlink::open()?;
     ensure!(
         nl.index_of("wr0")?.is_none(),
