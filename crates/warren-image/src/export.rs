@@ -50,7 +50,7 @@ use crate::oci::{
     host_platform, parse_manifest, Compression, ConfigFile, Descriptor, ManifestKind,
     MEDIA_TYPE_OCI_CONFIG, MEDIA_TYPE_OCI_INDEX, MEDIA_TYPE_OCI_MANIFEST,
 };
-use crate::pack::archive_dir_oci;
+use crate::pack::{archive_dir_oci, ExactReader};
 use crate::store::{create_new, open_file, write_err, ImageStore, LAYER_FS_DIR};
 
 /// Manifest annotation marking an image built in a Warren store (no
@@ -443,10 +443,11 @@ impl OciImage {
                 }
                 BlobSource::Layer(layer) => {
                     let file = layer.open()?;
-                    let reader = ExactRead {
-                        inner: file,
-                        remaining: desc.size,
-                    };
+                    let reader = ExactReader::new(
+                        file,
+                        desc.size,
+                        "stored blob is shorter than its descriptor",
+                    );
                     append(&mut builder, &path, desc.size, reader).map_err(out_err)?
                 }
             }
@@ -473,33 +474,6 @@ fn append<W: Write>(
     header.set_size(size);
     header.set_mtime(0);
     builder.append_data(&mut header, path, data)
-}
-
-/// Reads exactly `remaining` bytes of a stored blob; a shorter file is an
-/// error (it would corrupt the tar).
-struct ExactRead<R> {
-    inner: R,
-    remaining: u64,
-}
-
-impl<R: Read> Read for ExactRead<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let max = usize::try_from(self.remaining)
-            .unwrap_or(usize::MAX)
-            .min(buf.len());
-        if max == 0 {
-            return Ok(0);
-        }
-        let n = self.inner.read(&mut buf[..max])?;
-        if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "stored blob is shorter than its descriptor",
-            ));
-        }
-        self.remaining -= n as u64;
-        Ok(n)
-    }
 }
 
 fn layer_hex(digest: &str) -> Result<&str, ImageError> {

@@ -181,10 +181,8 @@ impl<W: Write> Packer<'_, W> {
                 self.append_xattrs(&rel_path, &file)?;
                 let size = u64::try_from(st.st_size).map_err(|_| self.changed(&rel_path))?;
                 let header = header(EntryType::Regular, &st, size);
-                let reader = ExactReader {
-                    inner: file,
-                    remaining: size,
-                };
+                let reader =
+                    ExactReader::new(file, size, "file shrank while it was being archived");
                 self.append(&rel_path, header, reader)?;
                 Ok(None)
             }
@@ -321,11 +319,23 @@ fn is_opaque(dir: &File) -> bool {
     matches!(dir.get_xattr(OVERLAY_OPAQUE_XATTR), Ok(Some(v)) if v == b"y")
 }
 
-/// Reads exactly `remaining` bytes, failing if the file shrank (a shorter
-/// body would corrupt the archive); bytes beyond it are ignored.
-struct ExactReader<R> {
+/// Reads exactly `remaining` bytes, failing with `short` if the source
+/// ends early (a shorter body would corrupt the archive); bytes beyond it
+/// are ignored.
+pub(crate) struct ExactReader<R> {
     inner: R,
     remaining: u64,
+    short: &'static str,
+}
+
+impl<R> ExactReader<R> {
+    pub(crate) fn new(inner: R, remaining: u64, short: &'static str) -> Self {
+        ExactReader {
+            inner,
+            remaining,
+            short,
+        }
+    }
 }
 
 impl<R: Read> Read for ExactReader<R> {
@@ -338,10 +348,7 @@ impl<R: Read> Read for ExactReader<R> {
         }
         let n = self.inner.read(&mut buf[..max])?;
         if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "file shrank while it was being archived",
-            ));
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, self.short));
         }
         self.remaining -= n as u64;
         Ok(n)
@@ -354,17 +361,11 @@ mod tests {
 
     #[test]
     fn exact_reader_detects_shrinking() {
-        let mut ok = ExactReader {
-            inner: &b"abcdef"[..],
-            remaining: 3,
-        };
+        let mut ok = ExactReader::new(&b"abcdef"[..], 3, "short");
         let mut out = Vec::new();
         ok.read_to_end(&mut out).unwrap();
         assert_eq!(out, b"abc");
-        let mut short = ExactReader {
-            inner: &b"ab"[..],
-            remaining: 3,
-        };
+        let mut short = ExactReader::new(&b"ab"[..], 3, "short");
         assert!(short.read_to_end(&mut Vec::new()).is_err());
     }
 
