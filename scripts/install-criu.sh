@@ -8,7 +8,15 @@
 # temporary directory), so trixie never appears in the host's apt sources.
 # Build dependencies are installed from the host's own (bookworm) archive.
 #
-# Idempotent: does nothing when /usr/local/sbin/criu already reports 4.x.
+# Warren's patches (below, as heredocs) are applied to the source before the
+# build: 0001 lets CRIU dump TCP/UDP sockets on kernels where getsockopt()
+# of SO_PASSCRED/SO_PASSSEC on them fails with EOPNOTSUPP (6.18 here; stock
+# 4.1.1 stops with "sockets: Can't get 1:16 opt: Operation not supported").
+#
+# Idempotent: does nothing when /usr/local/sbin/criu already reports 4.x AND
+# its marker file /usr/local/sbin/criu.warren-patches names the SHA-256 of
+# exactly the patches below; otherwise (an unpatched or differently patched
+# criu) it rebuilds and reinstalls.
 # Needs root and network access to Debian's mirrors only.
 #
 # Usage: scripts/install-criu.sh
@@ -19,7 +27,69 @@ die() { log "ERROR: $*"; exit 1; }
 trap 'die "failed at line $LINENO (exit $?)"' ERR
 
 dest=/usr/local/sbin/criu
+marker=$dest.warren-patches
 mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+
+# Warren's patches to CRIU 4.1.1, applied with `patch -p1` in order.
+write_patches() {
+    local dir=$1
+    mkdir -p "$dir"
+    cat >"$dir/0001-sockets-passcred-eopnotsupp.patch" <<'PATCH'
+--- a/criu/sockets.c
++++ b/criu/sockets.c
+@@ -637,6 +637,31 @@
+ 	return 0;
+ }
+ 
++/*
++ * warren: SO_PASSCRED and SO_PASSSEC only mean something on unix (and
++ * netlink) sockets. Recent kernels (6.18 here) fail getsockopt() of them on
++ * other sockets (TCP, UDP, ...) with EOPNOTSUPP; treat that as "off".
++ */
++static int dump_opt_bool_or_off(int sk, int level, int name, int *val)
++{
++	socklen_t aux = sizeof(*val);
++
++	if (getsockopt(sk, level, name, val, &aux) < 0) {
++		if (errno == EOPNOTSUPP) {
++			pr_debug("%d:%d opt not supported on this socket, treated as off\n", level, name);
++			*val = 0;
++			return 0;
++		}
++		pr_perror("Can't get %d:%d opt", level, name);
++		return -1;
++	}
++	if (aux != sizeof(*val)) {
++		pr_err("Len mismatch on %d:%d : %d, want %zu\n", level, name, aux, sizeof(*val));
++		return -1;
++	}
++	return 0;
++}
++
+ int dump_socket_opts(int sk, SkOptsEntry *soe)
+ {
+ 	int ret = 0, val;
+@@ -676,11 +701,11 @@
+ 	soe->so_reuseport = val ? true : false;
+ 	soe->has_so_reuseport = true;
+ 
+-	ret |= dump_opt(sk, SOL_SOCKET, SO_PASSCRED, &val);
++	ret |= dump_opt_bool_or_off(sk, SOL_SOCKET, SO_PASSCRED, &val);
+ 	soe->has_so_passcred = true;
+ 	soe->so_passcred = val ? true : false;
+ 
+-	ret |= dump_opt(sk, SOL_SOCKET, SO_PASSSEC, &val);
++	ret |= dump_opt_bool_or_off(sk, SOL_SOCKET, SO_PASSSEC, &val);
+ 	soe->has_so_passsec = true;
+ 	soe->so_passsec = val ? true : false;
+ 
+PATCH
+}
+
+patches_dir=$(mktemp -d /tmp/warren-criu-patches.XXXXXX)
+trap 'rm -rf "$patches_dir"' EXIT
+write_patches "$patches_dir"
+patches_sum=$(cat "$patches_dir"/*.patch | sha256sum | cut -d' ' -f1)
 
 have_criu4() {
     local v
@@ -27,9 +97,16 @@ have_criu4() {
     [[ $v == 4.* ]]
 }
 
-if [[ -x $dest ]] && have_criu4; then
-    log "$($dest --version | head -n1) already installed at $dest"
+have_patched() {
+    [[ -f $marker ]] && [[ $(cat "$marker") == "$patches_sum" ]]
+}
+
+if [[ -x $dest ]] && have_criu4 && have_patched; then
+    log "$($dest --version | head -n1) (warren patches ${patches_sum:0:12}) already installed at $dest"
     exit 0
+fi
+if [[ -x $dest ]] && have_criu4; then
+    log "$dest lacks the current warren patches; rebuilding"
 fi
 
 [[ $(id -u) -eq 0 ]] || die "must run as root (try: sudo $0)"
@@ -56,7 +133,7 @@ if ((${#missing[@]} > 0)); then
 fi
 
 work=$(mktemp -d /tmp/warren-criu-build.XXXXXX)
-trap 'rm -rf "$work"' EXIT
+trap 'rm -rf "$work" "$patches_dir"' EXIT
 trap 'die "failed at line $LINENO (exit $?)"' ERR
 
 # A private apt configuration that knows only trixie's source index.
@@ -95,12 +172,20 @@ fi
 
 srcdir=$(find "$work/src" -mindepth 1 -maxdepth 1 -type d -name 'criu-*' | head -n1)
 [[ -n $srcdir ]] || die "no criu source directory after apt-get source"
+for p in "$patches_dir"/*.patch; do
+    log "applying $(basename "$p")"
+    patch -d "$srcdir" -p1 --forward --quiet <"$p" || die "patch $(basename "$p") does not apply"
+done
 log "building $(basename "$srcdir") (make criu)"
 make -C "$srcdir" -j"$(nproc)" criu >"$work/build.log" 2>&1 || {
     tail -n 40 "$work/build.log" >&2
     die "make criu failed"
 }
 
-install -D -m 0755 "$srcdir/criu/criu" "$dest"
+# Install atomically (a rename), then record which patches it carries.
+rm -f "$marker"
+install -D -m 0755 "$srcdir/criu/criu" "$dest.new"
+mv -f "$dest.new" "$dest"
 have_criu4 || die "$dest does not report version 4.x after install"
-log "installed $($dest --version | head -n1) at $dest"
+printf '%s\n' "$patches_sum" >"$marker"
+log "installed $($dest --version | head -n1) (warren patches ${patches_sum:0:12}) at $dest"
