@@ -1,0 +1,255 @@
+"""The HTTP transport: configuration, one pooled ``httpx`` client per event
+loop, error mapping, and retries for idempotent calls.
+
+A :class:`Client` may be shared by many threads and by the sync and async
+APIs at once: every event loop that uses it gets its own connection pool
+(an ``httpx.AsyncClient`` belongs to one loop), created on first use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import threading
+import weakref
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from ._errors import WarrenConnectionError, error_from_body, is_api_error
+
+DEFAULT_URL = "http://127.0.0.1:7070"
+"""Where the SDK looks for a server when neither ``url=`` nor ``WARREN_URL`` is set."""
+
+DEFAULT_TIMEOUT = 60.0
+"""Seconds a plain request may take (connect, and each read)."""
+
+STREAM_TIMEOUT = 3600.0
+"""Seconds between two reads of a long stream (pulls, builds, file transfers)."""
+
+RETRY_STATUSES = frozenset({502, 503, 504})
+"""Statuses retried for idempotent calls, unless Warren itself answered
+with one of :data:`FINAL_CODES`."""
+
+FINAL_CODES = frozenset({"relay_unavailable", "push_failed", "capacity_exhausted"})
+"""Warren error codes that are answers, not transient failures."""
+
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE"})
+
+Params = Mapping[str, str | int | float | bool | bytes | None] | Sequence[tuple[str, Any]]
+
+
+def encode_query(params: Params | None) -> str:
+    """A query string; ``bytes`` values are percent-encoded byte for byte
+    (file paths need not be UTF-8), ``None`` values are left out, booleans
+    are ``true``/``false``."""
+    if params is None:
+        return ""
+    items = params.items() if isinstance(params, Mapping) else params
+    parts = []
+    for key, value in items:
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            value = "true" if value else "false"
+        raw = value if isinstance(value, bytes) else str(value).encode()
+        parts.append(f"{key}={quote(raw, safe='/')}")
+    return "&".join(parts)
+
+
+def segment(value: str) -> str:
+    """One path segment, percent-encoded (image references contain ``/``)."""
+    return quote(value, safe="")
+
+
+class Client:
+    """Connection settings and pooled connections to one Warren server.
+
+    ``url`` and ``token`` default to the ``WARREN_URL`` and ``WARREN_TOKEN``
+    environment variables (and ``http://127.0.0.1:7070``). ``retries`` is how
+    many times an idempotent call is retried after a connection error or a
+    502/503/504, with exponential backoff from ``backoff`` seconds plus
+    jitter. Creates and execs are never retried.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        token: str | None = None,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        retries: int = 3,
+        backoff: float = 0.2,
+        verify: bool | str = True,
+    ) -> None:
+        self.url = (url or os.environ.get("WARREN_URL") or DEFAULT_URL).rstrip("/")
+        self.token = token if token is not None else os.environ.get("WARREN_TOKEN", "")
+        self.timeout = timeout
+        self.retries = retries
+        self.backoff = backoff
+        self.verify = verify
+        self._lock = threading.Lock()
+        self._pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def __repr__(self) -> str:
+        return f"Client(url={self.url!r})"
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The headers every call carries (the bearer token)."""
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
+    def ws_url(self, path: str) -> str:
+        """The WebSocket URL of an API path (``http`` → ``ws``)."""
+        if self.url.startswith("https://"):
+            return "wss://" + self.url[len("https://") :] + path
+        return "ws://" + self.url.removeprefix("http://") + path
+
+    def _pool(self) -> httpx.AsyncClient:
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            pool = self._pools.get(loop)
+            if pool is None:
+                pool = httpx.AsyncClient(
+                    base_url=self.url,
+                    headers=self.headers,
+                    timeout=httpx.Timeout(self.timeout),
+                    verify=self.verify,
+                    trust_env=False,
+                    limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+                )
+                self._pools[loop] = pool
+            return pool
+
+    async def aclose(self) -> None:
+        """Closes the connection pool of the running event loop."""
+        with self._lock:
+            pool = self._pools.pop(asyncio.get_running_loop(), None)
+        if pool is not None:
+            await pool.aclose()
+
+    def close(self) -> None:
+        """Closes the pool the sync API uses (the SDK's background loop)."""
+        from ._sync import bridge
+
+        if bridge.started:
+            bridge.run(self.aclose())
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Params | None = None,
+        json: Any = None,
+        content: bytes | AsyncIterator[bytes] | None = None,
+        headers: Mapping[str, str] | None = None,
+        idempotent: bool | None = None,
+        timeout: float | None = None,
+    ) -> httpx.Response:
+        """Sends one call and reads the whole answer; a non-2xx answer raises
+        its typed :class:`~warren.WarrenError`."""
+        async with self.stream(
+            method,
+            path,
+            params=params,
+            json=json,
+            content=content,
+            headers=headers,
+            idempotent=idempotent,
+            timeout=timeout,
+        ) as resp:
+            await resp.aread()
+            return resp
+
+    async def json(self, method: str, path: str, **kwargs: Any) -> Any:
+        """Like :meth:`request`, decoding the JSON answer."""
+        resp = await self.request(method, path, **kwargs)
+        return resp.json()
+
+    @asynccontextmanager
+    async def stream(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Params | None = None,
+        json: Any = None,
+        content: bytes | AsyncIterator[bytes] | None = None,
+        headers: Mapping[str, str] | None = None,
+        idempotent: bool | None = None,
+        timeout: float | None = None,
+    ) -> AsyncIterator[httpx.Response]:
+        """Sends one call and yields the answer with its body unread.
+
+        Retries (idempotent calls with a replayable body only) happen
+        before any of the answer is handed out."""
+        if idempotent is None:
+            idempotent = method in IDEMPOTENT_METHODS
+        replayable = content is None or isinstance(content, bytes)
+        attempts = 1 + (self.retries if idempotent and replayable else 0)
+        query = encode_query(params)
+        url = f"{path}?{query}" if query else path
+        pool = self._pool()
+        to = httpx.Timeout(timeout) if timeout is not None else httpx.USE_CLIENT_DEFAULT
+        for attempt in range(attempts):
+            last = attempt == attempts - 1
+            req = pool.build_request(
+                method, url, json=json, content=content, headers=headers, timeout=to
+            )
+            try:
+                resp = await pool.send(req, stream=True)
+            except httpx.TransportError as e:
+                if last:
+                    raise WarrenConnectionError(
+                        "connection_failed", f"{method} {self.url}{path}: {e!r}"
+                    ) from e
+                await self._sleep(attempt)
+                continue
+            try:
+                if resp.is_success:
+                    yield resp
+                    return
+                body = await resp.aread()
+                if not last and resp.status_code in RETRY_STATUSES and not _final(body):
+                    await self._sleep(attempt)
+                    continue
+                raise error_from_body(resp.status_code, body)
+            except httpx.TransportError as e:
+                raise WarrenConnectionError(
+                    "connection_failed", f"{method} {self.url}{path}: {e!r}"
+                ) from e
+            finally:
+                await resp.aclose()
+
+    async def _sleep(self, attempt: int) -> None:
+        delay = self.backoff * (2**attempt)
+        await asyncio.sleep(delay + random.uniform(0, delay))
+
+
+def _final(body: bytes) -> bool:
+    if not is_api_error(body):
+        return False
+    err = error_from_body(0, body)
+    return err.code in FINAL_CODES
+
+
+_default: Client | None = None
+_default_lock = threading.Lock()
+
+
+def resolve(client: Client | None) -> Client:
+    """``client``, or the process-wide default built from the environment."""
+    global _default
+    if client is not None:
+        return client
+    with _default_lock:
+        if _default is None:
+            _default = Client()
+        return _default

@@ -1,0 +1,24 @@
+"""The asyncio API: the same classes and methods as ``warren``, as
+coroutines (``await warren.aio.Sandbox.create(...)``).
+
+Iterating a process's output, file watches and image events are async
+iterators here; everything else returns the same data types.
+"""
+
+from ._client import Client
+from ._filesystem import FileWatcher, Filesystem
+from ._image import Image
+from ._process import Process, StdinWriter, StreamReader
+from ._sandbox import BackgroundExec, Sandbox
+
+__all__ = [
+    "BackgroundExec",
+    "Client",
+    "FileWatcher",
+    "Filesystem",
+    "Image",
+    "Process",
+    "Sandbox",
+    "StdinWriter",
+    "StreamReader",
+]
