@@ -17,6 +17,7 @@ import codecs
 import json
 from collections import deque
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -140,8 +141,9 @@ class StdinWriter:
         if self.closed:
             raise ValueError("stdin is closed")
         raw = data.encode() if isinstance(data, str) else bytes(data)
-        for i in range(0, len(raw), STDIN_FRAME):
-            await self._proc._send(b"\x00" + raw[i : i + STDIN_FRAME])
+        async with self._proc._waiting():
+            for i in range(0, len(raw), STDIN_FRAME):
+                await self._proc._send(b"\x00" + raw[i : i + STDIN_FRAME])
 
     async def drain(self) -> None:
         """Nothing to do: :meth:`write` returns once the data is sent."""
@@ -250,6 +252,20 @@ class Process:
             self._done.set()
             await self._ws.close()
 
+    @asynccontextmanager
+    async def _waiting(self) -> AsyncIterator[None]:
+        """Marks the caller as blocked on the process (waiting for the exit,
+        or sending stdin the process may only take once its output is
+        read): the pump buffers output without pausing meanwhile."""
+        async with self._changed:
+            self._waiters += 1
+            self._changed.notify_all()
+        try:
+            yield
+        finally:
+            async with self._changed:
+                self._waiters -= 1
+
     async def _file(self, stream: _Stream, data: bytes) -> None:
         if not data:
             return
@@ -302,14 +318,8 @@ class Process:
         Raises :class:`~warren.ExecTimeout` if the exec's own ``timeout``
         killed it, ``TimeoutError`` if ``timeout`` seconds pass first, and the
         server's error if the stream failed."""
-        async with self._changed:
-            self._waiters += 1
-            self._changed.notify_all()
-        try:
+        async with self._waiting():
             await asyncio.wait_for(self._done.wait(), timeout)
-        finally:
-            async with self._changed:
-                self._waiters -= 1
         if self._error is not None:
             raise self._error
         if self.timed_out:

@@ -51,11 +51,14 @@ class _Bridge:
                 self._loop = loop
             return self._loop
 
+    def on_loop_thread(self) -> bool:
+        return self._thread is not None and threading.current_thread() is self._thread
+
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         """Runs ``coro`` on the loop and blocks until it is done; an
         interrupt (Ctrl-C) of the caller cancels it."""
         loop = self.loop()
-        if threading.current_thread() is self._thread:
+        if self.on_loop_thread():
             coro.close()
             raise RuntimeError(
                 "the sync warren API was called from the SDK's own event loop "
@@ -107,6 +110,8 @@ def unwrap(value: Any) -> Any:
 def call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """Calls ``fn`` with unwrapped arguments, runs it to completion on the
     bridge if it is a coroutine, and wraps the result."""
+    if bridge.on_loop_thread():
+        bridge.run(_awaited(None))  # raises: blocking here would deadlock the loop
     result = fn(*unwrap(args), **unwrap(kwargs))
     if inspect.isawaitable(result):
         result = bridge.run(_awaited(result))

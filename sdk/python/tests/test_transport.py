@@ -1,0 +1,183 @@
+"""The transport without a Warren server: retries against a loopback stub,
+error mapping, query encoding; and the sync bridge's threading."""
+
+from __future__ import annotations
+
+import asyncio
+import http.server
+import json
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+import warren
+from warren import _errors
+from warren._client import encode_query
+
+
+class Stub(http.server.ThreadingHTTPServer):
+    """Answers 503 (no Warren envelope) ``failures`` times, then 200."""
+
+    daemon_threads = True
+
+    def __init__(self, failures: int, status: int = 503, body: bytes = b"upstream down") -> None:
+        super().__init__(("127.0.0.1", 0), Handler)
+        self.failures = failures
+        self.status = status
+        self.body = body
+        self.calls: list[str] = []
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    server: Stub
+
+    def _answer(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        self.rfile.read(length)
+        self.server.calls.append(self.command)
+        if len(self.server.calls) <= self.server.failures:
+            status, body = self.server.status, self.server.body
+        else:
+            status, body = 200, json.dumps({"images": []}).encode()
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = do_PUT = do_DELETE = _answer
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def stub_factory() -> Iterator[list[Stub]]:
+    stubs: list[Stub] = []
+    yield stubs
+    for s in stubs:
+        s.shutdown()
+        s.server_close()
+
+
+def start(stubs: list[Stub], failures: int, **kw: object) -> Stub:
+    s = Stub(failures, **kw)  # type: ignore[arg-type]
+    threading.Thread(target=s.serve_forever, daemon=True).start()
+    stubs.append(s)
+    return s
+
+
+def test_idempotent_calls_are_retried(stub_factory: list[Stub]) -> None:
+    stub = start(stub_factory, failures=2)
+    c = warren.Client(url=stub.url, token="t", retries=3, backoff=0.01)
+    assert warren.Image.list(client=c) == []
+    assert stub.calls == ["GET", "GET", "GET"]
+
+
+def test_retries_give_up(stub_factory: list[Stub]) -> None:
+    stub = start(stub_factory, failures=10, status=502)
+    c = warren.Client(url=stub.url, token="t", retries=2, backoff=0.01)
+    with pytest.raises(warren.WarrenError) as e:
+        warren.Image.list(client=c)
+    assert (e.value.code, e.value.status) == ("http_502", 502)
+    assert len(stub.calls) == 3
+
+
+def test_creates_are_not_retried(stub_factory: list[Stub]) -> None:
+    stub = start(stub_factory, failures=2)
+    c = warren.Client(url=stub.url, token="t", retries=3, backoff=0.01)
+    with pytest.raises(warren.WarrenError):
+        warren.Sandbox.create(client=c)
+    assert stub.calls == ["POST"]
+
+
+def test_warren_answers_are_final(stub_factory: list[Stub]) -> None:
+    body = json.dumps({"error": {"code": "relay_unavailable", "message": "no relay"}}).encode()
+    stub = start(stub_factory, failures=5, body=body)
+    c = warren.Client(url=stub.url, token="t", retries=3, backoff=0.01)
+    with pytest.raises(warren.NetworkError):
+        warren.Image.list(client=c)
+    assert len(stub.calls) == 1
+
+
+@pytest.mark.parametrize(
+    ("code", "cls"),
+    [
+        ("unauthenticated", warren.AuthError),
+        ("forbidden", warren.AuthError),
+        ("invalid_json", warren.InvalidArgument),
+        ("invalid_argument", warren.InvalidArgument),
+        ("exec_permission_denied", warren.CommandError),
+        ("sandbox_not_found", warren.SandboxNotFound),
+        ("image_not_found", warren.ImageNotFound),
+        ("not_found", warren.NotFound),
+        ("name_conflict", warren.NameConflict),
+        ("sandbox_terminated", warren.SandboxTerminated),
+        ("sandbox_not_running", warren.SandboxNotRunning),
+        ("capacity_exhausted", warren.CapacityExhausted),
+        ("image_in_use", warren.ImageInUse),
+        ("registry_auth", warren.RegistryError),
+        ("digest_mismatch", warren.ImageError),
+        ("file_not_found", warren.FileNotFound),
+        ("file_exists", warren.FileExists),
+        ("permission_denied", warren.PermissionDenied),
+        ("is_a_directory", warren.IsADirectory),
+        ("not_a_directory", warren.NotADirectory),
+        ("directory_not_empty", warren.DirectoryNotEmpty),
+        ("no_space", warren.NoSpace),
+        ("symlink_loop", warren.FilesystemError),
+        ("port_not_exposed", warren.NetworkError),
+        ("not_ready", warren.NotReady),
+        ("snapshot_failed", warren.SnapshotFailed),
+        ("build_step_failed", warren.BuildError),
+        ("internal", warren.InternalError),
+    ],
+)
+def test_error_mapping(code: str, cls: type[warren.WarrenError]) -> None:
+    body = json.dumps({"error": {"code": code, "message": "m"}}).encode()
+    err = _errors.error_from_body(400, body)
+    assert type(err) is cls and (err.code, err.message, err.status) == (code, "m", 400)
+    assert str(err) == f"{code}: m (HTTP 400)"
+
+
+def test_unknown_codes_and_non_json() -> None:
+    err = _errors.error_from_body(418, b'{"error": {"code": "teapot", "message": "short"}}')
+    assert type(err) is warren.WarrenError and err.code == "teapot"
+    err = _errors.error_from_body(502, b"<html>bad gateway</html>")
+    assert (err.code, err.message) == ("http_502", "<html>bad gateway</html>")
+
+
+def test_query_encoding() -> None:
+    q = encode_query({"path": b"/tmp/a b/\xff%", "flag": True, "skip": None, "n": 3})
+    assert q == "path=/tmp/a%20b/%FF%25&flag=true&n=3"
+
+
+def test_sync_api_from_the_loop_thread_is_refused(stub_factory: list[Stub]) -> None:
+    stub = start(stub_factory, failures=0)
+    c = warren.Client(url=stub.url, token="t")
+    seen: list[BaseException] = []
+
+    async def inside() -> None:
+        try:
+            warren.Image.list(client=c)
+        except RuntimeError as e:
+            seen.append(e)
+
+    from warren._sync import bridge
+
+    bridge.run(inside())
+    assert seen and "warren.aio" in str(seen[0])
+
+
+def test_one_client_many_loops(stub_factory: list[Stub]) -> None:
+    """The same Client serves the sync API and two asyncio loops."""
+    stub = start(stub_factory, failures=0)
+    c = warren.Client(url=stub.url, token="t")
+    assert warren.Image.list(client=c) == []
+    for _ in range(2):
+        assert asyncio.run(warren.aio.Image.list(client=c)) == []
+    assert len(stub.calls) == 3
