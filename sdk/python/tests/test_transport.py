@@ -21,12 +21,20 @@ class Stub(http.server.ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, failures: int, status: int = 503, body: bytes = b"upstream down") -> None:
+    def __init__(
+        self,
+        failures: int,
+        status: int = 503,
+        body: bytes = b"upstream down",
+        ok_body: bytes = b'{"images": []}',
+    ) -> None:
         super().__init__(("127.0.0.1", 0), Handler)
         self.failures = failures
         self.status = status
         self.body = body
+        self.ok_body = ok_body
         self.calls: list[str] = []
+        self.bodies: list[bytes] = []
 
     @property
     def url(self) -> str:
@@ -38,18 +46,18 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def _answer(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
-        self.rfile.read(length)
+        self.server.bodies.append(self.rfile.read(length))
         self.server.calls.append(self.command)
         if len(self.server.calls) <= self.server.failures:
             status, body = self.server.status, self.server.body
         else:
-            status, body = 200, json.dumps({"images": []}).encode()
+            status, body = 200, self.server.ok_body
         self.send_response(status)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
 
-    do_GET = do_POST = do_PUT = do_DELETE = _answer
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _answer
 
     def log_message(self, *args: object) -> None:
         pass
@@ -181,3 +189,16 @@ def test_one_client_many_loops(stub_factory: list[Stub]) -> None:
     for _ in range(2):
         assert asyncio.run(warren.aio.Image.list(client=c)) == []
     assert len(stub.calls) == 3
+
+
+def test_update_network_bodies(stub_factory: list[Stub]) -> None:
+    """Left-out arguments stay out of the PATCH; None removes the allowlist."""
+    stub = start(stub_factory, failures=0, ok_body=b'{"id": "sb-x", "state": "running"}')
+    c = warren.Client(url=stub.url, token="t")
+    sb = warren.aio.Sandbox(warren.SandboxInfo(id="sb-x", state=warren.SandboxState.RUNNING), c)
+    for kwargs in ({"block_network": True}, {"outbound_cidr_allowlist": None}):
+        asyncio.run(sb.update_network(**kwargs))  # type: ignore[arg-type]
+    assert [json.loads(b) for b in stub.bodies] == [
+        {"block_network": True},
+        {"outbound_cidr_allowlist": None},
+    ]
