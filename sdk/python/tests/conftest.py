@@ -83,10 +83,10 @@ def _start_registry(root: Path) -> tuple[subprocess.Popen[bytes], str] | None:
         f"    rootdirectory: {storage}\n  delete:\n    enabled: true\n"
         f"http:\n  addr: 127.0.0.1:{port}\n"
     )
-    log = open(root / "registry.log", "wb")
-    proc = subprocess.Popen(
-        [REGISTRY_BIN, "serve", str(config)], stdout=log, stderr=log, stdin=subprocess.DEVNULL
-    )
+    with open(root / "registry.log", "wb") as log:
+        proc = subprocess.Popen(
+            [REGISTRY_BIN, "serve", str(config)], stdout=log, stderr=log, stdin=subprocess.DEVNULL
+        )
 
     def up() -> bool:
         try:
@@ -120,31 +120,34 @@ def server() -> Iterator[Server]:
     root = Path(tempfile.mkdtemp(prefix="warren-sdk-", dir="/var/tmp"))
     (root / "data").mkdir()
     registry = _start_registry(root)
-    registries = {"default_registry": "127.0.0.1:9", "registries": {"127.0.0.1:9": {"insecure": True}}}
+    registries = {
+        "default_registry": "127.0.0.1:9",
+        "registries": {"127.0.0.1:9": {"insecure": True}},
+    }
     if registry is not None:
         registries["registries"][registry[1]] = {"insecure": True}
     (root / "data/registries.json").write_text(json.dumps(registries))
     port, raw = free_port(), free_port()
-    log = open(root / "server.log", "ab")
-    proc = subprocess.Popen(
-        [
-            binary,
-            "--data-dir",
-            str(root / "data"),
-            "serve",
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--no-network",
-            "--relay-https-listen",
-            "127.0.0.1:0",
-            "--relay-raw-ports",
-            f"{raw}-{raw}",
-        ],
-        stdout=log,
-        stderr=log,
-        stdin=subprocess.DEVNULL,
-        env={**os.environ, "RUST_LOG": "info"},
-    )
+    with open(root / "server.log", "ab") as log:
+        proc = subprocess.Popen(
+            [
+                binary,
+                "--data-dir",
+                str(root / "data"),
+                "serve",
+                "--listen",
+                f"127.0.0.1:{port}",
+                "--no-network",
+                "--relay-https-listen",
+                "127.0.0.1:0",
+                "--relay-raw-ports",
+                f"{raw}-{raw}",
+            ],
+            stdout=log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, "RUST_LOG": "info"},
+        )
     url = f"http://127.0.0.1:{port}"
     token_file = root / "data/admin-token"
 

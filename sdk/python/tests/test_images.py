@@ -104,7 +104,7 @@ def test_build_with_every_step(client: warren.Client, base: str, tmp_path: Path)
         .cmd(["echo from-cmd"])
     )
     assert recipe.needs_build and recipe.id is None
-    assert recipe.recipe().startswith(f"FROM {base}\nENV GREETING=\"hi there\"\n")
+    assert recipe.recipe().startswith(f'FROM {base}\nENV GREETING="hi there"\n')
     events: list[dict[str, Any]] = []
     built = recipe.build(tag="sdk-built:1", on_event=events.append, client=client)
     assert built.id and built.id.startswith("sha256:")

@@ -111,9 +111,8 @@ def test_errors(client: warren.Client, server: Server) -> None:
     with pytest.raises(warren.InvalidArgument) as e:
         warren.Sandbox.create(client=client, name="Bad Name")
     name = f"taken-{unique()}"
-    with warren.Sandbox.create(client=client, name=name):
-        with pytest.raises(warren.NameConflict):
-            warren.Sandbox.create(client=client, name=name)
+    with warren.Sandbox.create(client=client, name=name), pytest.raises(warren.NameConflict):
+        warren.Sandbox.create(client=client, name=name)
     bad = warren.Client(url=server.url, token="wrong", retries=0)
     with pytest.raises(warren.AuthError) as e:
         warren.Sandbox.list(client=bad)

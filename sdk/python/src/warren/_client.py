@@ -141,30 +141,11 @@ class Client:
         if bridge.started:
             bridge.run(self.aclose())
 
-    async def request(
-        self,
-        method: str,
-        path: str,
-        *,
-        params: Params | None = None,
-        json: Any = None,
-        content: bytes | AsyncIterator[bytes] | None = None,
-        headers: Mapping[str, str] | None = None,
-        idempotent: bool | None = None,
-        timeout: float | None = None,
-    ) -> httpx.Response:
-        """Sends one call and reads the whole answer; a non-2xx answer raises
-        its typed :class:`~warren.WarrenError`."""
-        async with self.stream(
-            method,
-            path,
-            params=params,
-            json=json,
-            content=content,
-            headers=headers,
-            idempotent=idempotent,
-            timeout=timeout,
-        ) as resp:
+    async def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """Sends one call (the arguments of :meth:`stream`) and reads the
+        whole answer; a non-2xx answer raises its typed
+        :class:`~warren.WarrenError`."""
+        async with self.stream(method, path, **kwargs) as resp:
             await resp.aread()
             return resp
 

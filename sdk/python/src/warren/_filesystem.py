@@ -8,6 +8,7 @@ in memory.
 
 from __future__ import annotations
 
+import builtins
 import os
 import tarfile
 import tempfile
@@ -39,7 +40,7 @@ async def _chunks(source: Source) -> AsyncIterator[bytes]:
             yield data[i : i + CHUNK]
         return
     if hasattr(source, "read"):
-        while chunk := source.read(CHUNK):  # type: ignore[union-attr]
+        while chunk := source.read(CHUNK):
             yield chunk
         return
     if isinstance(source, AsyncIterable):
@@ -58,7 +59,7 @@ class FileWatcher:
 
     def __init__(self, fs: Filesystem, path: PathLike, recursive: bool) -> None:
         self._fs = fs
-        self._params = {"path": _raw(path), "recursive": recursive}
+        self._params: dict[str, bytes | bool] = {"path": _raw(path), "recursive": recursive}
         self._cm: Any = None
         self._events: AsyncIterator[tuple[str, Any]] | None = None
 
@@ -298,7 +299,9 @@ class Filesystem:
             )
         return parse(ArchiveResult, resp.json())
 
-    async def download_dir(self, path: PathLike, local: str | os.PathLike[str]) -> list[str]:
+    async def download_dir(
+        self, path: PathLike, local: str | os.PathLike[str]
+    ) -> builtins.list[str]:
         """Downloads directory ``path`` into local directory ``local``
         (created if missing), unpacked as untrusted input (no absolute
         paths, no ``..``, no links out); returns the names unpacked."""

@@ -201,8 +201,8 @@ class Process:
                 open_timeout=client.timeout,
             )
         except InvalidStatus as e:
-            raise error_from_body(e.response.status_code, e.response.body or b"") from e
-        except (OSError, WebSocketException, asyncio.TimeoutError) as e:
+            raise error_from_body(e.response.status_code, bytes(e.response.body or b"")) from e
+        except (TimeoutError, OSError, WebSocketException) as e:
             raise WarrenConnectionError("connection_failed", f"{path}: {e!r}") from e
         try:
             if start is not None:
@@ -323,9 +323,7 @@ class Process:
         if self._error is not None:
             raise self._error
         if self.timed_out:
-            raise ExecTimeout(
-                "exec_timeout", f"the exec timed out (exit code {self.returncode})"
-            )
+            raise ExecTimeout("exec_timeout", f"the exec timed out (exit code {self.returncode})")
         rc = self.returncode
         assert rc is not None
         return rc

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import builtins
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -66,7 +67,7 @@ def _exec_start(
     if timeout is not None:
         start["timeout_secs"] = int(timeout)
     if pty:
-        rows, cols = (24, 80) if pty is True else pty
+        rows, cols = (24, 80) if isinstance(pty, bool) else pty
         start["tty"] = {"rows": rows, "cols": cols}
     return start
 
@@ -364,7 +365,7 @@ class Sandbox:
         data = await self._client.json("POST", f"{self._base}/execs", json=start)
         return BackgroundExec(self, parse(BackgroundExecInfo, data))
 
-    async def background_execs(self) -> list[BackgroundExec]:
+    async def background_execs(self) -> builtins.list[BackgroundExec]:
         """The sandbox's background execs (ended ones for 10 minutes)."""
         data = await self._client.json("GET", f"{self._base}/execs")
         return [BackgroundExec(self, parse(BackgroundExecInfo, e)) for e in data["execs"]]
@@ -404,9 +405,7 @@ class Sandbox:
         if outbound_cidr_allowlist is not _UNCHANGED:
             allow = outbound_cidr_allowlist
             body["outbound_cidr_allowlist"] = None if allow is None else list(allow)
-        data = await self._client.json(
-            "PATCH", f"{self._base}/network", json=body, idempotent=True
-        )
+        data = await self._client.json("PATCH", f"{self._base}/network", json=body, idempotent=True)
         self._info = SandboxInfo.from_json(data)
 
     async def tunnels(self) -> Tunnels:
@@ -427,7 +426,7 @@ class Sandbox:
         data = await self._client.json("POST", f"{self._base}/connect-token", json=body)
         return parse(ConnectToken, data)
 
-    async def connect_tokens(self) -> list[ConnectTokenInfo]:
+    async def connect_tokens(self) -> builtins.list[ConnectTokenInfo]:
         """The sandbox's connect tokens (metadata only)."""
         data = await self._client.json("GET", f"{self._base}/connect-tokens")
         return [parse(ConnectTokenInfo, t) for t in data["tokens"]]
@@ -528,9 +527,7 @@ class BackgroundExec:
 
     async def signal(self, signal: int) -> None:
         """Sends ``signal`` to the exec's process group."""
-        await self._sandbox._client.request(
-            "POST", f"{self._path}/signal", json={"signal": signal}
-        )
+        await self._sandbox._client.request("POST", f"{self._path}/signal", json={"signal": signal})
 
     async def kill(self) -> None:
         """Kills the exec (SIGKILL to its process group) and forgets it."""

@@ -82,7 +82,7 @@ def wrap(value: Any) -> Any:
     sync facade; async iterators as :class:`SyncIterator`."""
     sync_cls = _SYNC_OF.get(type(value))
     if sync_cls is not None:
-        obj = object.__new__(sync_cls)
+        obj: Any = object.__new__(sync_cls)
         obj._inner = value
         return obj
     if type(value) in (list, tuple):

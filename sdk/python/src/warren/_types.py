@@ -24,7 +24,7 @@ def parse(cls: type[T], data: dict[str, Any]) -> T:
     return cls(**kwargs)
 
 
-class SandboxState(str, enum.Enum):
+class SandboxState(enum.StrEnum):
     """Where a sandbox is in its life."""
 
     CREATING = "creating"
@@ -33,7 +33,7 @@ class SandboxState(str, enum.Enum):
     TERMINATED = "terminated"
 
 
-class TerminationReason(str, enum.Enum):
+class TerminationReason(enum.StrEnum):
     """Why a sandbox ended."""
 
     EXITED = "exited"
@@ -62,7 +62,7 @@ class Termination:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Termination:
         return cls(
-            reason=TerminationReason(data.get("reason")),
+            reason=TerminationReason(str(data.get("reason"))),
             exit_code=data.get("exit_code"),
             detail=data.get("detail"),
         )

@@ -6,7 +6,7 @@ iterators here; everything else returns the same data types.
 """
 
 from ._client import Client
-from ._filesystem import FileWatcher, Filesystem
+from ._filesystem import Filesystem, FileWatcher
 from ._image import Image
 from ._process import Process, StdinWriter, StreamReader
 from ._sandbox import BackgroundExec, Sandbox
