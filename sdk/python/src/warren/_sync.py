@@ -181,7 +181,7 @@ _DUNDERS = {
 }
 
 
-def synchronize(acls: type) -> type:
+def synchronize(acls: type) -> Any:
     """The blocking twin of async class ``acls`` (same names, same docs)."""
     ns: dict[str, Any] = {
         "__doc__": acls.__doc__,
