@@ -55,7 +55,7 @@ def main() -> None:
         # 3. The agent writes the app through the filesystem API.
         for path in sorted(APP.iterdir()):
             sb.filesystem.write_text(f"/app/{path.name}", path.read_text())
-        print("files:", ", ".join(e.name for e in sb.filesystem.list("/app")))
+        print("files:", ", ".join(e.path for e in sb.filesystem.list("/app")))
 
         # 4. Start the dev server in the background; wait until it listens.
         server = sb.exec_background("node", "/app/server.js", env={"PORT": str(PORT)})

@@ -14,6 +14,7 @@ Two ways a snippet runs:
 
 import argparse
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import warren
 
@@ -29,14 +30,12 @@ def run_exec(sb: warren.Sandbox, code: str, timeout: int) -> dict:
     """One snippet as an exec; the sandbox survives whatever it does."""
     p = sb.exec("python3", "-c", code, timeout=timeout)
     out, err = p.stdout.read(), p.stderr.read()
-    code_ = p.wait()
-    if p.timed_out:
-        outcome = "timeout"
-    elif p.oom_killed:
-        outcome = "oom_killed"
-    else:
-        outcome = "ok" if code_ == 0 else "error"
-    return {"outcome": outcome, "exit_code": code_, "stdout": out[-200:], "stderr": err[-200:]}
+    try:
+        status = p.wait()
+    except warren.ExecTimeout:  # killed by the server at `timeout`
+        return {"outcome": "timeout", "exit_code": p.returncode}
+    outcome = "oom_killed" if p.oom_killed else "ok" if status == 0 else "error"
+    return {"outcome": outcome, "exit_code": status, "stdout": out[-200:], "stderr": err[-200:]}
 
 
 def run_main(image: str, code: str, timeout: int, memory: int) -> dict:
@@ -63,8 +62,12 @@ def main() -> None:
                                timeout=300) as sb:
         for name, code in SNIPPETS.items():
             report[f"exec/{name}"] = run_exec(sb, code, args.timeout)
-    for name, code in SNIPPETS.items():
-        report[f"main/{name}"] = run_main(args.image, code, args.timeout, args.memory)
+    # The SDK is thread-safe: the main-command runs go in parallel.
+    with ThreadPoolExecutor(max_workers=len(SNIPPETS)) as pool:
+        runs = {name: pool.submit(run_main, args.image, code, args.timeout, args.memory)
+                for name, code in SNIPPETS.items()}
+        for name, run in runs.items():
+            report[f"main/{name}"] = run.result()
     for key, result in report.items():
         print(f"{key:18} {json.dumps(result)}")
 

@@ -132,6 +132,9 @@ class StdinWriter:
     """A process's stdin: :meth:`write` sends (waiting while the server's
     queue is full), :meth:`close` sends end-of-file."""
 
+    closed: bool
+    """Whether :meth:`close` was called."""
+
     def __init__(self, proc: Process) -> None:
         self._proc = proc
         self.closed = False
@@ -159,14 +162,20 @@ class Process:
     """A running exec: ``stdin``, ``stdout``, ``stderr``, ``wait()``,
     ``returncode`` and signals, like :class:`subprocess.Popen`."""
 
+    pid: int
+    """The process id inside the sandbox."""
+    exec_id: str | None
+    """The background exec's id, for attached processes."""
+    stdin: StdinWriter
+    stdout: StreamReader
+    stderr: StreamReader
+
     def __init__(
         self, ws: ClientConnection, pid: int, text: bool, encoding: str, exec_id: str | None
     ) -> None:
         self._ws = ws
         self.pid = pid
-        """The process id inside the sandbox."""
         self.exec_id = exec_id
-        """The background exec's id, for attached processes."""
         self._changed = asyncio.Condition()
         self._out = _Stream(self._changed)
         self._err = _Stream(self._changed)

@@ -82,11 +82,13 @@ class Sandbox:
     the end of the block.
     """
 
+    filesystem: Filesystem
+    """The sandbox's files."""
+
     def __init__(self, info: SandboxInfo, client: Client) -> None:
         self._info = info
         self._client = client
         self.filesystem = Filesystem(client, info.id)
-        """The sandbox's files (:class:`Filesystem`)."""
 
     def __repr__(self) -> str:
         return f"<Sandbox {self.id} {self.state.value}>"
