@@ -140,3 +140,23 @@ def test_image_command_and_readiness_not_ready(client: warren.Client) -> None:
             sb.wait_ready(timeout=1)
     with pytest.raises(warren.SandboxTerminated):
         sb.wait_ready(timeout=1)
+
+
+def test_workspaces_and_tokens(client: warren.Client, server: Server) -> None:
+    ws = warren.Workspace.create(f"ws-{unique()}", client=client)
+    assert ws.id and ws in warren.Workspace.list(client=client)
+    tok = warren.Token.create("ci", workspace_id=ws.id, client=client)
+    assert tok.token and tok.workspace_id == ws.id and not tok.admin
+    other = warren.Client(url=server.url, token=tok.token)
+    with warren.Sandbox.create(client=client) as mine:
+        # Another workspace sees none of this one's sandboxes.
+        with pytest.raises(warren.SandboxNotFound):
+            warren.Sandbox.from_id(mine.id, client=other)
+        with warren.Sandbox.create(client=other) as theirs:
+            assert [s.id for s in warren.Sandbox.list(client=other)] == [theirs.id]
+    assert [t.id for t in warren.Token.list(client=other)] == [tok.id]
+    with pytest.raises(warren.AuthError):
+        warren.Workspace.create("nope", client=other)
+    tok.revoke(client=other)
+    with pytest.raises(warren.AuthError):
+        warren.Sandbox.list(client=other)

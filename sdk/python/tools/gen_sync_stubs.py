@@ -44,7 +44,11 @@ RENAMED = {
     "__aiter__": "__iter__",
     "__anext__": "__next__",
 }
-KEPT_DUNDERS = {"__repr__", "__eq__", "__hash__"}
+KEPT_DUNDERS = {
+    "__repr__": "def __repr__(self) -> str: ...",
+    "__eq__": "def __eq__(self, other: object) -> bool: ...",
+    "__hash__": "def __hash__(self) -> int: ...",
+}
 
 
 def sync_type(annotation: str) -> str:
@@ -91,7 +95,10 @@ def class_stub(acls: type) -> list[str]:
     for name, raw in seen.items():
         if name.startswith("_") and name not in RENAMED and name not in KEPT_DUNDERS:
             continue
-        if isinstance(raw, property):
+        if name in KEPT_DUNDERS:
+            if callable(raw):
+                lines.append("    " + KEPT_DUNDERS[name])
+        elif isinstance(raw, property):
             ret = inspect.signature(raw.fget).return_annotation  # type: ignore[arg-type]
             lines += ["    @property", f"    def {name}(self) -> {sync_type(ret)}: ..."]
         elif isinstance(raw, classmethod):

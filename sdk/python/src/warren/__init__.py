@@ -73,6 +73,8 @@ Filesystem = synchronize(aio.Filesystem)
 Image = synchronize(aio.Image)
 BackgroundExec = synchronize(aio.BackgroundExec)
 Sandbox = synchronize(aio.Sandbox)
+Workspace = synchronize(aio.Workspace)
+Token = synchronize(aio.Token)
 
 __all__ = [
     "DEFAULT_URL",
@@ -130,10 +132,12 @@ __all__ = [
     "StreamReader",
     "SyncIterator",
     "Termination",
+    "Token",
     "TerminationReason",
     "Tunnel",
     "Tunnels",
     "WarrenConnectionError",
     "WarrenError",
+    "Workspace",
     "aio",
 ]

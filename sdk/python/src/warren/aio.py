@@ -5,6 +5,7 @@ Iterating a process's output, file watches and image events are async
 iterators here; everything else returns the same data types.
 """
 
+from ._admin import Token, Workspace
 from ._client import Client
 from ._filesystem import Filesystem, FileWatcher
 from ._image import Image
@@ -21,4 +22,6 @@ __all__ = [
     "Sandbox",
     "StdinWriter",
     "StreamReader",
+    "Token",
+    "Workspace",
 ]
