@@ -26,6 +26,7 @@ packages=(
     util-linux     # unshare, nsenter, mount, losetup
     e2fsprogs      # mkfs.ext4, for loop-device disk limits
     python3        # helper scripts in tests
+    python3-venv   # the Python SDK's tests run in a virtual environment (sdk/python)
     git            # "normal programs still work" under the seccomp policy
     docker-registry # the reference OCI registry that image pull tests and bench/run pull serve on loopback
     skopeo         # pushes test images to it; the peer of bench/run pull

@@ -29,5 +29,10 @@ echo "test: cargo nextest"
 cargo nextest run --workspace --profile "$profile"
 echo "test: doc tests"
 cargo test --workspace --doc --quiet
+echo "test: Python SDK (pytest against a real warren serve)"
+cargo build --quiet -p warren-cli
+sdk/python/scripts/venv.sh
+WARREN_BIN="$(realpath "${CARGO_TARGET_DIR:-target}")/debug/warren" \
+    sdk/python/.venv/bin/python -m pytest sdk/python/tests
 echo "test: leak check"
 cargo run --quiet -p warren-testkit --bin warren-leak-check -- --since "$baseline"

@@ -15,5 +15,5 @@ if [[ ! -x $venv/bin/python ]]; then
     python3 -m venv "$venv"
 fi
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
-"$venv/bin/python" -m pip install --quiet --disable-pip-version-check --editable "$sdk[test]"
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check --editable "$sdk[dev]"
 log "ready: $("$venv/bin/python" -c 'import warren, sys; print("warren", warren.__version__, "on Python", sys.version.split()[0])')"
