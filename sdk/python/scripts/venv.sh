@@ -16,4 +16,8 @@ if [[ ! -x $venv/bin/python ]]; then
 fi
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --editable "$sdk[dev]"
-log "ready: $("$venv/bin/python" -c 'import warren, sys; print("warren", warren.__version__, "on Python", sys.version.split()[0])')"
+# Fails (and stops the test command) if the SDK does not import.
+ready=$("$venv/bin/python" -c 'import sys, warren
+from importlib.metadata import version
+print("warren-sdk", version("warren-sdk"), "on Python", sys.version.split()[0])')
+log "ready: $ready"
