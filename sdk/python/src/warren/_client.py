@@ -178,7 +178,11 @@ class Client:
         query = encode_query(params)
         url = f"{path}?{query}" if query else path
         pool = self._pool()
-        to = httpx.Timeout(timeout) if timeout is not None else httpx.USE_CLIENT_DEFAULT
+        to = (
+            httpx.Timeout(timeout, connect=min(timeout, self.timeout))
+            if timeout is not None
+            else httpx.USE_CLIENT_DEFAULT
+        )
         for attempt in range(attempts):
             last = attempt == attempts - 1
             req = pool.build_request(

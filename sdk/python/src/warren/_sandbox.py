@@ -8,7 +8,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from ._client import Client, resolve
+from ._client import STREAM_TIMEOUT, Client, resolve
 from ._errors import SandboxNotFound, WarrenError
 from ._filesystem import Filesystem
 from ._image import Image
@@ -172,7 +172,8 @@ class Sandbox:
             body["mounts"] = [
                 {"path": p, "image": await _image_ref(i, c)} for p, i in mounts.items()
             ]
-        data = await c.json("POST", "/v1/sandboxes", json=body)
+        # A create may pull its image first: allow for it.
+        data = await c.json("POST", "/v1/sandboxes", json=body, timeout=STREAM_TIMEOUT)
         return cls(SandboxInfo.from_json(data), c)
 
     @classmethod
@@ -347,7 +348,7 @@ class Sandbox:
             "POST",
             f"{self._base}/exec",
             json=body,
-            timeout=None if timeout is None else timeout + self._client.timeout,
+            timeout=STREAM_TIMEOUT if timeout is None else timeout + self._client.timeout,
         )
         return parse(ExecResult, data)
 
