@@ -8,6 +8,7 @@ in memory.
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import os
 import tarfile
@@ -286,9 +287,7 @@ class Filesystem:
         """Uploads a local directory's contents into ``path`` (created if
         missing) as a tar stream; symlinks are skipped and listed."""
         with tempfile.TemporaryFile() as spool:
-            with tarfile.open(fileobj=spool, mode="w") as tar:
-                tar.add(local, arcname=".")
-            spool.seek(0)
+            await asyncio.to_thread(_pack, local, spool)
             resp = await self._client.request(
                 "PUT",
                 self._path("archive"),
@@ -313,8 +312,20 @@ class Filesystem:
             ) as resp:
                 async for chunk in resp.aiter_bytes(CHUNK):
                     spool.write(chunk)
-            spool.seek(0)
-            with tarfile.open(fileobj=spool, mode="r") as tar:
-                names = tar.getnames()
-                tar.extractall(target, filter="data")
-        return names
+            return await asyncio.to_thread(_unpack, spool, target)
+
+
+def _pack(local: str | os.PathLike[str], spool: IO[bytes]) -> None:
+    """Tars directory ``local`` into ``spool`` (off the event loop)."""
+    with tarfile.open(fileobj=spool, mode="w") as tar:
+        tar.add(local, arcname=".")
+    spool.seek(0)
+
+
+def _unpack(spool: IO[bytes], target: Path) -> builtins.list[str]:
+    """Unpacks the tar in ``spool`` into ``target`` with the ``data`` filter
+    (refuses absolute paths, ``..`` and links leading out)."""
+    spool.seek(0)
+    with tarfile.open(fileobj=spool, mode="r") as tar:
+        tar.extractall(target, filter="data")
+        return tar.getnames()

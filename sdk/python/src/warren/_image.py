@@ -8,6 +8,7 @@ image with recipe steps is built first (once; the server caches steps).
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 import io
@@ -175,7 +176,7 @@ class Image:
         c = resolve(client)
         recipe = self.recipe().encode()
         with tempfile.TemporaryFile() as spool:
-            digest = self._context(spool, recipe)
+            digest = await asyncio.to_thread(self._context, spool, recipe)
             spool.seek(0)
             params = {
                 "tag": tag or f"warren-sdk/build:{digest[:16]}",
