@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import ssl
 import threading
 import weakref
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -73,7 +74,8 @@ class Client:
     environment variables (and ``http://127.0.0.1:7070``). ``retries`` is how
     many times an idempotent call is retried after a connection error or a
     502/503/504, with exponential backoff from ``backoff`` seconds plus
-    jitter. Creates and execs are never retried.
+    jitter. Creates and execs are never retried. ``verify``: ``False``, or
+    the path of a CA bundle, for an ``https`` server with its own CA.
     """
 
     def __init__(
@@ -110,6 +112,19 @@ class Client:
         if self.url.startswith("https://"):
             return "wss://" + self.url[len("https://") :] + path
         return "ws://" + self.url.removeprefix("http://") + path
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The TLS settings of ``verify`` for WebSocket connections (None
+        for plain ``http`` servers)."""
+        if not self.url.startswith("https://"):
+            return None
+        if self.verify is False:
+            ctx = ssl.create_default_context()
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+            return ctx
+        cafile = self.verify if isinstance(self.verify, str) else None
+        return ssl.create_default_context(cafile=cafile)
 
     def _pool(self) -> httpx.AsyncClient:
         loop = asyncio.get_running_loop()

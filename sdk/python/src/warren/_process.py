@@ -208,6 +208,7 @@ class Process:
                 proxy=None,
                 ping_interval=None,
                 open_timeout=client.timeout,
+                ssl=client.ssl_context(),
             )
         except InvalidStatus as e:
             raise error_from_body(e.response.status_code, bytes(e.response.body or b"")) from e
