@@ -129,3 +129,11 @@ def test_directories_as_archives(sandbox: warren.Sandbox, tmp_path: Path) -> Non
     names = sandbox.filesystem.download_dir("/up", out)
     assert (out / "a.txt").read_text() == "A" and (out / "sub/b.txt").read_text() == "B"
     assert any(n.endswith("b.txt") for n in names)
+
+
+def test_disk_limit_is_no_space(client: warren.Client) -> None:
+    with warren.Sandbox.create(client=client, disk=2) as sb:
+        with pytest.raises(warren.NoSpace) as e:
+            sb.filesystem.write_bytes("/big", b"\0" * (4 << 20))
+        assert e.value.status == 507
+        assert not sb.filesystem.exists("/big")
