@@ -29,6 +29,14 @@ REPO = Path(__file__).resolve().parents[3]
 REGISTRY_BIN = "/usr/bin/docker-registry"
 
 
+def skip_or_fail(reason: str) -> None:
+    """Skips a test whose capability is missing, with the reason; under
+    ``CI=true`` a missing capability fails the run instead."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI=true and {reason}")
+    pytest.skip(reason)
+
+
 def wait_until(timeout: float, cond: Callable[[], bool], interval: float = 0.05) -> bool:
     """Polls ``cond`` until it holds or ``timeout`` seconds pass."""
     deadline = time.monotonic() + timeout
@@ -113,7 +121,7 @@ def _terminate_all(server: Server) -> None:
 @pytest.fixture(scope="session")
 def server() -> Iterator[Server]:
     if os.geteuid() != 0:
-        pytest.skip("the SDK tests create sandboxes: they need root")
+        skip_or_fail("the SDK tests create sandboxes: they need root")
     binary = os.environ.get("WARREN_BIN", str(REPO / "target/debug/warren"))
     if not os.path.exists(binary):
         pytest.fail(f"no warren binary at {binary}: cargo build -p warren-cli, or set WARREN_BIN")

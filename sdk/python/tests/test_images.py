@@ -18,7 +18,7 @@ import pytest
 
 import warren
 
-from .conftest import Server
+from .conftest import Server, skip_or_fail
 
 BUSYBOX = shutil.which("busybox")
 APPLETS = ["sh", "cat", "echo", "ls", "mkdir", "sleep", "true", "env", "id", "pwd", "sha256sum"]
@@ -66,7 +66,7 @@ def busybox_archive(path: Path, tag: str) -> None:
 @pytest.fixture(scope="module")
 def base(client: warren.Client, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if not BUSYBOX:
-        pytest.skip("needs a static busybox on the host")
+        skip_or_fail("needs a static busybox on the host")
     tag = f"sdk-bb-{uuid.uuid4().hex[:6]}:1"
     archive = tmp_path_factory.mktemp("img") / "bb.tar"
     busybox_archive(archive, tag)
@@ -147,7 +147,7 @@ def test_export_import_push_pull(
     assert not (tmp_path / "host.tar").exists() and not (tmp_path / "host.tar.partial").exists()
 
     if server.registry is None:
-        pytest.skip("no docker-registry on this host for push and pull")
+        skip_or_fail("no docker-registry on this host for push and pull")
     target = f"{server.registry}/sdk/bb:1"
     pushed: list[dict[str, Any]] = []
     result = img.push(target, progress=pushed.append, client=client)
