@@ -108,6 +108,21 @@ def _start_registry(root: Path) -> tuple[subprocess.Popen[bytes], str] | None:
     return proc, f"127.0.0.1:{port}"
 
 
+def _cgroup_parents() -> set[str]:
+    """The node cgroup parents (``warren-<hash of the data dir>``) in every
+    hierarchy."""
+    return {str(p) for p in Path("/sys/fs/cgroup").glob("*/warren-*")}
+
+
+def _leftovers(root: Path, parents_before: set[str]) -> list[str]:
+    """What the stopped server left on the host: its node's cgroups and
+    mounts under its data directory."""
+    out = [f"cgroup: {p}" for p in sorted(_cgroup_parents() - parents_before)]
+    mounts = Path("/proc/self/mountinfo").read_text().splitlines()
+    out += [f"mount: {m}" for m in mounts if str(root) in m]
+    return out
+
+
 def _terminate_all(server: Server) -> None:
     client = warren.Client(url=server.url, token=server.token, retries=0)
     try:
@@ -136,6 +151,7 @@ def server() -> Iterator[Server]:
         registries["registries"][registry[1]] = {"insecure": True}
     (root / "data/registries.json").write_text(json.dumps(registries))
     port, raw = free_port(), free_port()
+    parents_before = _cgroup_parents()
     with open(root / "server.log", "ab") as log:
         proc = subprocess.Popen(
             [
@@ -188,7 +204,11 @@ def server() -> Iterator[Server]:
             _stop(proc, 15)
             if registry is not None:
                 _stop(registry[0], 5)
-            shutil.rmtree(root, ignore_errors=True)
+            wait_until(10, lambda: not _leftovers(root, parents_before), interval=0.2)
+            leftovers = _leftovers(root, parents_before)
+            if not leftovers:
+                shutil.rmtree(root, ignore_errors=True)
+            assert not leftovers, f"the server left these behind (data in {root}): {leftovers}"
 
 
 @pytest.fixture(scope="session")
