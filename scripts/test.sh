@@ -29,9 +29,15 @@ echo "test: cargo nextest"
 cargo nextest run --workspace --profile "$profile"
 echo "test: doc tests"
 cargo test --workspace --doc --quiet
-echo "test: Python SDK (pytest against a real warren serve)"
+echo "test: Python SDK (ruff, mypy --strict, pytest against a real warren serve)"
 cargo build --quiet -p warren-cli
 sdk/python/scripts/venv.sh
+(
+    cd sdk/python
+    .venv/bin/ruff check --quiet src tests tools examples
+    .venv/bin/ruff format --quiet --check src tests tools examples
+    .venv/bin/mypy
+)
 WARREN_BIN="$(realpath "${CARGO_TARGET_DIR:-target}")/debug/warren" \
     sdk/python/.venv/bin/python -m pytest sdk/python/tests
 echo "test: leak check"

@@ -1,9 +1,8 @@
 """The AI-app-builder flow, end to end, in SDK calls.
 
-An image with node; a sandbox with an HTTPS tunnel; the agent writes a web
-app with hot reload through the filesystem API; the dev server starts in
-the background; a live edit arrives over the tunnel's WebSocket; the
-result is snapshotted into an image; the sandbox ends.
+An image with node; a sandbox with an HTTPS tunnel; the agent writes a web app
+with hot reload; its dev server starts; a live edit arrives over the tunnel's
+WebSocket; the result is snapshotted into an image; the sandbox ends.
 
     WARREN_URL=http://127.0.0.1:7070 WARREN_TOKEN=$(cat /var/lib/warren/admin-token) \
         python examples/app_builder.py --image node:22
@@ -31,8 +30,8 @@ def open_reload_socket(tunnel: warren.Tunnel, ca_pem: str | None):
     # *.localhost names loopback (RFC 6761); resolvers differ, so dial it.
     address = "127.0.0.1" if host.endswith(".localhost") else host
     sock = socket.create_connection((address, port), timeout=10)
-    return connect(f"wss://{host}:{port}/__reload", sock=sock, ssl=tls,
-                   server_hostname=host, open_timeout=10, close_timeout=2)
+    url = f"wss://{host}:{port}/__reload"
+    return connect(url, sock=sock, ssl=tls, server_hostname=host, close_timeout=2)
 
 
 def main() -> None:
@@ -42,15 +41,24 @@ def main() -> None:
     args = ap.parse_args()
 
     # 1. Build (or reuse from the build cache) an image with node and /app.
-    image = (warren.Image.from_registry(args.image)
-             .run_commands("mkdir -p /app", "node --version > /app/.node-version")
-             .workdir("/app")
-             .build(tag="app-builder:base", network=not args.no_network))
+    image = (
+        warren.Image.from_registry(args.image)
+        .run_commands("mkdir -p /app", "node --version > /app/.node-version")
+        .workdir("/app")
+        .build(tag="app-builder:base", network=not args.no_network)
+    )
     print(f"image {image.id[:19]} ({args.image} + /app)")
 
     # 2. A sandbox with an HTTPS tunnel to the dev server's port.
-    sb = warren.Sandbox.create(image=image, encrypted_ports=[PORT], readiness_probe=PORT,
-                               timeout=600, cpu=1, memory=1024, tags={"example": "app-builder"})
+    sb = warren.Sandbox.create(
+        image=image,
+        encrypted_ports=[PORT],
+        readiness_probe=PORT,
+        timeout=600,
+        cpu=1,
+        memory=1024,
+        tags={"example": "app-builder"},
+    )
     try:
         # 3. The agent writes the app through the filesystem API.
         for path in sorted(APP.iterdir()):

@@ -40,14 +40,23 @@ def run_exec(sb: warren.Sandbox, code: str, timeout: int) -> dict:
 
 def run_main(image: str, code: str, timeout: int, memory: int) -> dict:
     """One snippet as a sandbox's main command; the reason comes from Warren."""
-    sb = warren.Sandbox.create(image=image, command=["python3", "-c", code],
-                               timeout=timeout, memory=memory, block_network=True)
+    sb = warren.Sandbox.create(
+        image=image,
+        command=["python3", "-c", code],
+        timeout=timeout,
+        memory=memory,
+        block_network=True,
+    )
     try:
         t = sb.wait(timeout=timeout + 30)
     finally:
         sb.terminate()  # a no-op for an ended sandbox
-    return {"reason": str(t.reason), "exit_code": t.exit_code, "detail": t.detail,
-            "output": sb.logs()[-200:]}
+    return {
+        "reason": str(t.reason),
+        "exit_code": t.exit_code,
+        "detail": t.detail,
+        "output": sb.logs()[-200:],
+    }
 
 
 def main() -> None:
@@ -58,14 +67,17 @@ def main() -> None:
     args = ap.parse_args()
 
     report: dict[str, dict] = {}
-    with warren.Sandbox.create(image=args.image, memory=args.memory, block_network=True,
-                               timeout=300) as sb:
+    with warren.Sandbox.create(
+        image=args.image, memory=args.memory, block_network=True, timeout=300
+    ) as sb:
         for name, code in SNIPPETS.items():
             report[f"exec/{name}"] = run_exec(sb, code, args.timeout)
     # The SDK is thread-safe: the main-command runs go in parallel.
     with ThreadPoolExecutor(max_workers=len(SNIPPETS)) as pool:
-        runs = {name: pool.submit(run_main, args.image, code, args.timeout, args.memory)
-                for name, code in SNIPPETS.items()}
+        runs = {
+            name: pool.submit(run_main, args.image, code, args.timeout, args.memory)
+            for name, code in SNIPPETS.items()
+        }
         for name, run in runs.items():
             report[f"main/{name}"] = run.result()
     for key, result in report.items():

@@ -16,8 +16,9 @@ async def one(i: int, image: str, sem: asyncio.Semaphore) -> tuple[int, str, flo
     """Create, run, collect, terminate; returns (i, output, seconds)."""
     async with sem:
         started = time.monotonic()
-        sb = await aio.Sandbox.create(image=image, timeout=120, memory=64,
-                                      block_network=True, tags={"example": "fanout"})
+        sb = await aio.Sandbox.create(
+            image=image, timeout=120, memory=64, block_network=True, tags={"example": "fanout"}
+        )
         try:
             result = await sb.run("sh", "-c", f"echo $(({i} * {i}))", timeout=30)
             if result.exit_code != 0:
@@ -36,9 +37,11 @@ async def fanout(n: int, image: str, concurrency: int) -> None:
     if wrong:
         raise SystemExit(f"{len(wrong)} sandboxes gave a wrong answer: {wrong[:10]}")
     lat = sorted(s for _, _, s in results)
-    print(f"{n} sandboxes (create + exec + terminate), {concurrency} at a time: "
-          f"{elapsed:.2f} s, {n / elapsed:.1f} sandboxes/s; per sandbox p50 "
-          f"{lat[len(lat) // 2] * 1000:.0f} ms, p99 {lat[int(len(lat) * 0.99)] * 1000:.0f} ms")
+    print(
+        f"{n} sandboxes (create + exec + terminate), {concurrency} at a time: "
+        f"{elapsed:.2f} s, {n / elapsed:.1f} sandboxes/s; per sandbox p50 "
+        f"{lat[len(lat) // 2] * 1000:.0f} ms, p99 {lat[int(len(lat) * 0.99)] * 1000:.0f} ms"
+    )
 
 
 def main() -> None:
