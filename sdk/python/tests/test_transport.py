@@ -202,3 +202,71 @@ def test_update_network_bodies(stub_factory: list[Stub]) -> None:
         {"block_network": True},
         {"outbound_cidr_allowlist": None},
     ]
+
+
+class SlowServer:
+    """A loopback HTTP/1.1 server (asyncio) that holds each request for
+    ``hold`` seconds and records how many it had in flight at most."""
+
+    def __init__(self, hold: float) -> None:
+        self.hold = hold
+        self.in_flight = 0
+        self.most = 0
+        self.server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> str:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+        await self.server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while await reader.readuntil(b"\r\n\r\n"):
+                self.in_flight += 1
+                self.most = max(self.most, self.in_flight)
+                await asyncio.sleep(self.hold)
+                self.in_flight -= 1
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+def test_calls_beyond_max_connections_wait_their_turn() -> None:
+    async def main() -> None:
+        srv = SlowServer(hold=0.1)
+        async with srv as url:
+            c = warren.Client(url=url, token="t", max_connections=3, retries=0)
+            results = await asyncio.gather(*(c.json("GET", "/v1/images") for _ in range(12)))
+            await c.aclose()
+        assert results == [{}] * 12
+        assert srv.most == 3, srv.most
+
+    asyncio.run(main())
+
+
+def test_a_call_that_finds_every_connection_busy_times_out() -> None:
+    async def main() -> None:
+        async with SlowServer(hold=2) as url:
+            c = warren.Client(url=url, token="t", max_connections=1, timeout=0.3, retries=0)
+            busy = asyncio.create_task(c.json("GET", "/slow", timeout=5))
+            await asyncio.sleep(0.05)
+            with pytest.raises(warren.WarrenConnectionError) as e:
+                await c.json("GET", "/v1/images")
+            assert e.value.code == "pool_timeout"
+            assert "max_connections" in e.value.message
+            assert await busy == {}
+            await c.aclose()
+
+    asyncio.run(main())
+
+
+def test_max_connections_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="max_connections"):
+        warren.Client(url="http://127.0.0.1:9", max_connections=0)

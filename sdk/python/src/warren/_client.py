@@ -16,7 +16,7 @@ import threading
 import weakref
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import quote
 
 import httpx
@@ -40,6 +40,9 @@ FINAL_CODES = frozenset({"relay_unavailable", "push_failed", "capacity_exhausted
 """Warren error codes that are answers, not transient failures."""
 
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE"})
+
+MAX_CONNECTIONS = 100
+"""Default number of calls a client has in flight at once (per event loop)."""
 
 Params = Mapping[str, str | int | float | bool | bytes | None] | Sequence[tuple[str, Any]]
 
@@ -76,6 +79,8 @@ class Client:
     502/503/504, with exponential backoff from ``backoff`` seconds plus
     jitter. Creates and execs are never retried. ``verify``: ``False``, or
     the path of a CA bundle, for an ``https`` server with its own CA.
+    ``max_connections``: calls in flight at once; more wait their turn, in
+    order, for at most ``timeout`` seconds.
     """
 
     def __init__(
@@ -87,6 +92,7 @@ class Client:
         retries: int = 3,
         backoff: float = 0.2,
         verify: bool | str = True,
+        max_connections: int = MAX_CONNECTIONS,
     ) -> None:
         self.url = (url or os.environ.get("WARREN_URL") or DEFAULT_URL).rstrip("/")
         self.token = token if token is not None else os.environ.get("WARREN_TOKEN", "")
@@ -94,8 +100,11 @@ class Client:
         self.retries = retries
         self.backoff = backoff
         self.verify = verify
+        if max_connections < 1:
+            raise ValueError(f"max_connections must be at least 1, not {max_connections}")
+        self.max_connections = max_connections
         self._lock = threading.Lock()
-        self._pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = (
+        self._pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Pool] = (
             weakref.WeakKeyDictionary()
         )
 
@@ -126,19 +135,23 @@ class Client:
         cafile = self.verify if isinstance(self.verify, str) else None
         return ssl.create_default_context(cafile=cafile)
 
-    def _pool(self) -> httpx.AsyncClient:
+    def _pool(self) -> _Pool:
         loop = asyncio.get_running_loop()
         with self._lock:
             pool = self._pools.get(loop)
             if pool is None:
-                pool = httpx.AsyncClient(
+                http = httpx.AsyncClient(
                     base_url=self.url,
                     headers=self.headers,
                     timeout=httpx.Timeout(self.timeout),
                     verify=self.verify,
                     trust_env=False,
-                    limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+                    limits=httpx.Limits(
+                        max_connections=self.max_connections,
+                        max_keepalive_connections=min(20, self.max_connections),
+                    ),
                 )
+                pool = _Pool(http, asyncio.Semaphore(self.max_connections))
                 self._pools[loop] = pool
             return pool
 
@@ -147,7 +160,7 @@ class Client:
         with self._lock:
             pool = self._pools.pop(asyncio.get_running_loop(), None)
         if pool is not None:
-            await pool.aclose()
+            await pool.http.aclose()
 
     def close(self) -> None:
         """Closes the pool the sync API uses (the SDK's background loop)."""
@@ -193,6 +206,39 @@ class Client:
         query = encode_query(params)
         url = f"{path}?{query}" if query else path
         pool = self._pool()
+        # Calls beyond the pool's size wait here, in order, rather than in
+        # httpx's own queue, whose cost grows with the square of its length
+        # (profiled: 200 calls at once spent 75% of the client's CPU there).
+        try:
+            await asyncio.wait_for(pool.gate.acquire(), self.timeout)
+        except TimeoutError:
+            raise WarrenConnectionError(
+                "pool_timeout",
+                f"{method} {self.url}{path}: all {self.max_connections} connections "
+                f"stayed busy for {self.timeout} s (max_connections)",
+            ) from None
+        try:
+            async with self._attempts(
+                pool.http, method, url, path, attempts, json, content, headers, timeout
+            ) as resp:
+                yield resp
+        finally:
+            pool.gate.release()
+
+    @asynccontextmanager
+    async def _attempts(
+        self,
+        http: httpx.AsyncClient,
+        method: str,
+        url: str,
+        path: str,
+        attempts: int,
+        json: Any,
+        content: bytes | AsyncIterator[bytes] | None,
+        headers: Mapping[str, str] | None,
+        timeout: float | None,
+    ) -> AsyncIterator[httpx.Response]:
+        """Sends the call up to ``attempts`` times (see :meth:`stream`)."""
         to = (
             httpx.Timeout(timeout, connect=min(timeout, self.timeout))
             if timeout is not None
@@ -200,11 +246,11 @@ class Client:
         )
         for attempt in range(attempts):
             last = attempt == attempts - 1
-            req = pool.build_request(
+            req = http.build_request(
                 method, url, json=json, content=content, headers=headers, timeout=to
             )
             try:
-                resp = await pool.send(req, stream=True)
+                resp = await http.send(req, stream=True)
             except httpx.TransportError as e:
                 if last:
                     raise WarrenConnectionError(
@@ -231,6 +277,13 @@ class Client:
     async def _sleep(self, attempt: int) -> None:
         delay = self.backoff * (2**attempt)
         await asyncio.sleep(delay + random.uniform(0, delay))
+
+
+class _Pool(NamedTuple):
+    """One event loop's connections, and the gate in front of them."""
+
+    http: httpx.AsyncClient
+    gate: asyncio.Semaphore
 
 
 def _final(body: bytes) -> bool:
