@@ -127,6 +127,14 @@ def test_raw_tcp_tunnel(app: warren.Sandbox) -> None:
     assert back == data
 
 
+def test_raw_ports_exhausted(app: warren.Sandbox, client: warren.Client) -> None:
+    """The test server has one relay raw port, which ``app`` holds: a
+    second sandbox asking for one gets ``capacity_exhausted``, live."""
+    with pytest.raises(warren.CapacityExhausted) as e:
+        warren.Sandbox.create(unencrypted_ports=[9000], timeout=30, client=client)
+    assert e.value.code == "capacity_exhausted" and e.value.status == 503
+
+
 def test_update_network(client: warren.Client) -> None:
     """This server runs with --no-network: sandboxes have no interface, so
     policy changes are refused with network_unavailable."""
