@@ -12,7 +12,6 @@ import argparse
 import json
 import pathlib
 import socket
-import ssl
 import time
 
 from websockets.sync.client import connect
@@ -23,14 +22,12 @@ APP = pathlib.Path(__file__).parent / "hot_reload_app"
 PORT = 3000
 
 
-def open_reload_socket(tunnel: warren.Tunnel, ca_pem: str | None):
+def open_reload_socket(tunnel: warren.Tunnel, tunnels: warren.Tunnels):
     """The browser's side of hot reload: a WebSocket through the tunnel."""
-    tls = ssl.create_default_context(cadata=ca_pem)  # Warren's CA, or the system's
     host, port = tunnel.tls.host, tunnel.tls.port
-    # *.localhost names loopback (RFC 6761); resolvers differ, so dial it.
-    address = "127.0.0.1" if host.endswith(".localhost") else host
-    sock = socket.create_connection((address, port), timeout=10)
+    sock = socket.create_connection(tunnel.tls.dial_address(), timeout=10)
     url = f"wss://{host}:{port}/__reload"
+    tls = tunnels.ssl_context()  # trusts Warren's CA
     return connect(url, sock=sock, ssl=tls, server_hostname=host, close_timeout=2)
 
 
@@ -75,7 +72,7 @@ def main() -> None:
         tunnels = sb.tunnels()
         tunnel = tunnels[PORT]
         print("open", tunnel.url)
-        with open_reload_socket(tunnel, tunnels.ca_pem) as ws:
+        with open_reload_socket(tunnel, tunnels) as ws:
             edited = time.monotonic()
             page = sb.filesystem.read_text("/app/index.html")
             sb.filesystem.write_text("/app/index.html", page.replace("Hello", "Hello again"))

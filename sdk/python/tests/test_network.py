@@ -66,7 +66,8 @@ def fetch(url: str, ca: ssl.SSLContext, headers: dict[str, str] | None = None) -
     resolver here does not know them), with SNI and Host kept."""
     parts = urlsplit(url)
     host = parts.hostname or ""
-    target = parts._replace(netloc=f"127.0.0.1:{parts.port or 443}").geturl()
+    dial_host, dial_port = warren.Endpoint(host, parts.port or 443).dial_address()
+    target = parts._replace(netloc=f"{dial_host}:{dial_port}").geturl()
     with httpx.Client(verify=ca, timeout=20) as h:
         return h.get(
             target,
@@ -80,7 +81,7 @@ def test_tunnels_https_and_tokens(app: warren.Sandbox) -> None:
     assert set(tunnels) == {8000, 8001, 8002}
     assert tunnels.relay_connected and tunnels.ca_fingerprint
     assert tunnels.ca_pem and "BEGIN CERTIFICATE" in tunnels.ca_pem
-    ca = ssl.create_default_context(cadata=tunnels.ca_pem)
+    ca = tunnels.ssl_context()
     open_port, token_port, raw = tunnels[8000], tunnels[8001], tunnels[8002]
     assert open_port.kind == "https" and open_port.url and open_port.url.startswith("https://")
     assert token_port.require_token and not open_port.require_token

@@ -270,3 +270,16 @@ def test_a_call_that_finds_every_connection_busy_times_out() -> None:
 def test_max_connections_must_be_positive() -> None:
     with pytest.raises(ValueError, match="max_connections"):
         warren.Client(url="http://127.0.0.1:9", max_connections=0)
+
+
+def test_tunnel_endpoints_dial_loopback_for_localhost_names() -> None:
+    assert warren.Endpoint("sb-1-8000.warren.localhost", 8443).dial_address() == (
+        "127.0.0.1",
+        8443,
+    )
+    assert warren.Endpoint("localhost", 1).dial_address() == ("127.0.0.1", 1)
+    assert warren.Endpoint("sb-1-8000.example.com", 443).dial_address() == (
+        "sb-1-8000.example.com",
+        443,
+    )
+    assert warren.Endpoint("notlocalhost", 2).dial_address() == ("notlocalhost", 2)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import ssl
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -124,6 +125,14 @@ class Endpoint:
     host: str
     port: int
 
+    def dial_address(self) -> tuple[str, int]:
+        """Where to connect: ``127.0.0.1`` for a ``*.localhost`` host (RFC
+        6761 names loopback; browsers and curl know it, Python's resolver
+        does not), else the host itself. Keep :attr:`host` for TLS SNI and
+        the HTTP ``Host`` header."""
+        localhost = self.host == "localhost" or self.host.endswith(".localhost")
+        return ("127.0.0.1" if localhost else self.host, self.port)
+
 
 @dataclass(frozen=True)
 class Tunnel:
@@ -168,6 +177,11 @@ class Tunnels(dict[int, Tunnel]):
         self.ca_pem = ca_pem
         self.ca_fingerprint = ca_fingerprint
         self.relay_connected = relay_connected
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """A client TLS context for the tunnels: trusting the relay's CA
+        when Warren generated it, else the system's roots."""
+        return ssl.create_default_context(cadata=self.ca_pem)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Tunnels:
