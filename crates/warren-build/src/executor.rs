@@ -16,7 +16,7 @@ use tokio::net::unix::pipe;
 use tokio::sync::mpsc;
 use warren_image::{Image, ImageConfig};
 use warren_node::fs::WriteOptions;
-use warren_node::{CreateRequest, NetworkRequest, Node};
+use warren_node::{CreateRequest, ImagePin, NetworkRequest, Node};
 use warren_proto::api::PullProgress;
 use warren_proto::build::{BuildEvent, LogStream};
 use warren_proto::ExitStatus;
@@ -203,6 +203,10 @@ pub async fn build(
         .await
     }
     .map_err(|e| from_err(e.into()))?;
+    // Every image the build stands on stays pinned until it has finished:
+    // the intermediate ones are unnamed, and between two steps no sandbox
+    // uses them, so a `gc` would otherwise remove the next step's base.
+    let mut pins = vec![pin(node, &current.id).await.map_err(&from_err)?];
     let mut cached_steps = u32::from(from_cached);
     emit(
         events,
@@ -237,6 +241,18 @@ pub async fn build(
                 .map_err(|e| err(e.into()))?
                 .map_err(|e| err(e.into()))?
         };
+        // A hit that a concurrent gc removed after the lookup is a miss.
+        let hit = match hit {
+            Some(img) => match pin(node, &img.id).await {
+                Ok(p) => {
+                    pins.push(p);
+                    Some(img)
+                }
+                Err(e) if e.code() == "image_not_found" => None,
+                Err(e) => return Err(err(e)),
+            },
+            None => None,
+        };
         let cached = hit.is_some();
         emit(
             events,
@@ -255,9 +271,10 @@ pub async fn build(
                 img
             }
             None => {
-                let img = run_step(node, &plan.action, &current, &context, opts, events)
+                let (img, held) = run_step(node, &plan.action, &current, &context, opts, events)
                     .await
                     .map_err(&err)?;
+                pins.push(held);
                 let store = node.images().clone();
                 let id = img.id.clone();
                 tokio::task::spawn_blocking(move || store.build_cache_put(&key, &id))
@@ -287,11 +304,24 @@ pub async fn build(
         .await
         .map_err(|e| StepError::from(BuildError::from(e)))?
         .map_err(|e| StepError::from(BuildError::Image(e)))?;
+    // Named now: GC keeps it without the pins.
+    drop(pins);
     Ok(Built {
         image,
         steps: total,
         cached_steps,
     })
+}
+
+/// Pins image `id` for the rest of the build (see [`Node::pin_image`]):
+/// the base and cache hits, which exist already (a hit a concurrent gc
+/// removed since its lookup is `image_not_found`). Images the build writes
+/// come back held from the write itself ([`snapshot`], config steps), so
+/// no gc can come between their creation and their pin.
+async fn pin(node: &Node, id: &str) -> Result<ImagePin, BuildError> {
+    let node = node.clone();
+    let id = id.to_string();
+    Ok(tokio::task::spawn_blocking(move || node.pin_image(&id)).await??)
 }
 
 /// Whether a missing `FROM` image could come from a registry (not the
@@ -452,14 +482,16 @@ async fn run_step(
     context: &Arc<BuildContext>,
     opts: &BuildOptions,
     events: &mpsc::Sender<BuildEvent>,
-) -> Result<Image, BuildError> {
+) -> Result<(Image, ImagePin), BuildError> {
     match action {
         Action::Config(config) => {
             let store = node.images().clone();
             let (parent, config) = (current.id.clone(), config.clone());
             Ok(
-                tokio::task::spawn_blocking(move || store.derive_config(&parent, config, None))
-                    .await??,
+                tokio::task::spawn_blocking(move || {
+                    store.derive_config_held(&parent, config, None)
+                })
+                .await??,
             )
         }
         Action::Run(argv) => {
@@ -489,8 +521,14 @@ async fn run_step(
     }
 }
 
-async fn snapshot(node: &Node, id: &SandboxId) -> Result<Image, BuildError> {
-    Ok(node.snapshot_filesystem(id, None).await?.image)
+/// The step sandbox's layer as an unnamed image, held from the moment it
+/// exists (see [`pin`]).
+async fn snapshot(node: &Node, id: &SandboxId) -> Result<(Image, ImagePin), BuildError> {
+    let out = node.snapshot_filesystem_held(id).await?;
+    let held = out
+        .hold
+        .ok_or_else(|| BuildError::Internal("a held snapshot came back without its hold".into()))?;
+    Ok((out.image, held))
 }
 
 /// A step's sandbox; destroyed by [`StepSandbox::destroy`], or in the

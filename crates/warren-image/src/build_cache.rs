@@ -95,6 +95,17 @@ impl ImageStore {
         config: ImageConfig,
         name: Option<&str>,
     ) -> Result<Image, ImageError> {
+        Ok(self.derive_config_held(parent, config, name)?.0)
+    }
+
+    /// [`ImageStore::derive_config`], with a hold on the new image taken
+    /// before the store lock is released (see [`crate::ImageHold`]).
+    pub fn derive_config_held(
+        &self,
+        parent: &str,
+        config: ImageConfig,
+        name: Option<&str>,
+    ) -> Result<(Image, crate::ImageHold), ImageError> {
         let name = name.map(ImageName::parse_new).transpose()?;
         // The host image is generated on first use.
         let parent_img = self.resolve(parent)?;
@@ -110,8 +121,9 @@ impl ImageStore {
             flattened: None,
         };
         let image = self.commit_record(record, name.as_ref())?;
+        let hold = self.hold_locked(&image.id);
         tracing::debug!(parent = %parent_img.id, id = %image.id, "derived an image with a new config");
-        Ok(image)
+        Ok((image, hold))
     }
 
     /// Points `name` at the image `reference` resolves to (moving the name

@@ -134,6 +134,10 @@ pub struct CommitOptions {
     /// The new image's config; `None` = the parent's (an empty one for
     /// a directory snapshot).
     pub config: Option<ImageConfig>,
+    /// Return a hold on the new image ([`CommitOutcome::hold`]), taken
+    /// before the store lock is released, so no GC can remove the image
+    /// (unnamed, say) before the caller uses it.
+    pub hold: bool,
 }
 
 /// What a commit read and wrote.
@@ -170,6 +174,8 @@ pub struct CommitOutcome {
     /// Wall-clock phases in microseconds: `walk` (read, tar, copy),
     /// `sync`, `publish` (layer and blob renames, image record, ref).
     pub phases: Vec<(String, u64)>,
+    /// A hold on the new image, when [`CommitOptions::hold`] asked for one.
+    pub hold: Option<crate::ImageHold>,
 }
 
 /// What kind of tree is read.
@@ -235,6 +241,7 @@ impl ImageStore {
             flattened: None,
         };
         let image = self.commit_record(record, name.as_ref())?;
+        let hold = options.hold.then(|| self.hold_locked(&image.id));
         phases.push(("record".into(), started.elapsed().as_micros() as u64));
         tracing::info!(id = %image.id, parent = %parent.id, diff_id = %diff_hex, reused, files = stats.files, "committed upper dir");
         Ok(CommitOutcome {
@@ -243,6 +250,7 @@ impl ImageStore {
             layer_reused: reused,
             stats,
             phases,
+            hold,
         })
     }
 
@@ -286,6 +294,7 @@ impl ImageStore {
             flattened: None,
         };
         let image = self.commit_record(record, name.as_ref())?;
+        let hold = options.hold.then(|| self.hold_locked(&image.id));
         phases.push(("record".into(), started.elapsed().as_micros() as u64));
         tracing::info!(id = %image.id, diff_id = %diff_hex, reused, files = stats.files, "committed directory");
         Ok(CommitOutcome {
@@ -294,6 +303,7 @@ impl ImageStore {
             layer_reused: reused,
             stats,
             phases,
+            hold,
         })
     }
 
@@ -1280,6 +1290,7 @@ mod tests {
         let options = CommitOptions {
             name: Some("snap:1".into()),
             config: None,
+            hold: false,
         };
         let out = store
             .commit_upper(fd.as_fd(), &parent, IDS, &options)
@@ -1388,6 +1399,7 @@ mod tests {
                 &CommitOptions {
                     name: None,
                     config: Some(config.clone()),
+                    hold: false,
                 },
             )
             .unwrap();
@@ -1444,6 +1456,7 @@ mod tests {
                 &CommitOptions {
                     name: Some("dirsnap".into()),
                     config: None,
+                    hold: false,
                 },
             )
             .unwrap();

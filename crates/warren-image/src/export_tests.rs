@@ -461,6 +461,7 @@ fn a_filesystem_snapshot_round_trips_with_its_whiteouts() {
             &crate::CommitOptions {
                 name: Some("snap:v1".into()),
                 config: None,
+                hold: false,
             },
         )
         .unwrap();

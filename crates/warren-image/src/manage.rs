@@ -113,6 +113,10 @@ impl ImageStore {
     /// downloads) and the lock files in `locks/`.
     pub fn gc(&self, in_use: &HashSet<String>) -> Result<GcReport, ImageError> {
         let _lock = self.lock(FlockArg::LockExclusive)?;
+        // Read after the lock: a hold taken before it is seen, and one
+        // taken after it names an image written after this collection.
+        let held = self.held_ids();
+        let in_use: HashSet<String> = in_use.union(&held).cloned().collect();
         let span = tracing::info_span!("image_gc", in_use = in_use.len());
         let _enter = span.enter();
         let mut report = GcReport::default();

@@ -76,6 +76,8 @@ pub struct ImageStore {
     pub(crate) limits: StoreLimits,
     pub(crate) default_registry: String,
     pub(crate) max_stacked_layers: usize,
+    /// Images in-flight operations hold (see [`crate::ImageHold`]).
+    pub(crate) holds: crate::hold::Holds,
 }
 
 /// A layer blob on disk: spooled into a work directory, or already in
@@ -119,6 +121,7 @@ impl ImageStore {
             limits: StoreLimits::default(),
             default_registry: crate::reference::DEFAULT_REGISTRY.to_owned(),
             max_stacked_layers: MAX_STACKED_LAYERS,
+            holds: Default::default(),
         };
         if !store.preserve_owners {
             tracing::warn!(root = %store.root.display(), "not running as root: layer owners will not be preserved");
@@ -300,7 +303,7 @@ impl ImageStore {
             .iter()
             .any(|(name, id)| *id == hex && !untag.contains(name));
         let id = format!("{SHA256_PREFIX}{hex}");
-        if !still_named && in_use.contains(&id) {
+        if !still_named && (in_use.contains(&id) || self.held_ids().contains(&id)) {
             return Err(ImageError::ImageInUse { id });
         }
         let refs_dir = self.root.join(REFS_DIR);

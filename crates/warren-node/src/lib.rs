@@ -9,6 +9,7 @@
 
 mod exec;
 pub mod fs;
+mod pin;
 mod push;
 mod snapshot;
 pub mod user;
@@ -26,6 +27,7 @@ use warren_runtime::{
 };
 
 pub use exec::{BufferedExec, ExecOutput, MAX_BUFFERED_OUTPUT};
+pub use pin::ImagePin;
 pub use snapshot::{ImageMountRequest, SnapshotOutcome};
 
 /// Errors from the node, with stable codes.
@@ -302,11 +304,18 @@ impl Node {
     pub async fn gc_images(&self, live: Vec<String>) -> Result<warren_image::GcReport, NodeError> {
         let node = self.clone();
         tokio::task::spawn_blocking(move || {
-            node.with_in_use(&live, |set| node.images.gc(set))
+            let report = node
+                .with_in_use(&live, |set| node.images.gc(set))
                 .map_err(|source| NodeError::Image {
                     reference: "(gc)".into(),
                     source,
-                })
+                });
+            // Resolutions cached before the collection may name removed images.
+            node.image_cache
+                .lock()
+                .expect("image cache lock poisoned")
+                .clear();
+            report
         })
         .await?
     }

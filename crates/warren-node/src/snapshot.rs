@@ -46,6 +46,8 @@ pub struct SnapshotOutcome {
     pub frozen_micros: u64,
     /// Whole call on the node, in microseconds.
     pub total_micros: u64,
+    /// A hold on the new image ([`Node::snapshot_filesystem_held`]).
+    pub hold: Option<crate::ImagePin>,
 }
 
 /// An image to mount into a new sandbox.
@@ -83,6 +85,25 @@ impl Node {
         id: &SandboxId,
         name: Option<&str>,
     ) -> Result<SnapshotOutcome, NodeError> {
+        self.snapshot_upper(id, name, false).await
+    }
+
+    /// [`Node::snapshot_filesystem`] into an unnamed image that comes back
+    /// held (`hold`), so that no GC removes it before the caller uses it
+    /// (a build's next step starts from it).
+    pub async fn snapshot_filesystem_held(
+        &self,
+        id: &SandboxId,
+    ) -> Result<SnapshotOutcome, NodeError> {
+        self.snapshot_upper(id, None, true).await
+    }
+
+    async fn snapshot_upper(
+        &self,
+        id: &SandboxId,
+        name: Option<&str>,
+        hold: bool,
+    ) -> Result<SnapshotOutcome, NodeError> {
         let node = self.clone();
         let id = id.clone();
         let name = name.map(str::to_string);
@@ -99,7 +120,11 @@ impl Node {
                     reason: "the node does not know the sandbox's image".into(),
                 })?;
             let parent = node.resolve_image(&parent_id)?;
-            let options = CommitOptions { name, config: None };
+            let options = CommitOptions {
+                name,
+                config: None,
+                hold,
+            };
             let frozen_at = std::cell::Cell::new(None);
             let done_at = std::cell::Cell::new(None);
             let thawed_at = std::cell::Cell::new(None);
@@ -145,7 +170,11 @@ impl Node {
         tokio::task::spawn_blocking(move || {
             let _span = tracing::info_span!("snapshot_directory", sandbox_id = %id).entered();
             let started = Instant::now();
-            let options = CommitOptions { name, config: None };
+            let options = CommitOptions {
+                name,
+                config: None,
+                hold: false,
+            };
             let frozen_at = std::cell::Cell::new(None);
             let done_at = std::cell::Cell::new(None);
             let thawed_at = std::cell::Cell::new(None);
@@ -347,5 +376,6 @@ fn finish(
         phases,
         frozen_micros,
         total_micros: started.elapsed().as_micros() as u64,
+        hold: out.hold,
     })
 }

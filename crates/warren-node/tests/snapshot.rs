@@ -40,14 +40,20 @@ fn fixture() -> Result<Arc<Fixture>> {
         .map_err(|e| anyhow!(e))
 }
 
-fn build() -> Result<Fixture> {
+/// A node with its own store and runtime state under a new data dir in
+/// `/var/tmp` (removed when the returned dir is dropped).
+fn node_in_new_dir(prefix: &str) -> Result<(Node, tempfile::TempDir)> {
     let data = tempfile::Builder::new()
-        .prefix("warren-snap-test-")
+        .prefix(prefix)
         .tempdir_in("/var/tmp")?;
     let store = warren_image::ImageStore::open(data.path().join("images"))?;
     let mut cfg = NativeConfig::new(data.path().join("runtime"));
     cfg.cgroup_parent = cgroup_parent();
-    let node = Node::new(NativeRuntime::new(cfg)?, store)?;
+    Ok((Node::new(NativeRuntime::new(cfg)?, store)?, data))
+}
+
+fn build() -> Result<Fixture> {
+    let (node, data) = node_in_new_dir("warren-snap-test-")?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -494,6 +500,70 @@ fn directory_snapshot_mounted_into_running_and_new_sandboxes() -> Result<()> {
     Ok(())
 }
 
+/// Pins keep an unnamed image through GC and removal, and a pin of an
+/// image GC has removed fails with `image_not_found`. A node of its own
+/// (its own store), so this GC cannot touch the other tests' images.
+fn pins_keep_images_through_gc() -> Result<()> {
+    let (node, _data) = node_in_new_dir("warren-pin-test-")?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let config = warren_image::ImageConfig {
+        workdir: Some("/pinned".into()),
+        ..Default::default()
+    };
+    // Unnamed, like a build's intermediate images.
+    let img = node.images().derive_config("host", config, None)?;
+    let pin = node.pin_image(&img.id)?;
+    let again = node.pin_image(&img.id)?;
+    ensure!(pin.image_id() == img.id);
+    ensure!(node.pinned_images() == vec![img.id.clone()]);
+
+    let report = rt.block_on(node.gc_images(vec![]))?;
+    ensure!(
+        node.images().resolve(&img.id).is_ok(),
+        "gc removed a pinned image: {report:?}"
+    );
+    let removal = rt.block_on(node.remove_image(&img.id, vec![]));
+    ensure!(code(removal) == "image_in_use", "removal of a pinned image");
+
+    drop(pin);
+    rt.block_on(node.gc_images(vec![]))?;
+    ensure!(node.images().resolve(&img.id).is_ok(), "one pin is left");
+    drop(again);
+    ensure!(node.pinned_images().is_empty());
+    rt.block_on(node.gc_images(vec![]))?;
+    ensure!(
+        node.images().resolve(&img.id).is_err(),
+        "unpinned, gc removes it"
+    );
+    ensure!(
+        code(node.pin_image(&img.id)) == "image_not_found",
+        "a pin of a removed image"
+    );
+
+    // An image written held is never without its hold, not even between
+    // its record and the caller's next step.
+    let config = warren_image::ImageConfig {
+        workdir: Some("/held".into()),
+        ..Default::default()
+    };
+    let (img, hold) = node.images().derive_config_held("host", config, None)?;
+    ensure!(hold.image_id() == img.id);
+    rt.block_on(node.gc_images(vec![]))?;
+    ensure!(
+        node.images().resolve(&img.id).is_ok(),
+        "gc removed a held image"
+    );
+    drop(hold);
+    rt.block_on(node.gc_images(vec![]))?;
+    ensure!(
+        node.images().resolve(&img.id).is_err(),
+        "released, gc removes it"
+    );
+    Ok(())
+}
+
 fn main() {
     warren_init::run_if_init();
     let args = libtest_mimic::Arguments::from_args();
@@ -507,6 +577,7 @@ fn main() {
             disk_limited_sandbox_snapshot,
         ),
         trial("hostile_upper_stays_inside", hostile_upper_stays_inside),
+        trial("pins_keep_images_through_gc", pins_keep_images_through_gc),
         trial(
             "directory_snapshot_mounted_into_running_and_new_sandboxes",
             directory_snapshot_mounted_into_running_and_new_sandboxes,

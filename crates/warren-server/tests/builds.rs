@@ -353,6 +353,66 @@ async fn failing_run_leaves_nothing() -> Result<()> {
     r
 }
 
+/// `gc` in a loop while a build runs: the build's intermediate images are
+/// unnamed and, between two steps, used by no sandbox; the build pins them,
+/// so every step still finds its base and the result is complete.
+async fn gc_during_a_build() -> Result<()> {
+    let e = env().await?;
+    let r = async {
+        busybox_image(&e)?;
+        let recipe = "FROM bb:1\nRUN echo 1 > /one\nENV A=1\nRUN echo 2 > /two\nENV B=2\n\
+                      RUN echo 3 > /three\nWORKDIR /w\nRUN cat /one /two /three > /w/all\n";
+        let body = context(&[("Dockerfile", recipe.as_bytes())])?;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let collector = {
+            let (state, token, stop) = (e.state.clone(), e.token.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut runs = 0u32;
+                let deadline = Instant::now() + Duration::from_secs(120);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed)
+                    && runs < 20_000
+                    && Instant::now() < deadline
+                {
+                    let req = Request::builder()
+                        .method("POST")
+                        .uri("/v1/images/gc")
+                        .header("authorization", format!("Bearer {token}"))
+                        .body(Body::empty())
+                        .expect("a request");
+                    let resp = warren_server::router(state.clone()).oneshot(req).await;
+                    assert_eq!(resp.expect("gc answers").status(), StatusCode::OK);
+                    runs += 1;
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                runs
+            })
+        };
+        let built = build(&e, "tag=gc-race:1&no_cache=true", body).await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let runs = collector.await?;
+        let (s, ev) = built?;
+        ensure!(s == StatusCode::OK, "{s} {ev:?}");
+        let last = ev.last().context("events")?;
+        ensure!(last["event"] == "done", "the build failed under gc: {last}");
+        ensure!(runs > 10, "gc ran only {runs} times during the build");
+        let (s, v) = e
+            .admin(
+                "POST",
+                "/v1/sandboxes",
+                Some(json!({"image": "gc-race:1", "command": ["sleep", "60"]})),
+            )
+            .await?;
+        ensure!(s == StatusCode::CREATED, "{s} {v}");
+        let id = v["id"].as_str().context("id")?.to_string();
+        let out = exec_out(&e, &id, "cat all; echo $A$B").await?;
+        ensure!(out == "1\n2\n3\n12\n", "{out:?}");
+        Ok(())
+    }
+    .await;
+    e.teardown().await;
+    r
+}
+
 async fn refusals() -> Result<()> {
     let e = env_with(|_, data| {
         std::fs::write(data.join("builds.json"), r#"{"max_context_bytes": 65536}"#)?;
@@ -603,6 +663,7 @@ fn main() {
         t!(build_run_and_cache),
         t!(failing_run_leaves_nothing),
         t!(refusals),
+        t!(gc_during_a_build),
         t!(disconnect_cancels),
         common::trial_with(
             "from_a_registry",
