@@ -223,11 +223,16 @@ impl Node {
         tokio::task::spawn_blocking(move || {
             let _span = tracing::info_span!("mount_image", sandbox_id = %id).entered();
             let img = node.claim_mount_image(&id, &reference)?;
-            let tree = node
+            let mounted = node
                 .images
                 .image_tree(&img)
-                .map_err(image_error(&reference))?;
-            node.rt.mount_image(&id, &tree, &path).map_err(path_error)?;
+                .map_err(image_error(&reference))
+                .and_then(|tree| node.rt.mount_image(&id, &tree, &path).map_err(path_error));
+            if let Err(e) = mounted {
+                // Not mounted: the sandbox does not use the image after all.
+                node.unclaim_mount_image(&id, &img.id);
+                return Err(e);
+            }
             tracing::info!(image = %img.id, path = %path, "mounted image");
             Ok(())
         })
@@ -295,6 +300,21 @@ impl Node {
             .or_default()
             .push(img.id.clone());
         Ok(img)
+    }
+
+    /// Takes back one claim of [`Node::claim_mount_image`] (its mount
+    /// failed).
+    fn unclaim_mount_image(&self, id: &SandboxId, image_id: &str) {
+        let _in_use = self.in_use.lock().expect("in-use lock poisoned");
+        let mut mounted = self.mounted.lock().expect("mounted lock poisoned");
+        if let Some(ids) = mounted.get_mut(id) {
+            if let Some(i) = ids.iter().rposition(|m| m == image_id) {
+                ids.remove(i);
+            }
+            if ids.is_empty() {
+                mounted.remove(id);
+            }
+        }
     }
 
     /// Forgets the images mounted in `id`.

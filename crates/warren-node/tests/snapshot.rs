@@ -482,6 +482,12 @@ fn directory_snapshot_mounted_into_running_and_new_sandboxes() -> Result<()> {
         let got = code(b.block(b.f.node.mount_image(&b.id, bad, &name)));
         ensure!(got == "invalid_path", "{bad}: {got}");
     }
+    // A refused mount leaves no claim: only the two mounts above count.
+    let claims = b.f.node.mounted_images(&b.id);
+    ensure!(
+        claims == vec![out.image.id.clone(), out.image.id.clone()],
+        "{claims:?}"
+    );
     // The mounted image is in use: removal is refused while b lives.
     let rm = b.block(b.f.node.remove_image(&out.image.id, vec![]));
     ensure!(code(rm) == "image_in_use");
