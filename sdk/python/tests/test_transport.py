@@ -7,6 +7,7 @@ import asyncio
 import http.server
 import json
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -206,10 +207,12 @@ def test_update_network_bodies(stub_factory: list[Stub]) -> None:
 
 class SlowServer:
     """A loopback HTTP/1.1 server (asyncio) that holds each request for
-    ``hold`` seconds and records how many it had in flight at most."""
+    ``hold`` seconds (only those for ``/slow`` when ``only_slow``) and
+    records how many it had in flight at most."""
 
-    def __init__(self, hold: float) -> None:
+    def __init__(self, hold: float, only_slow: bool = False) -> None:
         self.hold = hold
+        self.only_slow = only_slow
         self.in_flight = 0
         self.most = 0
         self.server: asyncio.Server | None = None
@@ -225,10 +228,11 @@ class SlowServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            while await reader.readuntil(b"\r\n\r\n"):
+            while head := await reader.readuntil(b"\r\n\r\n"):
                 self.in_flight += 1
                 self.most = max(self.most, self.in_flight)
-                await asyncio.sleep(self.hold)
+                if not self.only_slow or head.split(b" ", 2)[1].startswith(b"/slow"):
+                    await asyncio.sleep(self.hold)
                 self.in_flight -= 1
                 writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
                 await writer.drain()
@@ -251,17 +255,39 @@ def test_calls_beyond_max_connections_wait_their_turn() -> None:
     asyncio.run(main())
 
 
-def test_a_call_that_finds_every_connection_busy_times_out() -> None:
+def test_a_call_that_finds_every_connection_busy_waits_its_turn() -> None:
+    """Waiting for a free connection is queueing, not a read: it may take
+    longer than the client's timeout without failing."""
+
     async def main() -> None:
-        async with SlowServer(hold=2) as url:
-            c = warren.Client(url=url, token="t", max_connections=1, timeout=0.3, retries=0)
+        async with SlowServer(hold=1) as url:
+            c = warren.Client(url=url, token="t", max_connections=1, timeout=0.5, retries=0)
             busy = asyncio.create_task(c.json("GET", "/slow", timeout=5))
             await asyncio.sleep(0.05)
-            with pytest.raises(warren.WarrenConnectionError) as e:
-                await c.json("GET", "/v1/images")
-            assert e.value.code == "pool_timeout"
-            assert "max_connections" in e.value.message
+            started = time.monotonic()
+            assert await c.json("GET", "/slow/next", timeout=5) == {}
+            assert time.monotonic() - started >= 1.5  # its turn came after ~1 s
             assert await busy == {}
+            await c.aclose()
+
+    asyncio.run(main())
+
+
+def test_long_polls_have_their_own_lane() -> None:
+    """Long polls filling every ordinary connection would starve the other
+    calls: they go in a lane of their own."""
+
+    async def main() -> None:
+        async with SlowServer(hold=1, only_slow=True) as url:
+            c = warren.Client(url=url, token="t", max_connections=1, max_long_polls=4, retries=0)
+            polls = [
+                asyncio.create_task(c.json("GET", "/slow", long=True, timeout=5)) for _ in range(4)
+            ]
+            await asyncio.sleep(0.1)
+            started = time.monotonic()
+            assert await c.json("GET", "/v1/images") == {}
+            assert time.monotonic() - started < 0.5, "an ordinary call waited for long polls"
+            assert await asyncio.gather(*polls) == [{}] * 4
             await c.aclose()
 
     asyncio.run(main())
@@ -270,6 +296,8 @@ def test_a_call_that_finds_every_connection_busy_times_out() -> None:
 def test_max_connections_must_be_positive() -> None:
     with pytest.raises(ValueError, match="max_connections"):
         warren.Client(url="http://127.0.0.1:9", max_connections=0)
+    with pytest.raises(ValueError, match="max_long_polls"):
+        warren.Client(url="http://127.0.0.1:9", max_long_polls=0)
 
 
 def test_tunnel_endpoints_dial_loopback_for_localhost_names() -> None:

@@ -44,6 +44,10 @@ IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE"})
 MAX_CONNECTIONS = 100
 """Default number of calls a client has in flight at once (per event loop)."""
 
+MAX_LONG_POLLS = 1000
+"""Default number of long polls and event streams a client has open at once
+(per event loop), besides its other calls."""
+
 Params = Mapping[str, str | int | float | bool | bytes | None] | Sequence[tuple[str, Any]]
 
 
@@ -80,7 +84,10 @@ class Client:
     jitter. Creates and execs are never retried. ``verify``: ``False``, or
     the path of a CA bundle, for an ``https`` server with its own CA.
     ``max_connections``: calls in flight at once; more wait their turn, in
-    order, for at most ``timeout`` seconds.
+    order. Long polls and event streams (``wait``, ``wait_ready``, watches,
+    build, pull and push events) have a lane of their own, up to
+    ``max_long_polls`` at once, so waiting on many sandboxes never holds up
+    the other calls.
     """
 
     def __init__(
@@ -93,6 +100,7 @@ class Client:
         backoff: float = 0.2,
         verify: bool | str = True,
         max_connections: int = MAX_CONNECTIONS,
+        max_long_polls: int = MAX_LONG_POLLS,
     ) -> None:
         self.url = (url or os.environ.get("WARREN_URL") or DEFAULT_URL).rstrip("/")
         self.token = token if token is not None else os.environ.get("WARREN_TOKEN", "")
@@ -100,9 +108,11 @@ class Client:
         self.retries = retries
         self.backoff = backoff
         self.verify = verify
-        if max_connections < 1:
-            raise ValueError(f"max_connections must be at least 1, not {max_connections}")
+        for what, n in (("max_connections", max_connections), ("max_long_polls", max_long_polls)):
+            if n < 1:
+                raise ValueError(f"{what} must be at least 1, not {n}")
         self.max_connections = max_connections
+        self.max_long_polls = max_long_polls
         self._lock = threading.Lock()
         self._pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Pool] = (
             weakref.WeakKeyDictionary()
@@ -140,27 +150,33 @@ class Client:
         with self._lock:
             pool = self._pools.get(loop)
             if pool is None:
-                http = httpx.AsyncClient(
-                    base_url=self.url,
-                    headers=self.headers,
-                    timeout=httpx.Timeout(self.timeout),
-                    verify=self.verify,
-                    trust_env=False,
-                    limits=httpx.Limits(
-                        max_connections=self.max_connections,
-                        max_keepalive_connections=min(20, self.max_connections),
-                    ),
+                pool = _Pool(
+                    calls=self._lane(self.max_connections, keepalive=20),
+                    long=self._lane(self.max_long_polls, keepalive=10),
                 )
-                pool = _Pool(http, asyncio.Semaphore(self.max_connections))
                 self._pools[loop] = pool
             return pool
+
+    def _lane(self, size: int, keepalive: int) -> _Lane:
+        http = httpx.AsyncClient(
+            base_url=self.url,
+            headers=self.headers,
+            timeout=httpx.Timeout(self.timeout),
+            verify=self.verify,
+            trust_env=False,
+            limits=httpx.Limits(
+                max_connections=size, max_keepalive_connections=min(keepalive, size)
+            ),
+        )
+        return _Lane(http, asyncio.Semaphore(size))
 
     async def aclose(self) -> None:
         """Closes the connection pool of the running event loop."""
         with self._lock:
             pool = self._pools.pop(asyncio.get_running_loop(), None)
         if pool is not None:
-            await pool.http.aclose()
+            await pool.calls.http.aclose()
+            await pool.long.http.aclose()
 
     def close(self) -> None:
         """Closes the pool the sync API uses (the SDK's background loop)."""
@@ -194,11 +210,13 @@ class Client:
         headers: Mapping[str, str] | None = None,
         idempotent: bool | None = None,
         timeout: float | None = None,
+        long: bool = False,
     ) -> AsyncIterator[httpx.Response]:
         """Sends one call and yields the answer with its body unread.
 
         Retries (idempotent calls with a replayable body only) happen
-        before any of the answer is handed out."""
+        before any of the answer is handed out. ``long``: a long poll or an
+        event stream, sent in the long lane."""
         if idempotent is None:
             idempotent = method in IDEMPOTENT_METHODS
         replayable = content is None or isinstance(content, bytes)
@@ -206,24 +224,18 @@ class Client:
         query = encode_query(params)
         url = f"{path}?{query}" if query else path
         pool = self._pool()
-        # Calls beyond the pool's size wait here, in order, rather than in
+        lane = pool.long if long else pool.calls
+        # Calls beyond the lane's size wait here, in order, rather than in
         # httpx's own queue, whose cost grows with the square of its length
         # (profiled: 200 calls at once spent 75% of the client's CPU there).
-        try:
-            await asyncio.wait_for(pool.gate.acquire(), self.timeout)
-        except TimeoutError:
-            raise WarrenConnectionError(
-                "pool_timeout",
-                f"{method} {self.url}{path}: all {self.max_connections} connections "
-                f"stayed busy for {self.timeout} s (max_connections)",
-            ) from None
-        try:
-            async with self._attempts(
-                pool.http, method, url, path, attempts, json, content, headers, timeout
-            ) as resp:
-                yield resp
-        finally:
-            pool.gate.release()
+        # A held slot is bounded by the call's own timeouts.
+        async with (
+            lane.gate,
+            self._attempts(
+                lane.http, method, url, path, attempts, json, content, headers, timeout
+            ) as resp,
+        ):
+            yield resp
 
     @asynccontextmanager
     async def _attempts(
@@ -279,11 +291,19 @@ class Client:
         await asyncio.sleep(delay + random.uniform(0, delay))
 
 
-class _Pool(NamedTuple):
-    """One event loop's connections, and the gate in front of them."""
+class _Lane(NamedTuple):
+    """Connections, and the gate in front of them."""
 
     http: httpx.AsyncClient
     gate: asyncio.Semaphore
+
+
+class _Pool(NamedTuple):
+    """One event loop's lanes: ordinary calls, and long polls and event
+    streams."""
+
+    calls: _Lane
+    long: _Lane
 
 
 def _final(body: bytes) -> bool:

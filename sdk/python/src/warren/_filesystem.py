@@ -72,6 +72,7 @@ class FileWatcher:
                 self._fs._path("watch"),
                 params=self._params,
                 timeout=STREAM_TIMEOUT,
+                long=True,
             )
             resp: httpx.Response = await self._cm.__aenter__()
             self._events = sse.events(resp.aiter_lines())

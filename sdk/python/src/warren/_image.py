@@ -192,6 +192,7 @@ class Image:
                 content=_chunks(spool),
                 headers={"Content-Type": "application/x-tar"},
                 timeout=STREAM_TIMEOUT,
+                long=True,
             ) as resp:
                 done = await _build_events(resp.aiter_lines(), on_event)
         info = await Image.lookup(done["image_id"], client=c)
@@ -387,6 +388,7 @@ async def _sse_call(
         headers={"Accept": "text/event-stream"},
         idempotent=idempotent,
         timeout=STREAM_TIMEOUT,
+        long=True,
     ) as resp:
         async for event, data in sse.events(resp.aiter_lines()):
             if event == "progress" and progress is not None:

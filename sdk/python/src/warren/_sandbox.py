@@ -285,6 +285,7 @@ class Sandbox:
                 f"{self._base}/wait",
                 params={"timeout_secs": secs},
                 timeout=secs + self._client.timeout,
+                long=True,
             )
             self._info = SandboxInfo.from_json(data)
 
@@ -388,6 +389,7 @@ class Sandbox:
                     f"{self._base}/wait-ready",
                     params={"timeout_secs": secs},
                     timeout=secs + self._client.timeout,
+                    long=True,
                 )
                 return
             except WarrenError as e:
