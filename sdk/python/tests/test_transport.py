@@ -221,6 +221,13 @@ class SlowServer:
         self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
         return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
 
+    async def until_in_flight(self, n: int, timeout: float = 5) -> None:
+        """Waits (bounded) until the server holds ``n`` requests."""
+        deadline = time.monotonic() + timeout
+        while self.in_flight < n:
+            assert time.monotonic() < deadline, f"{self.in_flight} of {n} requests arrived"
+            await asyncio.sleep(0.01)
+
     async def __aexit__(self, *exc: object) -> None:
         assert self.server is not None
         self.server.close()
@@ -260,10 +267,11 @@ def test_a_call_that_finds_every_connection_busy_waits_its_turn() -> None:
     longer than the client's timeout without failing."""
 
     async def main() -> None:
-        async with SlowServer(hold=1) as url:
+        srv = SlowServer(hold=1)
+        async with srv as url:
             c = warren.Client(url=url, token="t", max_connections=1, timeout=0.5, retries=0)
             busy = asyncio.create_task(c.json("GET", "/slow", timeout=5))
-            await asyncio.sleep(0.05)
+            await srv.until_in_flight(1)
             started = time.monotonic()
             assert await c.json("GET", "/slow/next", timeout=5) == {}
             assert time.monotonic() - started >= 1.5  # its turn came after ~1 s
@@ -278,12 +286,13 @@ def test_long_polls_have_their_own_lane() -> None:
     calls: they go in a lane of their own."""
 
     async def main() -> None:
-        async with SlowServer(hold=1, only_slow=True) as url:
+        srv = SlowServer(hold=1, only_slow=True)
+        async with srv as url:
             c = warren.Client(url=url, token="t", max_connections=1, max_long_polls=4, retries=0)
             polls = [
                 asyncio.create_task(c.json("GET", "/slow", long=True, timeout=5)) for _ in range(4)
             ]
-            await asyncio.sleep(0.1)
+            await srv.until_in_flight(4)
             started = time.monotonic()
             assert await c.json("GET", "/v1/images") == {}
             assert time.monotonic() - started < 0.5, "an ordinary call waited for long polls"
