@@ -227,9 +227,8 @@ impl ImageStore {
         })?;
         let _lock = self.lock(FlockArg::LockShared)?;
         let parent_record = self.read_record(parent_hex)?;
-        let (diff_hex, reused, stats, mut phases) =
-            self.commit_tree(upper, ids, Source::Upper, after_walk)?;
-        let started = Instant::now();
+        let tree = self.commit_tree(upper, ids, Source::Upper, after_walk)?;
+        let diff_hex = tree.0.clone();
         let mut layers = parent_record.layers.clone();
         layers.push(format!("{SHA256_PREFIX}{diff_hex}"));
         let record = ImageRecord {
@@ -240,18 +239,9 @@ impl ImageStore {
             source: None,
             flattened: None,
         };
-        let image = self.commit_record(record, name.as_ref())?;
-        let hold = options.hold.then(|| self.hold_locked(&image.id));
-        phases.push(("record".into(), started.elapsed().as_micros() as u64));
-        tracing::info!(id = %image.id, parent = %parent.id, diff_id = %diff_hex, reused, files = stats.files, "committed upper dir");
-        Ok(CommitOutcome {
-            image,
-            diff_id: format!("{SHA256_PREFIX}{diff_hex}"),
-            layer_reused: reused,
-            stats,
-            phases,
-            hold,
-        })
+        let out = self.record_commit(record, name.as_ref(), options.hold, tree)?;
+        tracing::info!(id = %out.image.id, parent = %parent.id, diff_id = %out.diff_id, reused = out.layer_reused, files = out.stats.files, "committed upper dir");
+        Ok(out)
     }
 
     /// Captures the tree below `dir` (a directory descriptor, not stored
@@ -282,21 +272,34 @@ impl ImageStore {
             .map(ImageName::parse_new)
             .transpose()?;
         let _lock = self.lock(FlockArg::LockShared)?;
-        let (diff_hex, reused, stats, mut phases) =
-            self.commit_tree(dir, ids, Source::Directory, after_walk)?;
-        let started = Instant::now();
+        let tree = self.commit_tree(dir, ids, Source::Directory, after_walk)?;
         let record = ImageRecord {
             schema_version: IMAGE_RECORD_VERSION,
-            layers: vec![format!("{SHA256_PREFIX}{diff_hex}")],
+            layers: vec![format!("{SHA256_PREFIX}{}", tree.0)],
             binds: Vec::new(),
             config: options.config.clone().unwrap_or_default(),
             source: None,
             flattened: None,
         };
-        let image = self.commit_record(record, name.as_ref())?;
-        let hold = options.hold.then(|| self.hold_locked(&image.id));
+        let out = self.record_commit(record, name.as_ref(), options.hold, tree)?;
+        tracing::info!(id = %out.image.id, diff_id = %out.diff_id, reused = out.layer_reused, files = out.stats.files, "committed directory");
+        Ok(out)
+    }
+
+    /// Writes the image record of a committed tree (the caller holds the
+    /// store lock), names it, takes the hold asked for before the lock is
+    /// released, and times the `record` phase.
+    fn record_commit(
+        &self,
+        record: ImageRecord,
+        name: Option<&ImageName>,
+        hold: bool,
+        (diff_hex, reused, stats, mut phases): (String, bool, CommitStats, Vec<(String, u64)>),
+    ) -> Result<CommitOutcome, ImageError> {
+        let started = Instant::now();
+        let image = self.commit_record(record, name)?;
+        let hold = hold.then(|| self.hold_locked(&image.id));
         phases.push(("record".into(), started.elapsed().as_micros() as u64));
-        tracing::info!(id = %image.id, diff_id = %diff_hex, reused, files = stats.files, "committed directory");
         Ok(CommitOutcome {
             image,
             diff_id: format!("{SHA256_PREFIX}{diff_hex}"),
