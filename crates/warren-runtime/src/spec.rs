@@ -140,6 +140,11 @@ pub struct SandboxSpec {
     /// Images mounted read-only into the sandbox at create.
     #[serde(default)]
     pub image_mounts: Vec<ImageMount>,
+    /// Built in the shape memory snapshots need (the sandbox's user
+    /// namespace owns its other namespaces; see `docs/snapshots.md`), so
+    /// that [`crate::NativeRuntime::checkpoint`] can capture it. Set at create.
+    #[serde(default)]
+    pub checkpointable: bool,
 }
 
 /// An image tree mounted read-only (idmapped to the sandbox's ids, nosuid,
@@ -168,6 +173,7 @@ impl SandboxSpec {
             limits: Limits::default(),
             network: NetworkSpec::default(),
             image_mounts: Vec::new(),
+            checkpointable: false,
         }
     }
 }
