@@ -12,6 +12,12 @@
 # build: 0001 lets CRIU dump TCP/UDP sockets on kernels where getsockopt()
 # of SO_PASSCRED/SO_PASSSEC on them fails with EOPNOTSUPP (6.18 here; stock
 # 4.1.1 stops with "sockets: Can't get 1:16 opt: Operation not supported").
+# 0002 opens a task's namespaces before the user-namespace ownership check
+# drops privileges: a restored sandbox's init (never exec'd since the
+# restore, so its memory belongs to the host's user namespace) is not
+# dumpable, and its /proc/PID/ns files are refused to the unprivileged id
+# ("Can't open PID/ns/net on procfs"); without it, a restored sandbox could
+# not be checkpointed again (pause after resume, fork of a fork).
 #
 # Idempotent: does nothing when /usr/local/sbin/criu already reports 4.x AND
 # its marker file /usr/local/sbin/criu.warren-patches names the SHA-256 of
@@ -83,6 +89,63 @@ write_patches() {
  	soe->has_so_passsec = true;
  	soe->so_passsec = val ? true : false;
  
+PATCH
+    cat >"$dir/0002-userns-check-opens-namespaces-first.patch" <<'PATCH'
+--- a/criu/namespaces.c
++++ b/criu/namespaces.c
+@@ -924,6 +924,27 @@
+ 		struct __user_cap_header_struct hdr;
+ 		uid_t uid;
+ 		gid_t gid;
++		/*
++		 * Open the namespaces while still privileged: a task whose mm
++		 * belongs to an ancestor user namespace (a restored task never
++		 * exec'd since) and that is not dumpable refuses /proc/PID/ns
++		 * to the unprivileged id below. The check is about entering.
++		 */
++		int userfd, netfd = -1, utsfd = -1, timefd = -1, ipcfd = -1, mntfd = -1;
++
++		userfd = open_proc(pid, "ns/user");
++		if (userfd < 0)
++			exit(1);
++		if ((root_ns_mask & CLONE_NEWNET) && (netfd = open_proc(pid, "ns/net")) < 0)
++			exit(1);
++		if ((root_ns_mask & CLONE_NEWUTS) && (utsfd = open_proc(pid, "ns/uts")) < 0)
++			exit(1);
++		if ((root_ns_mask & CLONE_NEWTIME) && (timefd = open_proc(pid, "ns/time")) < 0)
++			exit(1);
++		if ((root_ns_mask & CLONE_NEWIPC) && (ipcfd = open_proc(pid, "ns/ipc")) < 0)
++			exit(1);
++		if ((root_ns_mask & CLONE_NEWNS) && (mntfd = open_proc(pid, "ns/mnt")) < 0)
++			exit(1);
+ 
+ 		uid = host_uid(0);
+ 		gid = host_gid(0);
+@@ -972,18 +993,18 @@
+ 		 * namespaces were created from the target userns.
+ 		 */
+ 
+-		if (switch_ns(pid, &user_ns_desc, NULL))
++		if (switch_ns_by_fd(userfd, &user_ns_desc, NULL))
+ 			exit(1);
+ 
+-		if ((root_ns_mask & CLONE_NEWNET) && switch_ns(pid, &net_ns_desc, NULL))
++		if (netfd >= 0 && switch_ns_by_fd(netfd, &net_ns_desc, NULL))
+ 			exit(1);
+-		if ((root_ns_mask & CLONE_NEWUTS) && switch_ns(pid, &uts_ns_desc, NULL))
++		if (utsfd >= 0 && switch_ns_by_fd(utsfd, &uts_ns_desc, NULL))
+ 			exit(1);
+-		if ((root_ns_mask & CLONE_NEWTIME) && switch_ns(pid, &time_ns_desc, NULL))
++		if (timefd >= 0 && switch_ns_by_fd(timefd, &time_ns_desc, NULL))
+ 			exit(1);
+-		if ((root_ns_mask & CLONE_NEWIPC) && switch_ns(pid, &ipc_ns_desc, NULL))
++		if (ipcfd >= 0 && switch_ns_by_fd(ipcfd, &ipc_ns_desc, NULL))
+ 			exit(1);
+-		if ((root_ns_mask & CLONE_NEWNS) && switch_ns(pid, &mnt_ns_desc, NULL))
++		if (mntfd >= 0 && switch_ns_by_fd(mntfd, &mnt_ns_desc, NULL))
+ 			exit(1);
+ 		exit(0);
+ 	}
 PATCH
 }
 

@@ -36,6 +36,7 @@
 
 mod agent;
 mod logring;
+mod restore;
 pub mod seccomp;
 mod server;
 mod setup;
@@ -61,6 +62,11 @@ pub fn run_if_init() {
         && std::env::var_os(warren_proto::agent::AGENT_ENV_MARKER).is_some()
     {
         std::process::exit(agent::main());
+    }
+    if argv0.as_deref() == Some(OsStr::new(warren_proto::RESTORE_ARGV0))
+        && std::env::var_os(INIT_ENV_MARKER).is_some()
+    {
+        std::process::exit(restore::main());
     }
     if argv0.as_deref() != Some(OsStr::new(INIT_ARGV0)) {
         return;

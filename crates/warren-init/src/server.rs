@@ -13,7 +13,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use warren_proto::{
-    decode, encode, Bootstrap, BootstrapReply, ExitStatus, MainResult, Reply, Request,
+    decode, encode, Bootstrap, BootstrapReply, ExitStatus, MainResult, Reply, Request, Start,
     BOOTSTRAP_FD, INIT_PROTOCOL_VERSION, MAX_MESSAGE_BYTES,
 };
 use warren_sys::socket::{recv_with_fds, send_with_fds};
@@ -67,16 +67,50 @@ fn run() -> Result<i32, ()> {
 
     let mut buf = vec![0u8; MAX_MESSAGE_BYTES];
     let (n, mut fds) = recv_with_fds(boot.as_fd(), &mut buf).map_err(|_| ())?;
-    let fail = |step: &str, errno: Option<i32>, message: String| {
-        let reply = BootstrapReply::Failed {
-            step: step.to_string(),
-            errno,
-            message,
+    let boot = Boot(boot);
+    let fail = |step: &str, errno: Option<i32>, message: String| boot.fail(step, errno, message);
+    if std::env::var_os(warren_proto::INIT_STAGE_ENV).is_some() {
+        // A checkpointable sandbox's init, re-executed from inside it.
+        let start: Start = match decode(&buf[..n]) {
+            Ok(s) => s,
+            Err(e) => {
+                fail("decode", None, e.to_string());
+                return Err(());
+            }
         };
-        if let Ok(b) = encode(&reply) {
-            let _ = send_with_fds(boot.as_fd(), &b, &[]);
+        let stdio_count = start.main.as_ref().map(|m| m.stdio.count()).unwrap_or(0);
+        let fixed = 2 + usize::from(start.main_log);
+        if fds.len() != fixed + stdio_count {
+            fail(
+                "fds",
+                None,
+                format!(
+                    "expected {} descriptors, got {}",
+                    fixed + stdio_count,
+                    fds.len()
+                ),
+            );
+            return Err(());
         }
-    };
+        let main_stdio = fds.split_off(fixed);
+        let log_file = if start.main_log { fds.pop() } else { None };
+        let result_file = fds.pop().expect("length checked above");
+        let listener = fds.pop().expect("length checked above");
+        if let Err(e) = setup::lock_down() {
+            fail(e.step, e.errno, e.message);
+            return Err(());
+        }
+        timer.mark("lock_down");
+        let serving = Serving {
+            listener,
+            result_file,
+            log_file,
+            main_stdio,
+            main: start.main,
+            seccomp: start.seccomp,
+        };
+        return start_serving(boot, sigfd, buf, timer, serving);
+    }
     let b: Bootstrap = match decode(&buf[..n]) {
         Ok(b) => b,
         Err(e) => {
@@ -95,6 +129,9 @@ fn run() -> Result<i32, ()> {
         );
         return Err(());
     }
+    if b.checkpointable {
+        return staged(&b, fds, &boot, &mut timer);
+    }
     let stdio_count = b.main.as_ref().map(|m| m.stdio.count()).unwrap_or(0);
     let fixed = 4 + usize::from(b.main_log);
     if fds.len() != fixed + stdio_count {
@@ -109,7 +146,7 @@ fn run() -> Result<i32, ()> {
         );
         return Err(());
     }
-    let mut main_stdio: Vec<OwnedFd> = fds.split_off(fixed);
+    let main_stdio: Vec<OwnedFd> = fds.split_off(fixed);
     let log_file = if b.main_log {
         Some(fds.pop().expect("length checked above"))
     } else {
@@ -126,12 +163,148 @@ fn run() -> Result<i32, ()> {
         return Err(());
     }
     drop((userns, netns));
+    let serving = Serving {
+        listener,
+        result_file,
+        log_file,
+        main_stdio,
+        main: b.main,
+        seccomp: b.seccomp,
+    };
+    start_serving(boot, sigfd, buf, timer, serving)
+}
+
+/// The checkpointable shape (see `setup::prepare_checkpointable`): this
+/// process assembles the root and creates the namespaces, then forks PID 1
+/// of the new PID namespace, reports its host pid and waits to be killed
+/// by the node. PID 1 finishes the setup and re-executes init from inside
+/// the sandbox; that init then reads [`Start`].
+fn staged(
+    b: &Bootstrap,
+    mut fds: Vec<OwnedFd>,
+    boot: &Boot,
+    timer: &mut setup::Timer,
+) -> Result<i32, ()> {
+    let fail = |step: &str, errno: Option<i32>, message: String| boot.fail(step, errno, message);
+    if fds.len() != 1 {
+        fail(
+            "fds",
+            None,
+            format!("expected 1 descriptor, got {}", fds.len()),
+        );
+        return Err(());
+    }
+    let userns = fds.pop().expect("length checked above");
+    let prepared = match setup::prepare_checkpointable(b, &userns, timer) {
+        Ok(p) => p,
+        Err(e) => {
+            fail(e.step, e.errno, e.message);
+            return Err(());
+        }
+    };
+    drop(userns);
+    match warren_sys::proc::fork_single_threaded() {
+        Err(e) => {
+            fail("fork", Some(e as i32), "fork PID 1".into());
+            Err(())
+        }
+        Ok(Some(pid)) => {
+            drop(prepared);
+            let bytes = encode(&BootstrapReply::Staged { pid }).map_err(|_| ())?;
+            send_with_fds(boot.0.as_fd(), &bytes, &[]).map_err(|_| ())?;
+            // The node kills this process once it holds a pidfd for `pid`.
+            loop {
+                nix::unistd::pause();
+            }
+        }
+        Ok(None) => {
+            if let Err(e) = setup::finish_checkpointable(b, prepared) {
+                fail(e.step, e.errno, e.message);
+                return Err(());
+            }
+            let _ = warren_sys::fd::stdio_to_dev_null();
+            // The bootstrap socket survives the exec (as fd 3) for `Start`.
+            nix::fcntl::fcntl(
+                &boot.0,
+                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+            )
+            .map_err(|_| ())?;
+            let path = std::ffi::CString::new(warren_proto::CHECKPOINTABLE_INIT_PATH)
+                .expect("constant has no NUL");
+            let argv0 =
+                std::ffi::CString::new(warren_proto::INIT_ARGV0).expect("constant has no NUL");
+            let env = [
+                std::ffi::CString::new(format!(
+                    "{}={}",
+                    warren_proto::INIT_ENV_MARKER,
+                    INIT_PROTOCOL_VERSION
+                ))
+                .expect("no NUL"),
+                std::ffi::CString::new(format!("{}=3", warren_proto::INIT_STAGE_ENV))
+                    .expect("no NUL"),
+            ];
+            let e = nix::unistd::execve(&path, &[argv0], &env).unwrap_err();
+            fail(
+                "exec_init",
+                Some(e as i32),
+                "re-execute init inside the sandbox".into(),
+            );
+            Err(())
+        }
+    }
+}
+
+/// The bootstrap socket (the node's end of setup).
+struct Boot(OwnedFd);
+
+impl Boot {
+    /// Reports a failed setup step to the node.
+    fn fail(&self, step: &str, errno: Option<i32>, message: String) {
+        let reply = BootstrapReply::Failed {
+            step: step.to_string(),
+            errno,
+            message,
+        };
+        if let Ok(b) = encode(&reply) {
+            let _ = send_with_fds(self.0.as_fd(), &b, &[]);
+        }
+    }
+}
+
+/// What init serves with, however it was set up.
+struct Serving {
+    listener: OwnedFd,
+    result_file: OwnedFd,
+    log_file: Option<OwnedFd>,
+    main_stdio: Vec<OwnedFd>,
+    main: Option<warren_proto::ProcessSpec>,
+    seccomp: Vec<u64>,
+}
+
+/// Installs the seccomp policy, starts the main command, answers
+/// [`BootstrapReply::Ready`] and serves until the sandbox ends.
+fn start_serving(
+    boot: Boot,
+    sigfd: SignalFd,
+    buf: Vec<u8>,
+    mut timer: setup::Timer,
+    s: Serving,
+) -> Result<i32, ()> {
+    let fail = |step: &str, errno: Option<i32>, message: String| boot.fail(step, errno, message);
+    let Serving {
+        listener,
+        result_file,
+        log_file,
+        mut main_stdio,
+        main,
+        seccomp,
+    } = s;
     // Stdio onto the sandbox's own /dev/null: init then holds no host file
     // but the ones the node gave it (a checkpoint names them as external).
     let _ = warren_sys::fd::stdio_to_dev_null();
     // Before any sandbox process runs, and before init handles anything
     // from the node or the sandbox: init itself runs under the policy.
-    if let Err((errno, message)) = crate::seccomp::install_self(&b.seccomp) {
+    if let Err((errno, message)) = crate::seccomp::install_self(&seccomp) {
         fail("seccomp", errno, message);
         return Err(());
     }
@@ -152,7 +325,7 @@ fn run() -> Result<i32, ()> {
     };
     // The main command's unassigned stdout/stderr go through a pipe into
     // the log ring.
-    let mut main_spec = b.main.clone();
+    let mut main_spec = main;
     if let (Some(file), Some(main)) = (log_file, main_spec.as_mut()) {
         let (r, w) = match nix::unistd::pipe2(
             nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK,
@@ -211,7 +384,8 @@ fn run() -> Result<i32, ()> {
         timings: timer.phases,
     };
     let bytes = encode(&ready).map_err(|_| ())?;
-    send_with_fds(boot.as_fd(), &bytes, &[]).map_err(|_| ())?;
+    send_with_fds(boot.0.as_fd(), &bytes, &[]).map_err(|_| ())?;
+    // Nothing of the node's stays open while the sandbox runs.
     drop(boot);
     Ok(init.serve())
 }
@@ -422,6 +596,36 @@ impl Init {
         };
         match req {
             Request::Ping {} => self.send(id, &Reply::Pong {}, None),
+            Request::Quiesce {} => {
+                let gone: Vec<u64> = self
+                    .conns
+                    .iter()
+                    .filter(|(other, c)| **other != id && peer_gone(c.sock.as_fd()))
+                    .map(|(other, _)| *other)
+                    .collect();
+                for other in gone {
+                    self.close(other);
+                }
+                let open = (self.conns.len() - 1) as u32;
+                self.send(id, &Reply::Quiet { open }, None);
+                self.close(id);
+            }
+            Request::ReplaceListener {} => {
+                let Some(new) = fds.into_iter().next() else {
+                    self.send(
+                        id,
+                        &error("bad_request", None, "no listener came along".into()),
+                        None,
+                    );
+                    return;
+                };
+                self.listener = new;
+                self.send(id, &Reply::Pong {}, None);
+                // This connection came through the old listener (outside
+                // the sandbox's network namespace): nothing of it may stay
+                // for a later checkpoint.
+                self.close(id);
+            }
             Request::Exec { process } => {
                 if self.conns.get(&id).and_then(|c| c.exec).is_some() {
                     self.send(
@@ -527,6 +731,18 @@ impl Init {
                 }
             }
         }
+    }
+}
+
+/// Whether the other end of a connection has closed (nothing to read but
+/// the hang-up).
+fn peer_gone(sock: BorrowedFd<'_>) -> bool {
+    let mut pfd = [PollFd::new(sock, PollFlags::POLLIN)];
+    match poll(&mut pfd, PollTimeout::ZERO) {
+        Ok(_) => pfd[0]
+            .revents()
+            .is_some_and(|r| r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR)),
+        Err(_) => false,
     }
 }
 

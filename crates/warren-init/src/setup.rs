@@ -110,20 +110,7 @@ pub fn build(
 
     let state = PathBuf::from(&b.state_dir);
     chdir(&state).step("chdir_state", &b.state_dir)?;
-    let idmap = TreeAttrs {
-        readonly: true,
-        nosuid: false,
-        nodev: true,
-        idmap: Some(userns.as_fd()),
-    };
-    let mut lowers = Vec::with_capacity(b.layers.len());
-    // overlayfs lists the uppermost lower first.
-    for (i, layer) in b.layers.iter().enumerate().rev() {
-        let target = format!("lower/{i}");
-        bind_with_attrs(Path::new(layer), Path::new(&target), idmap, false)
-            .step("mount_layer", layer)?;
-        lowers.push(target);
-    }
+    let lowers = mount_lowers(b, userns)?;
     // With a disk limit the writable layer lives on a tmpfs of that size.
     let (upper, work) = match b.disk_bytes {
         Some(size) => {
@@ -144,38 +131,11 @@ pub fn build(
         }
         None => ("upper", "work"),
     };
-    // redirect_dir and metacopy pinned off (whatever the module defaults):
-    // a renamed lower directory is copied up in full and every copied-up
-    // file has its data, so the upper dir alone is a complete layer for
-    // filesystem snapshots.
-    let opts = format!(
-        "lowerdir={},upperdir={upper},workdir={work},redirect_dir=off,metacopy=off",
-        lowers.join(":")
-    );
-    mount(
-        Some("overlay"),
-        "rootfs",
-        Some("overlay"),
-        MsFlags::empty(),
-        Some(opts.as_str()),
-    )
-    .step("mount_overlay", "overlay rootfs")?;
+    mount_overlay(&lowers, upper, work)?;
     t.mark("rootfs");
     let root = state.join("rootfs");
     let base = b.id_base;
-
-    for bind in &b.binds {
-        let target = root.join(bind.target.trim_start_matches('/'));
-        let attrs = TreeAttrs {
-            readonly: bind.readonly,
-            nosuid: true,
-            nodev: true,
-            idmap: Some(userns.as_fd()),
-        };
-        bind_with_attrs(Path::new(&bind.source), &target, attrs, true)
-            .step("mount_bind", &bind.target)?;
-    }
-
+    mount_binds(b, &root, userns)?;
     mount_images(b, &root, userns)?;
     t.mark("binds");
     mount_proc(&root)?;
@@ -195,20 +155,7 @@ pub fn build(
     }
     mask_paths(&root)?;
     t.mark("mask");
-    let tmp = root.join("tmp");
-    ensure_dir(&tmp, 0o1777, base).step("mount_tmp", "/tmp")?;
-    let mut tmp_opts = format!("mode=1777,uid={base},gid={base}");
-    if let Some(size) = b.tmp_size_bytes {
-        tmp_opts.push_str(&format!(",size={size}"));
-    }
-    mount(
-        Some("tmpfs"),
-        &tmp,
-        Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        Some(tmp_opts.as_str()),
-    )
-    .step("mount_tmp", "tmpfs /tmp")?;
+    mount_tmp(&root, base, b.tmp_size_bytes)?;
 
     t.mark("sys_tmp");
     chdir(&root).step("pivot_root", "chdir rootfs")?;
@@ -230,15 +177,261 @@ pub fn build(
     // Non-dumpable, and its mm belongs to the host user namespace (it was
     // exec'd there): nothing in the sandbox can ptrace init or open its
     // /proc/1/{mem,exe,fd}.
+    lock_down()?;
+    t.mark("userns");
+    Ok(())
+}
+
+/// The last step of every init's setup, in the sandbox's user namespace:
+/// non-dumpable (nothing in the sandbox can ptrace init or open its
+/// `/proc/1/{mem,fd}`: that needs `CAP_SYS_PTRACE`, which the bounding set
+/// below removes), and — every process of the sandbox descends from init —
+/// a narrowed bounding set caps what any of them can ever hold, while
+/// `no_new_privs` stops setuid/setcap binaries from gaining anything.
+pub fn lock_down() -> Result<(), SetupError> {
     nix::sys::prctl::set_dumpable(false).step("dumpable", "prctl(PR_SET_DUMPABLE)")?;
-    // Every process of the sandbox descends from init: narrowing the
-    // bounding set here caps what any of them can ever hold, and
-    // no_new_privs stops setuid/setcap binaries from gaining anything.
     drop_bounding_caps()?;
     warren_sys::proc::clear_ambient_caps().step("capabilities", "clear ambient capabilities")?;
     nix::sys::prctl::set_no_new_privs().step("no_new_privs", "prctl(PR_SET_NO_NEW_PRIVS)")?;
-    t.mark("userns");
     Ok(())
+}
+
+/// What the host-side half of a checkpointable sandbox's setup hands to its
+/// init: the assembled root (a detached mount tree) and the init binary
+/// (a detached read-only bind of one file).
+pub struct Prepared {
+    rootfs: OwnedFd,
+    init_binary: OwnedFd,
+}
+
+/// The checkpointable shape, first half (host root, in the host-owned
+/// mount namespace the node cloned init into): everything that needs the
+/// host's privileges — joining the cgroups, idmapped image layers, the
+/// overlay, host binds and image mounts — is assembled into one detached
+/// tree. Then the process enters the sandbox's user namespace and creates
+/// the mount, UTS, IPC, network, cgroup and PID namespaces from inside it,
+/// so that the user namespace owns them all (what CRIU can checkpoint and
+/// recreate). The caller forks next: the child is PID 1 of the new PID
+/// namespace and finishes with [`finish_checkpointable`].
+pub fn prepare_checkpointable(
+    b: &Bootstrap,
+    userns: &OwnedFd,
+    t: &mut Timer,
+) -> Result<Prepared, SetupError> {
+    for p in &b.cgroup_procs {
+        fs::write(p, "0").step("join_cgroup", p)?;
+    }
+    let _ = fs::write("/proc/self/oom_score_adj", "-1000");
+    t.mark("cgroup");
+    if b.disk_bytes.is_some() {
+        return Err(SetupError {
+            step: "mount_disk",
+            errno: None,
+            message: "checkpointable sandboxes cannot have a disk limit yet".into(),
+        });
+    }
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .step("mount_private", "make / rprivate")?;
+    let state = PathBuf::from(&b.state_dir);
+    chdir(&state).step("chdir_state", &b.state_dir)?;
+    let lowers = mount_lowers(b, userns)?;
+    mount_overlay(&lowers, "upper", "work")?;
+    let root = state.join("rootfs");
+    mount_binds(b, &root, userns)?;
+    mount_images(b, &root, userns)?;
+    t.mark("rootfs");
+    let rootfs = warren_sys::mount::open_tree_clone(Path::new("rootfs"), true)
+        .step("detach_rootfs", "open_tree(rootfs)")?;
+    umount2("rootfs", MntFlags::MNT_DETACH).step("detach_rootfs", "umount rootfs")?;
+    // The new mount namespace keeps this working directory: the tree is
+    // attached onto it by path ".", without looking up the (host-only)
+    // state directory from inside the user namespace.
+    chdir("rootfs").step("detach_rootfs", "chdir rootfs")?;
+    let init_binary = warren_sys::mount::open_tree_clone(Path::new(&b.init_binary), false)
+        .step("init_binary", &b.init_binary)?;
+    let ro = TreeAttrs {
+        readonly: true,
+        nosuid: true,
+        nodev: true,
+        idmap: None,
+    };
+    warren_sys::mount::set_tree_attrs(init_binary.as_fd(), ro, false)
+        .step("init_binary", "read-only")?;
+    setns(userns, CloneFlags::CLONE_NEWUSER).step("enter_userns", "setns(user)")?;
+    nix::unistd::setgroups(&[]).step("enter_userns", "setgroups")?;
+    let zero_g = Gid::from_raw(0);
+    let zero_u = Uid::from_raw(0);
+    nix::unistd::setresgid(zero_g, zero_g, zero_g).step("enter_userns", "setresgid")?;
+    nix::unistd::setresuid(zero_u, zero_u, zero_u).step("enter_userns", "setresuid")?;
+    unshare(
+        CloneFlags::CLONE_NEWNS
+            | CloneFlags::CLONE_NEWUTS
+            | CloneFlags::CLONE_NEWIPC
+            | CloneFlags::CLONE_NEWNET
+            | CloneFlags::CLONE_NEWCGROUP
+            | CloneFlags::CLONE_NEWPID,
+    )
+    .step("unshare", "unshare(mnt, uts, ipc, net, cgroup, pid)")?;
+    t.mark("namespaces");
+    Ok(Prepared {
+        rootfs,
+        init_binary,
+    })
+}
+
+/// The checkpointable shape, second half, in PID 1 of the new PID
+/// namespace (root of the sandbox's user namespace, which owns every
+/// namespace this process is in): attaches the prepared root, then mounts
+/// what the sandbox's own namespaces own (`/proc`, `/dev`, `/sys`, `/tmp`),
+/// pivots, names the host and brings `lo` up. `/dev`'s device nodes are
+/// binds of the host's (a user namespace cannot `mknod`), and the init
+/// binary is bound at [`warren_proto::CHECKPOINTABLE_INIT_PATH`], where
+/// init re-executes itself next.
+pub fn finish_checkpointable(b: &Bootstrap, p: Prepared) -> Result<(), SetupError> {
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .step("mount_private", "make / rprivate")?;
+    warren_sys::mount::move_mount_to(p.rootfs.as_fd(), Path::new("."))
+        .step("attach_rootfs", "move_mount")?;
+    nix::unistd::fchdir(&p.rootfs).step("attach_rootfs", "fchdir")?;
+    drop(p.rootfs);
+    let root = Path::new(".");
+    mount_proc(root)?;
+    let dev = root.join("dev");
+    fs::create_dir_all(&dev).step("mount_dev", "/dev")?;
+    mount(
+        Some("tmpfs"),
+        &dev,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("mode=755,size=65536,nr_inodes=1024"),
+    )
+    .step("mount_dev", "tmpfs /dev")?;
+    for (name, _, _) in DEVICES {
+        let target = dev.join(name);
+        fs::File::create(&target).step("mount_dev", name)?;
+        let source = Path::new("/dev").join(name);
+        mount(
+            Some(&source),
+            &target,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .step("mount_dev", name)?;
+    }
+    let init_path = root.join(warren_proto::CHECKPOINTABLE_INIT_PATH.trim_start_matches('/'));
+    fs::File::create(&init_path).step("init_binary", "mount point")?;
+    warren_sys::mount::move_mount_to(p.init_binary.as_fd(), &init_path)
+        .step("init_binary", "move_mount")?;
+    drop(p.init_binary);
+    dev_submounts(&dev, 0)?;
+    if root.join("sys").is_dir() {
+        let ro = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+        mount(
+            Some("sysfs"),
+            &root.join("sys"),
+            Some("sysfs"),
+            ro,
+            None::<&str>,
+        )
+        .step("mount_sys", "sysfs")?;
+    }
+    mask_paths(root)?;
+    mount_tmp(root, 0, b.tmp_size_bytes)?;
+    pivot_root(".", ".").step("pivot_root", "pivot_root")?;
+    umount2(".", MntFlags::MNT_DETACH).step("pivot_root", "detach old root")?;
+    chdir("/").step("pivot_root", "chdir /")?;
+    sethostname(&b.hostname).step("hostname", "sethostname")?;
+    warren_sys::net::loopback_up().step("loopback", "lo up")?;
+    Ok(())
+}
+
+/// Binds each image layer read-only and idmapped through `userns` at
+/// `lower/N` (relative to the state directory); returns overlay's
+/// `lowerdir` list, uppermost first.
+fn mount_lowers(b: &Bootstrap, userns: &OwnedFd) -> Result<Vec<String>, SetupError> {
+    let idmap = TreeAttrs {
+        readonly: true,
+        nosuid: false,
+        nodev: true,
+        idmap: Some(userns.as_fd()),
+    };
+    let mut lowers = Vec::with_capacity(b.layers.len());
+    // overlayfs lists the uppermost lower first.
+    for (i, layer) in b.layers.iter().enumerate().rev() {
+        let target = format!("lower/{i}");
+        bind_with_attrs(Path::new(layer), Path::new(&target), idmap, false)
+            .step("mount_layer", layer)?;
+        lowers.push(target);
+    }
+    Ok(lowers)
+}
+
+/// The overlay root at `rootfs` (relative to the state directory).
+fn mount_overlay(lowers: &[String], upper: &str, work: &str) -> Result<(), SetupError> {
+    // redirect_dir and metacopy pinned off (whatever the module defaults):
+    // a renamed lower directory is copied up in full and every copied-up
+    // file has its data, so the upper dir alone is a complete layer for
+    // filesystem snapshots.
+    let opts = format!(
+        "lowerdir={},upperdir={upper},workdir={work},redirect_dir=off,metacopy=off",
+        lowers.join(":")
+    );
+    mount(
+        Some("overlay"),
+        "rootfs",
+        Some("overlay"),
+        MsFlags::empty(),
+        Some(opts.as_str()),
+    )
+    .step("mount_overlay", "overlay rootfs")
+}
+
+/// The host binds, idmapped, nosuid, nodev, under `root`.
+fn mount_binds(b: &Bootstrap, root: &Path, userns: &OwnedFd) -> Result<(), SetupError> {
+    for bind in &b.binds {
+        let target = root.join(bind.target.trim_start_matches('/'));
+        let attrs = TreeAttrs {
+            readonly: bind.readonly,
+            nosuid: true,
+            nodev: true,
+            idmap: Some(userns.as_fd()),
+        };
+        bind_with_attrs(Path::new(&bind.source), &target, attrs, true)
+            .step("mount_bind", &bind.target)?;
+    }
+    Ok(())
+}
+
+/// `/tmp`: a tmpfs owned by the sandbox's root (`owner` as the mounting
+/// process sees it), bounded by `size` bytes when given.
+fn mount_tmp(root: &Path, owner: u32, size: Option<u64>) -> Result<(), SetupError> {
+    let tmp = root.join("tmp");
+    ensure_dir(&tmp, 0o1777, owner).step("mount_tmp", "/tmp")?;
+    let mut tmp_opts = format!("mode=1777,uid={owner},gid={owner}");
+    if let Some(size) = size {
+        tmp_opts.push_str(&format!(",size={size}"));
+    }
+    mount(
+        Some("tmpfs"),
+        &tmp,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(tmp_opts.as_str()),
+    )
+    .step("mount_tmp", "tmpfs /tmp")
 }
 
 /// Keeps an `O_PATH` descriptor of the tmpfs writable layer at
@@ -472,6 +665,12 @@ fn mount_dev(root: &Path, base: u32) -> Result<(), SetupError> {
         fs::set_permissions(&p, fs::Permissions::from_mode(0o666)).step("mount_dev", name)?;
         chown(&p, owner.0, owner.1).step("mount_dev", name)?;
     }
+    dev_submounts(&dev, base)
+}
+
+/// `/dev/pts` (a new devpts instance), `/dev/shm` and the standard links,
+/// owned by the sandbox's root (`base` as the mounting process sees it).
+fn dev_submounts(dev: &Path, base: u32) -> Result<(), SetupError> {
     let pts = dev.join("pts");
     ensure_dir(&pts, 0o755, base).step("mount_dev", "/dev/pts")?;
     let pts_opts = format!("newinstance,ptmxmode=0666,mode=0620,gid={}", base + 5);

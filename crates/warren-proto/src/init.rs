@@ -186,6 +186,35 @@ pub struct Bootstrap {
     /// network namespace, the log ring (when `main_log`), then the main
     /// command's stdio as flagged in `main.stdio`.
     pub fds: BootstrapFds,
+    /// Build the checkpointable shape (see [`BootstrapFds::Staged`]): the
+    /// sandbox's user namespace owns its other namespaces, and init runs
+    /// from [`CHECKPOINTABLE_INIT_PATH`] inside the sandbox.
+    #[serde(default)]
+    pub checkpointable: bool,
+    /// Checkpointable shape: host path of the init binary (a regular
+    /// file) to bind at [`CHECKPOINTABLE_INIT_PATH`].
+    #[serde(default)]
+    pub init_binary: String,
+}
+
+/// Where a checkpointable sandbox's init binary is bound (read-only) and
+/// re-executed from, so that a checkpoint can name it as a file.
+pub const CHECKPOINTABLE_INIT_PATH: &str = "/dev/.warren-init";
+
+/// Environment variable set when a checkpointable sandbox's init
+/// re-executes itself from [`CHECKPOINTABLE_INIT_PATH`]: it then reads
+/// [`Start`] from the bootstrap socket instead of [`Bootstrap`].
+pub const INIT_STAGE_ENV: &str = "WARREN_INIT_STAGE";
+
+/// Node → a checkpointable sandbox's re-executed init: everything init
+/// needs to start serving, after its namespaces and root exist. Rides with
+/// `[listener, result_file, log?, stdin?, stdout?, stderr?]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Start {
+    pub main: Option<ProcessSpec>,
+    pub main_log: bool,
+    pub seccomp: Vec<u64>,
 }
 
 /// Documents (and versions) the descriptor order of [`Bootstrap`].
@@ -194,6 +223,10 @@ pub struct Bootstrap {
 pub enum BootstrapFds {
     /// `[userns, listener, result_file, netns, log?, stdin?, stdout?, stderr?]`
     UsernsListenerResultNetnsLogStdio,
+    /// Checkpointable shape: `[userns]` with [`Bootstrap`];
+    /// init answers [`BootstrapReply::Staged`], then the rest comes with
+    /// [`Start`].
+    Staged,
 }
 
 /// Init's answer to [`Bootstrap`].
@@ -207,6 +240,11 @@ pub enum BootstrapReply {
         #[serde(default)]
         timings: Vec<PhaseTiming>,
     },
+    /// Checkpointable shape: the sandbox's namespaces exist and its init
+    /// (PID 1 inside) has this host pid; the process that answered waits to
+    /// be killed by the node, which keeps the new init from being reaped
+    /// (and its pid reused) before the node holds a pidfd for it.
+    Staged { pid: i32 },
     /// Setup failed at `step`; init exits after sending this.
     Failed {
         step: String,
@@ -235,6 +273,16 @@ pub enum Request {
     SignalMain { signal: i32 },
     /// Liveness check; answered with [`Reply::Pong`].
     Ping {},
+    /// Serve on the listener that rides along instead of the current one
+    /// (after a restore, init's listener is the one the node handed CRIU,
+    /// in the node's network namespace; the new one is in the sandbox's).
+    /// Answered with [`Reply::Pong`].
+    ReplaceListener {},
+    /// Before a checkpoint: init closes connections whose peer has gone
+    /// and answers how many others stay open ([`Reply::Quiet`]); it then
+    /// closes this connection itself, so that nothing of the node's is
+    /// left open in init when the sandbox is frozen.
+    Quiesce {},
 }
 
 /// Init → node on a control connection.
@@ -259,6 +307,11 @@ pub enum Reply {
         message: String,
     },
     Pong {},
+    /// Answer to [`Request::Quiesce`]: connections still open besides the
+    /// asking one (running execs with their streams, requests in flight).
+    Quiet {
+        open: u32,
+    },
 }
 
 /// What init writes to the sandbox's result file when the main command ends.
@@ -349,4 +402,39 @@ mod tests {
             Err(ProtoError::TooLarge { .. })
         ));
     }
+}
+
+/// argv[0] of the restore helper: the init binary, run by the node in a
+/// private mount namespace to prepare a checkpoint's root and run CRIU.
+pub const RESTORE_ARGV0: &str = "warren-restore";
+
+/// Node → restore helper (on [`BOOTSTRAP_FD`]), with the descriptors
+/// `[userns, inherited...]`: the user namespace whose id mapping the
+/// image layers and host binds are idmapped through, then the descriptors
+/// CRIU hands to the restored processes (`--inherit-fd`), which the helper
+/// places at `inherit_at`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreHelper {
+    /// The new sandbox's state directory (`upper/`, `work/`, `rootfs/`,
+    /// `lower/`; `ext/` is created for the idmapped host binds).
+    pub state_dir: String,
+    /// Read-only image layers, lowest first.
+    pub layers: Vec<String>,
+    /// A directory (existing on the host) the helper mounts a fresh tmpfs
+    /// over, in its own mount namespace only, for the external mounts:
+    /// CRIU opens them from inside the new user namespace, which cannot
+    /// search the node's state directories.
+    pub ext_root: String,
+    /// Host trees (or files) bound at `<ext_root>/<name>` for CRIU's
+    /// `--external mnt[...]` arguments: (source, name, readonly, idmapped).
+    pub binds: Vec<(String, String, bool, bool)>,
+    /// `cgroup.procs` files joined before CRIU runs, so the restored
+    /// processes start in the sandbox's cgroups.
+    pub cgroup_procs: Vec<String>,
+    /// Descriptor numbers for the inherited descriptors, in order.
+    pub inherit_at: Vec<i32>,
+    /// The CRIU binary and its arguments (after `argv[0]`).
+    pub criu: String,
+    pub args: Vec<String>,
 }

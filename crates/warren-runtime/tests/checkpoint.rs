@@ -94,6 +94,104 @@ fn counter(sb: &Sb) -> Result<u64> {
 
 // ---------------------------------------------------------------- tests ----
 
+/// A checkpoint restores as a new sandbox (another id range and hostname)
+/// that continues from the checkpointed state, twice, while the source
+/// keeps going; each copy's changes stay its own.
+fn restore_continues_from_the_checkpoint() -> Result<()> {
+    const NAME: &str = "restore_continues_from_the_checkpoint";
+    if !have_criu(NAME) {
+        return Ok(());
+    }
+    let sb = Sb::with("rs", |s| {
+        s.checkpointable = true;
+        s.command = Some(vec![
+            "sh".into(),
+            "-c".into(),
+            "i=0; while true; do i=$((i+1)); echo $i > /tmp/c; sleep 0.05; done".into(),
+        ]);
+    })?;
+    sb.sh_ok("echo kept > /etc/marker")?;
+    ensure!(
+        warren_testkit::wait_until(Duration::from_secs(5), || counter(&sb).is_ok_and(|c| c > 2)),
+        "the counter never started"
+    );
+    let tmp = dest("rs")?;
+    let dir = tmp.path().join("c");
+    let info =
+        sb.f.rt
+            .checkpoint(&sb.id, &dir, CheckpointOptions::default())?;
+    let at = counter(&sb)?;
+    eprintln!("checkpoint: {:?}", info.phases);
+    let mut copies = Vec::new();
+    for n in 0..2 {
+        let mut spec = restore_spec(&format!("rs{n}"))?;
+        spec.checkpointable = true;
+        spec.hostname = format!("copy-{n}");
+        let t = std::time::Instant::now();
+        let info = sb.f.rt.restore(&spec, &dir)?;
+        eprintln!("restore {n}: {:?} in {:?}", info.phases, t.elapsed());
+        copies.push(Sb {
+            f: sb.f.clone(),
+            id: spec.id.clone(),
+            info,
+        });
+    }
+    for (n, c) in copies.iter().enumerate() {
+        let out = c.sh_ok("hostname; cat /etc/marker; id -u; cat /proc/self/uid_map")?;
+        ensure!(out.starts_with(&format!("copy-{n}\nkept\n0\n")), "{out}");
+        let first = counter(c)?;
+        ensure!(
+            first <= at + 40,
+            "copy {n} started at {first}, the source was at {at}"
+        );
+        ensure!(
+            warren_testkit::wait_until(Duration::from_secs(5), || counter(c)
+                .is_ok_and(|v| v > first + 2)),
+            "copy {n} does not count"
+        );
+        c.sh_ok(&format!("echo {n} > /etc/own"))?;
+    }
+    ensure!(copies[0].sh_ok("cat /etc/own")?.trim() == "0");
+    ensure!(copies[1].sh_ok("cat /etc/own")?.trim() == "1");
+    ensure!(sb.sh("test -e /etc/own && echo yes || echo no")?.1.trim() == "no");
+    ensure!(
+        copies[0].info.host_id_base != sb.info.host_id_base,
+        "the copy runs in the source's id range"
+    );
+    // A copy can be checkpointed and restored again (fork of a fork).
+    let dir2 = tmp.path().join("c2");
+    sb.f.rt
+        .checkpoint(&copies[0].id, &dir2, CheckpointOptions::default())?;
+    let mut spec = restore_spec("rs2")?;
+    spec.hostname = "copy-of-copy".into();
+    let info = sb.f.rt.restore(&spec, &dir2)?;
+    let cc = Sb {
+        f: sb.f.clone(),
+        id: spec.id.clone(),
+        info,
+    };
+    ensure!(cc.sh_ok("cat /etc/own")?.trim() == "0");
+    Ok(())
+}
+
+/// A sandbox created in the checkpointable shape works like any other:
+/// execs as its users, its own hostname, `/proc`, `/dev`, `/tmp`, and its
+/// user namespace owns its other namespaces.
+fn checkpointable_sandboxes_work() -> Result<()> {
+    let sb = Sb::with("cs", |s| {
+        s.checkpointable = true;
+        s.hostname = "cs-host".into();
+    })?;
+    let out = sb.sh_ok(
+        "hostname; id -u; cat /proc/self/uid_map | tr -s ' '; echo x > /tmp/t && cat /tmp/t; \
+         ls /dev; echo hi > /etc/w && cat /etc/w; cat /proc/1/cmdline | tr '\\0' ' '",
+    )?;
+    eprintln!("{out}");
+    ensure!(out.contains("cs-host"), "{out}");
+    ensure!(out.lines().nth(1) == Some("0"), "{out}");
+    Ok(())
+}
+
 /// A checkpoint with `leave_running` keeps the sandbox going unchanged, and
 /// its directory verifies: manifest, version, checksums.
 fn checkpoint_leaves_the_sandbox_running() -> Result<()> {
@@ -102,6 +200,7 @@ fn checkpoint_leaves_the_sandbox_running() -> Result<()> {
         return Ok(());
     }
     let sb = Sb::with("ck", |s| {
+        s.checkpointable = true;
         s.command = Some(vec![
             "sh".into(),
             "-c".into(),
@@ -171,20 +270,26 @@ fn checkpoint_refusals() -> Result<()> {
         "checkpoint of a missing sandbox: {e:?}"
     );
     ensure!(!tmp.path().join("x").exists());
-    // A disk-limited sandbox's writable layer lives only inside its mount
-    // namespace: refused, by name, before anything is written.
+    // A sandbox not created checkpointable is refused by name, before
+    // anything is written.
     if checkpoint::criu_version(&criu_path()).is_ok() {
-        let limited = Sb::with("ckdisk", |s| s.limits.disk_bytes = Some(64 << 20))?;
-        let d = tmp.path().join("disk");
-        match limited
-            .f
-            .rt
-            .checkpoint(&limited.id, &d, CheckpointOptions::default())
-        {
-            Err(RuntimeError::SnapshotUnsupported { reason }) if reason.contains("disk limit") => {}
-            other => bail!("checkpoint of a disk-limited sandbox: {other:?}"),
+        let d = tmp.path().join("plain");
+        match sb.f.rt.checkpoint(&sb.id, &d, CheckpointOptions::default()) {
+            Err(RuntimeError::SnapshotUnsupported { reason })
+                if reason.contains("checkpointable") => {}
+            other => bail!("checkpoint of a plain sandbox: {other:?}"),
         }
         ensure!(!d.exists(), "{} was created", d.display());
+    }
+    // A disk-limited sandbox's writable layer lives only inside its mount
+    // namespace: the checkpointable shape refuses a disk limit at create.
+    match Sb::with("ckdisk", |s| {
+        s.checkpointable = true;
+        s.limits.disk_bytes = Some(64 << 20);
+    }) {
+        Err(e) if e.to_string().contains("disk limit") => {}
+        Err(e) => bail!("checkpointable with a disk limit: {e}"),
+        Ok(_) => bail!("a checkpointable sandbox with a disk limit was created"),
     }
     Ok(())
 }
@@ -206,6 +311,8 @@ fn fake_checkpoint(dir: &Path, layers: usize) -> Result<()> {
             network: false,
             criu_version: "4.1.1".into(),
             externals: vec![],
+            mounts: vec![],
+            init_binary: String::new(),
         },
     )?;
     Ok(())
@@ -291,7 +398,7 @@ fn restore_refusal_leaves_nothing() -> Result<()> {
     fake_checkpoint(tmp.path(), spec.rootfs.layers.len())?;
     let r = f.rt.restore(&spec, tmp.path());
     ensure!(
-        matches!(r, Err(RuntimeError::SnapshotUnsupported { .. })),
+        matches!(r, Err(RuntimeError::Criu { .. })),
         "restore gave {r:?}"
     );
     nothing_of(&spec.id)?;
@@ -346,6 +453,14 @@ fn main() {
     common::init("ckpt");
     let args = Arguments::from_args();
     let mut tests = vec![
+        trial(
+            "checkpointable_sandboxes_work",
+            checkpointable_sandboxes_work,
+        ),
+        trial(
+            "restore_continues_from_the_checkpoint",
+            restore_continues_from_the_checkpoint,
+        ),
         trial(
             "checkpoint_leaves_the_sandbox_running",
             checkpoint_leaves_the_sandbox_running,

@@ -121,3 +121,29 @@ pub fn keep_at(fd: OwnedFd, target: i32) -> Result<()> {
     }
     Ok(())
 }
+
+/// Like [`keep_at`], but the descriptor at `target` survives `execve` (no
+/// close-on-exec): for handing descriptors to a program at fixed numbers.
+pub fn keep_at_inheritable(fd: OwnedFd, target: i32) -> Result<()> {
+    if target < 3 {
+        return Err(Errno::EINVAL);
+    }
+    if fd.as_raw_fd() == target {
+        // dup3 refuses equal numbers; clear the flag in place instead.
+        // SAFETY: fcntl(2) F_SETFD on a descriptor we own, then released
+        // from its owner so that it stays open.
+        let rc = unsafe { libc::fcntl(target, libc::F_SETFD, 0) };
+        if rc < 0 {
+            return Err(Errno::last());
+        }
+        std::mem::forget(fd);
+        return Ok(());
+    }
+    // SAFETY: dup3(2) on a descriptor we own; the new number is not wrapped
+    // in an owner, so nothing in this process closes it.
+    let rc = unsafe { libc::dup3(fd.as_raw_fd(), target, 0) };
+    if rc < 0 {
+        return Err(Errno::last());
+    }
+    Ok(())
+}

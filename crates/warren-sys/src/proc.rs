@@ -29,3 +29,18 @@ pub fn clear_ambient_caps() -> Result<()> {
     }
     Ok(())
 }
+
+/// `fork(2)`: `Ok(Some(child pid))` in the parent, `Ok(None)` in the child.
+///
+/// Only for single-threaded callers (sandbox init): after a fork in a
+/// multi-threaded process the child may only run async-signal-safe code.
+pub fn fork_single_threaded() -> Result<Option<libc::pid_t>> {
+    // SAFETY: callers are single-threaded (documented contract), so the
+    // child owns a consistent copy of every lock and allocator state.
+    let pid = unsafe { libc::fork() };
+    match pid {
+        -1 => Err(Errno::last()),
+        0 => Ok(None),
+        pid => Ok(Some(pid)),
+    }
+}

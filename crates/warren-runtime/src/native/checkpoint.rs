@@ -15,7 +15,6 @@
 
 use std::fs;
 use std::io::Read;
-use std::os::fd::AsFd;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Component, Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -25,7 +24,7 @@ use sha2::{Digest, Sha256};
 use tracing::{debug, info_span, warn};
 
 use super::{NativeRuntime, Phases};
-use crate::{RuntimeError, SandboxId, SandboxInfo, SandboxSpec};
+use crate::{RuntimeError, SandboxId};
 
 /// Version of the checkpoint directory format this code writes and reads.
 pub const FORMAT_VERSION: u32 = 1;
@@ -98,6 +97,14 @@ pub struct SourceFacts {
     /// Host descriptors init held, named as CRIU external resources; a
     /// restore must hand in a replacement for each (`--inherit-fd`).
     pub externals: Vec<External>,
+    /// Mount points inside the sandbox that CRIU treated as external
+    /// (device nodes, the init binary, host binds, image mounts); a
+    /// restore binds each again.
+    #[serde(default)]
+    pub mounts: Vec<String>,
+    /// File name (SHA-256) of the init binary copy the sandbox ran from.
+    #[serde(default)]
+    pub init_binary: String,
 }
 
 /// One host resource init holds that is not part of the sandbox.
@@ -290,7 +297,7 @@ pub fn criu_version(criu: &Path) -> Result<String, RuntimeError> {
 
 /// Runs CRIU with `args`, bounded by `timeout`; on failure the error carries
 /// the tail of its log file.
-fn run_criu(
+pub(super) fn run_criu(
     criu: &Path,
     op: &'static str,
     args: &[String],
@@ -333,7 +340,7 @@ fn run_criu(
 }
 
 /// The error lines and last lines of a CRIU log (bounded).
-fn log_tail(log: &Path) -> String {
+pub(super) fn log_tail(log: &Path) -> String {
     let text = fs::read_to_string(log).unwrap_or_default();
     let mut lines: Vec<&str> = text
         .lines()
@@ -349,7 +356,7 @@ fn log_tail(log: &Path) -> String {
 
 /// Copies `src` into `dst` preserving ownership, modes, timestamps, xattrs
 /// (overlay's opaque markers) and whiteouts.
-fn copy_tree(src: &Path, dst: &Path) -> Result<(), RuntimeError> {
+pub(super) fn copy_tree(src: &Path, dst: &Path) -> Result<(), RuntimeError> {
     let out = Command::new("cp")
         .arg("-a")
         .arg("--reflink=auto")
@@ -455,6 +462,13 @@ impl NativeRuntime {
         let mut phases = Phases::new();
         let criu = &self.cfg.criu_binary;
         let criu_version = criu_version(criu)?;
+        if !is_checkpointable(sb.init_pid) {
+            return Err(RuntimeError::SnapshotUnsupported {
+                reason: "the sandbox was not created checkpointable (memory_snapshots); \
+                         only those can be checkpointed"
+                    .into(),
+            });
+        }
         if has_disk_limit(sb.init_pid) {
             // The tmpfs upper of a disk-limited sandbox is only reachable
             // inside its mount namespace.
@@ -501,7 +515,22 @@ impl NativeRuntime {
             .mode(0o700)
             .create(&images)
             .map_err(RuntimeError::prepare(&images))?;
+        // Nothing of the node's may be open in init while CRIU dumps it:
+        // connections whose peer went away are closed now; any others
+        // (execs running with attached streams, file operations in
+        // flight) refuse the checkpoint.
+        let open = super::control::quiesce(&sb.dir)?;
+        if open > 0 {
+            return Err(RuntimeError::SnapshotUnsupported {
+                reason: format!(
+                    "{open} exec(s) or file operation(s) are attached to the sandbox; a \
+                     checkpoint needs them finished (start long-running processes as the \
+                     main command, or detached with their output in a file)"
+                ),
+            });
+        }
         let externals = init_externals(sb.init_pid, &sb.dir)?;
+        let mounts = external_mounts(sb.init_pid)?;
         phases.mark("checkpoint:prepare");
 
         // Frozen from here until CRIU has the memory: the writable layer
@@ -510,6 +539,10 @@ impl NativeRuntime {
         phases.mark("checkpoint:freeze");
         let dumped = (|| {
             copy_tree(&sb.dir.join("upper"), &dest.join("upper"))?;
+            let log = sb.dir.join(super::LOG_FILE);
+            if log.exists() {
+                copy_tree(&log, &dest.join(super::LOG_FILE))?;
+            }
             phases.mark("checkpoint:upper");
             let freezer = sb
                 .cgroup
@@ -532,26 +565,15 @@ impl NativeRuntime {
                 path_string(&freezer)?,
                 "--manage-cgroups=ignore".into(),
                 "--tcp-close".into(),
-                // Init's sealed executable is a memfd: its contents go into
-                // the image (ghost file) rather than a path.
                 "--ghost-limit".into(),
                 "256M".into(),
             ];
             if opts.leave_running {
                 args.push("--leave-running".into());
             }
-            for b in &self.bind_targets(sb) {
+            for target in &mounts {
                 args.push("--external".into());
-                args.push(format!("mnt[{b}]:{}", mount_key(b)));
-            }
-            // The network namespace is the node's (from its pool, wired to
-            // the host): CRIU does not dump it (a restore joins a new one).
-            if let Some(ns) = &sb.netns {
-                let ino = nix::sys::stat::fstat(ns.as_fd())
-                    .map_err(RuntimeError::sys("fstat netns"))?
-                    .st_ino;
-                args.push("--external".into());
-                args.push(format!("net[{ino}]:warren-netns"));
+                args.push(format!("mnt[{target}]:{}", mount_key(target)));
             }
             for e in &externals {
                 if e.key.starts_with("file[") {
@@ -586,75 +608,54 @@ impl NativeRuntime {
                 network: sb.net.lock().expect("net lock poisoned").is_some(),
                 criu_version: criu_version.to_string(),
                 externals,
+                mounts,
+                init_binary: self
+                    .init_file
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
             },
         )?;
         phases.mark("checkpoint:manifest");
         Ok(manifest)
-    }
-
-    /// Mount points CRIU treats as external: the sandbox's host binds
-    /// (idmapped binds of host paths) and `/dev`.
-    fn bind_targets(&self, sb: &super::Sandbox) -> Vec<String> {
-        let Ok(text) = fs::read_to_string(format!("/proc/{}/mountinfo", sb.init_pid)) else {
-            return Vec::new();
-        };
-        let mut out: Vec<String> = text
-            .lines()
-            .filter_map(|l| {
-                let cols: Vec<&str> = l.split_whitespace().collect();
-                let idmapped = cols.get(5)?.split(',').any(|o| o == "idmapped");
-                (idmapped && cols[4] != "/").then(|| cols[4].to_string())
-            })
-            .collect();
-        // /dev is a tmpfs holding device nodes, which cannot be recreated
-        // inside a user namespace: the node builds it (init's fixed set of
-        // nodes and links); its submounts (pts, shm) are CRIU's.
-        out.push("/dev".into());
-        out
-    }
-
-    /// Restores a checkpoint as the sandbox `spec.id`. The checkpoint is
-    /// verified first ([`verify`]); a corrupt, truncated or
-    /// other-version checkpoint is refused with
-    /// [`RuntimeError::SnapshotCorrupt`] before anything is created.
-    ///
-    /// Restoring Warren's namespace layout is not possible with stock CRIU
-    /// 4.1.1 (see `docs/snapshots.md`); a verified checkpoint is refused
-    /// with [`RuntimeError::SnapshotUnsupported`], leaving nothing behind.
-    pub fn restore(&self, spec: &SandboxSpec, from: &Path) -> Result<SandboxInfo, RuntimeError> {
-        let _span = info_span!("restore", sandbox_id = %spec.id).entered();
-        let manifest = verify(from)?;
-        if manifest.source.layers != spec.rootfs.layers.len() {
-            return Err(RuntimeError::InvalidSpec {
-                field: "rootfs",
-                reason: format!(
-                    "the checkpoint was taken over {} image layers, the spec has {}",
-                    manifest.source.layers,
-                    spec.rootfs.layers.len()
-                ),
-            });
-        }
-        if self
-            .sandboxes
-            .read()
-            .expect("sandbox map lock poisoned")
-            .contains_key(&spec.id)
-        {
-            return Err(RuntimeError::AlreadyExists {
-                id: spec.id.to_string(),
-            });
-        }
-        Err(RuntimeError::SnapshotUnsupported {
-            reason: "restoring a sandbox whose namespaces are owned by the host while its \
-                     processes run in their own user namespace is not supported by CRIU 4.1.1"
-                .into(),
-        })
     }
 }
 
 /// Whether the sandbox's writable layer is the disk-limit tmpfs (its
 /// overlay root names `upperdir=disk/upper`; see `warren-init`'s setup).
 /// That tmpfs exists only inside the sandbox's mount namespace.
+/// Whether the sandbox has the checkpointable shape (its init runs from
+/// the init binary bound into it).
+fn is_checkpointable(init_pid: i32) -> bool {
+    fs::read_to_string(format!("/proc/{init_pid}/mountinfo")).is_ok_and(|t| {
+        t.lines()
+            .any(|l| l.split_whitespace().nth(4) == Some(warren_proto::CHECKPOINTABLE_INIT_PATH))
+    })
+}
+
+/// Mount points CRIU treats as external: the binds of single host files
+/// under `/dev` (the device nodes and the init binary) and the idmapped
+/// mounts below the root (host binds and image mounts), which a restore
+/// binds again from the host (rebuilding the idmapped trees for the new
+/// id range).
+fn external_mounts(init_pid: i32) -> Result<Vec<String>, RuntimeError> {
+    let path = format!("/proc/{init_pid}/mountinfo");
+    let text = fs::read_to_string(&path).map_err(RuntimeError::prepare(&path))?;
+    let mut out = Vec::new();
+    for l in text.lines() {
+        let cols: Vec<&str> = l.split_whitespace().collect();
+        let (Some(root), Some(point), Some(opts)) = (cols.get(3), cols.get(4), cols.get(5)) else {
+            continue;
+        };
+        let idmapped = *point != "/" && opts.split(',').any(|o| o == "idmapped");
+        let dev_file = *root != "/" && point.starts_with("/dev/") && !point[5..].contains('/');
+        if idmapped || dev_file {
+            out.push(point.to_string());
+        }
+    }
+    Ok(out)
+}
+
 fn has_disk_limit(init_pid: i32) -> bool {
     fs::read_to_string(format!("/proc/{init_pid}/mountinfo")).is_ok_and(|t| {
         t.lines().any(|l| {
@@ -666,7 +667,7 @@ fn has_disk_limit(init_pid: i32) -> bool {
     })
 }
 
-fn mount_key(target: &str) -> String {
+pub(super) fn mount_key(target: &str) -> String {
     let k: String = target
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
@@ -674,7 +675,7 @@ fn mount_key(target: &str) -> String {
     format!("warren{k}")
 }
 
-fn path_string(p: &Path) -> Result<String, RuntimeError> {
+pub(super) fn path_string(p: &Path) -> Result<String, RuntimeError> {
     p.to_str()
         .map(str::to_string)
         .ok_or_else(|| RuntimeError::InvalidSpec {
@@ -695,6 +696,8 @@ mod tests {
             network: false,
             criu_version: "4.1.1".into(),
             externals: vec![],
+            mounts: vec![],
+            init_binary: String::new(),
         }
     }
 

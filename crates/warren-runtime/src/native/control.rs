@@ -226,6 +226,36 @@ pub(crate) fn ping(dir: &Path) -> Result<(), RuntimeError> {
     }
 }
 
+/// Moves init's control listener into the network namespace `netns`:
+/// the listener at `<dir>/init.sock` moves aside, a new one is bound there
+/// inside `netns` and handed to init ([`Request::ReplaceListener`]) through
+/// the old one, which init then closes.
+pub(crate) fn replace_listener(dir: &Path, netns: BorrowedFd<'_>) -> Result<(), RuntimeError> {
+    let path = dir.join("init.sock");
+    let old = dir.join("init.sock.old");
+    std::fs::rename(&path, &old).map_err(RuntimeError::prepare(&path))?;
+    let new = listen_in_netns(&path, netns)?;
+    let s = seqpacket()?;
+    with_addr(&old, |a| {
+        connect(s.as_raw_fd(), a).map_err(RuntimeError::sys("connect to init"))
+    })?;
+    match request(s.as_fd(), &Request::ReplaceListener {}, &[new.as_fd()])?.0 {
+        Reply::Pong {} => {}
+        other => return Err(unexpected(other)),
+    }
+    std::fs::remove_file(&old).map_err(RuntimeError::prepare(&old))
+}
+
+/// [`Request::Quiesce`]: how many control connections stay open in init
+/// besides this one, which init closes itself.
+pub(crate) fn quiesce(dir: &Path) -> Result<u32, RuntimeError> {
+    let s = connect_init(dir)?;
+    match request(s.as_fd(), &Request::Quiesce {}, &[])?.0 {
+        Reply::Quiet { open } => Ok(open),
+        other => Err(unexpected(other)),
+    }
+}
+
 pub(crate) fn signal_main(dir: &Path, signal: i32) -> Result<(), RuntimeError> {
     let s = connect_init(dir)?;
     match request(s.as_fd(), &Request::SignalMain { signal }, &[])?.0 {

@@ -184,15 +184,18 @@ pub(crate) fn rewrite_hostname(criu_dir: &Path, hostname: &str) -> Result<usize,
 }
 
 /// Reads the entries of one `userns-*.img`.
+#[cfg(test)]
 pub(crate) fn read_userns(path: &Path) -> Result<Vec<UsernsEntry>, RuntimeError> {
     read_entries(path, USERNS_MAGIC)
 }
 
 /// Reads the entries of one `utsns-*.img`.
+#[cfg(test)]
 pub(crate) fn read_utsns(path: &Path) -> Result<Vec<UtsnsEntry>, RuntimeError> {
     read_entries(path, UTSNS_MAGIC)
 }
 
+#[cfg(test)]
 fn read_entries<M: Message + Default>(path: &Path, magic: u32) -> Result<Vec<M>, RuntimeError> {
     let bytes = read_image(path)?;
     split_entries(&bytes, magic, path)?

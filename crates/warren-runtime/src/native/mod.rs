@@ -13,11 +13,13 @@
 
 pub mod checkpoint;
 mod control;
-#[allow(dead_code)] mod criu_images; // no callers yet: restore into a new slot comes later
+mod criu_images;
 mod ids;
 mod pool;
 mod record;
+mod restore;
 mod snapshot;
+mod staged;
 mod trash;
 
 use std::collections::HashMap;
@@ -178,6 +180,9 @@ pub struct NativeRuntime {
     /// Wired namespaces kept ready (with `network`).
     wired: Option<pool::Pool<Wired, warren_net::NetError>>,
     reaper: trash::Reaper,
+    /// A root-owned regular-file copy of the init binary, which
+    /// checkpointable sandboxes bind and run init from.
+    init_file: PathBuf,
     /// The sandbox seccomp policy, compiled once and sent to every init.
     seccomp: Vec<u64>,
     /// Ids whose host resources are being released right now: a second
@@ -220,6 +225,7 @@ impl NativeRuntime {
         debug!(init = %exe.display(), "sealing init binary");
         let init_exe = warren_sys::fd::sealed_memfd_copy(c"warren-init", &exe)
             .map_err(RuntimeError::sys("seal init binary"))?;
+        let init_file = staged::install_init_binary(&cfg.data_dir, &exe)?;
         let max_id = u64::from(cfg.id_base) + u64::from(cfg.id_slots) * u64::from(IDS_PER_SANDBOX);
         if cfg.id_slots == 0 || max_id > u64::from(u32::MAX) {
             return Err(RuntimeError::InvalidSpec {
@@ -265,6 +271,7 @@ impl NativeRuntime {
             )
         });
         Ok(NativeRuntime {
+            init_file,
             seccomp,
             netns: pool::NetnsPool::start(cfg.netns_pool),
             network,
@@ -384,6 +391,9 @@ impl NativeRuntime {
         slot: u32,
         lease_out: &mut Option<warren_net::Lease>,
     ) -> Result<(Sandbox, Option<i32>, Phases), RuntimeError> {
+        if spec.checkpointable {
+            return self.create_staged(spec, io, dir, slot, lease_out);
+        }
         let base = self.host_id_base(slot);
         let mut phases = Phases::new();
         prepare_dirs(dir, spec.rootfs.layers.len(), base)?;
@@ -501,6 +511,8 @@ impl NativeRuntime {
             main_log: log.is_some(),
             seccomp: self.seccomp.clone(),
             fds: BootstrapFds::UsernsListenerResultNetnsLogStdio,
+            checkpointable: false,
+            init_binary: String::new(),
         };
         let msg = warren_proto::encode(&boot)?;
 
@@ -588,31 +600,7 @@ impl NativeRuntime {
                 }
                 Ok((sandbox, main_pid, phases))
             }
-            // The main command could not start: report it like an exec.
-            BootstrapReply::Failed {
-                step,
-                errno,
-                message,
-            } if step.starts_with("exec_") || step.starts_with("workdir_") => Err(self.abandon(
-                sandbox,
-                RuntimeError::Exec {
-                    code: step,
-                    errno,
-                    message,
-                },
-            )),
-            BootstrapReply::Failed {
-                step,
-                errno,
-                message,
-            } => Err(self.abandon(
-                sandbox,
-                RuntimeError::InitSetup {
-                    step,
-                    errno,
-                    message,
-                },
-            )),
+            other => Err(self.abandon(sandbox, staged::setup_failure(other))),
         }
     }
 
@@ -708,6 +696,102 @@ impl NativeRuntime {
         };
         *guard = Some(exit.clone());
         exit
+    }
+}
+
+impl NativeRuntime {
+    /// Claims the sandbox's id, slot and state directory, runs `inner` to
+    /// build it, records and registers it; on failure releases everything.
+    /// Shared by create and restore.
+    fn build_sandbox(
+        &self,
+        spec: &SandboxSpec,
+        started: Instant,
+        inner: impl FnOnce(
+            &Path,
+            u32,
+            &mut Option<warren_net::Lease>,
+        ) -> Result<(Sandbox, Option<i32>, Phases), RuntimeError>,
+    ) -> Result<SandboxInfo, RuntimeError> {
+        let dir = self.sandboxes_dir.join(spec.id.as_str());
+        {
+            // A leftover directory is caught by the atomic mkdir below.
+            let map = self.sandboxes.read().expect("sandbox map lock poisoned");
+            if map.contains_key(&spec.id) {
+                return Err(RuntimeError::AlreadyExists {
+                    id: spec.id.to_string(),
+                });
+            }
+        }
+        let slot = self
+            .ids
+            .lock()
+            .expect("id lock poisoned")
+            .allocate()
+            .ok_or(RuntimeError::IdRangesExhausted {
+                slots: self.cfg.id_slots,
+            })?;
+        // Claim the directory atomically: a concurrent create of the same id
+        // fails here.
+        if let Err(e) = fs::DirBuilder::new().mode(0o700).create(&dir) {
+            self.ids.lock().expect("id lock poisoned").release(slot);
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                return Err(RuntimeError::AlreadyExists {
+                    id: spec.id.to_string(),
+                });
+            }
+            return Err(RuntimeError::prepare(&dir)(e));
+        }
+        let mut lease = None;
+        match inner(&dir, slot, &mut lease) {
+            Ok((sb, main_pid, mut phases)) => {
+                let written = record::write(
+                    &dir,
+                    &record::Record {
+                        id: sb.id.clone(),
+                        slot,
+                        init_pid: sb.init_pid,
+                        net: lease.as_ref().map(|l| record::NetRecord {
+                            lease: l.address.index,
+                            egress: spec.network.egress.clone(),
+                        }),
+                    },
+                );
+                if let Err(e) = written {
+                    // Not adopted: kill it and release everything.
+                    let _ = warren_sys::pidfd::send_signal(sb.pidfd.as_fd(), libc::SIGKILL);
+                    let _ = warren_sys::pidfd::wait_exit(sb.pidfd.as_fd());
+                    self.release_lease(lease.as_ref());
+                    let _ = self.release(&spec.id, Some(slot));
+                    return Err(RuntimeError::prepare(&dir)(e));
+                }
+                phases.mark("node:record");
+                let info = SandboxInfo {
+                    id: sb.id.clone(),
+                    init_pid: sb.init_pid,
+                    main_pid,
+                    host_id_base: self.host_id_base(slot),
+                    phases: phases.list,
+                };
+                self.sandboxes
+                    .write()
+                    .expect("sandbox map lock poisoned")
+                    .insert(sb.id.clone(), Arc::new(sb));
+                debug!(
+                    elapsed_us = started.elapsed().as_micros() as u64,
+                    "sandbox created"
+                );
+                Ok(info)
+            }
+            Err(e) => {
+                debug!(error = %e, "create failed; cleaning up");
+                self.release_lease(lease.as_ref());
+                if let Err(cleanup) = self.release(&spec.id, Some(slot)) {
+                    warn!(error = %cleanup, "cleanup after failed create");
+                }
+                Err(e)
+            }
+        }
     }
 }
 
@@ -848,85 +932,9 @@ impl Runtime for NativeRuntime {
                 reason: "at least one image layer is required".into(),
             });
         }
-        let dir = self.sandboxes_dir.join(spec.id.as_str());
-        {
-            // A leftover directory is caught by the atomic mkdir below.
-            let map = self.sandboxes.read().expect("sandbox map lock poisoned");
-            if map.contains_key(&spec.id) {
-                return Err(RuntimeError::AlreadyExists {
-                    id: spec.id.to_string(),
-                });
-            }
-        }
-        let slot = self
-            .ids
-            .lock()
-            .expect("id lock poisoned")
-            .allocate()
-            .ok_or(RuntimeError::IdRangesExhausted {
-                slots: self.cfg.id_slots,
-            })?;
-        // Claim the directory atomically: a concurrent create of the same id
-        // fails here.
-        if let Err(e) = fs::DirBuilder::new().mode(0o700).create(&dir) {
-            self.ids.lock().expect("id lock poisoned").release(slot);
-            if e.kind() == std::io::ErrorKind::AlreadyExists {
-                return Err(RuntimeError::AlreadyExists {
-                    id: spec.id.to_string(),
-                });
-            }
-            return Err(RuntimeError::prepare(&dir)(e));
-        }
-        let mut lease = None;
-        match self.create_inner(spec, io, &dir, slot, &mut lease) {
-            Ok((sb, main_pid, mut phases)) => {
-                let written = record::write(
-                    &dir,
-                    &record::Record {
-                        id: sb.id.clone(),
-                        slot,
-                        init_pid: sb.init_pid,
-                        net: lease.as_ref().map(|l| record::NetRecord {
-                            lease: l.address.index,
-                            egress: spec.network.egress.clone(),
-                        }),
-                    },
-                );
-                if let Err(e) = written {
-                    // Not adopted: kill it and release everything.
-                    let _ = warren_sys::pidfd::send_signal(sb.pidfd.as_fd(), libc::SIGKILL);
-                    let _ = warren_sys::pidfd::wait_exit(sb.pidfd.as_fd());
-                    self.release_lease(lease.as_ref());
-                    let _ = self.release(&spec.id, Some(slot));
-                    return Err(RuntimeError::prepare(&dir)(e));
-                }
-                phases.mark("node:record");
-                let info = SandboxInfo {
-                    id: sb.id.clone(),
-                    init_pid: sb.init_pid,
-                    main_pid,
-                    host_id_base: self.host_id_base(slot),
-                    phases: phases.list,
-                };
-                self.sandboxes
-                    .write()
-                    .expect("sandbox map lock poisoned")
-                    .insert(sb.id.clone(), Arc::new(sb));
-                debug!(
-                    elapsed_us = started.elapsed().as_micros() as u64,
-                    "sandbox created"
-                );
-                Ok(info)
-            }
-            Err(e) => {
-                debug!(error = %e, "create failed; cleaning up");
-                self.release_lease(lease.as_ref());
-                if let Err(cleanup) = self.release(&spec.id, Some(slot)) {
-                    warn!(error = %cleanup, "cleanup after failed create");
-                }
-                Err(e)
-            }
-        }
+        self.build_sandbox(spec, started, |dir, slot, lease| {
+            self.create_inner(spec, io, dir, slot, lease)
+        })
     }
 
     fn exec(&self, id: &SandboxId, spec: &ExecSpec, io: ExecIo) -> Result<Exec, RuntimeError> {

@@ -1,0 +1,361 @@
+//! Creating a sandbox in the checkpointable shape (`SandboxSpec::checkpointable`).
+//!
+//! A created sandbox normally lives in namespaces owned by the host, with
+//! only its processes in its own user namespace; CRIU cannot checkpoint
+//! that. In the checkpointable shape the sandbox's user namespace owns its
+//! mount, UTS, IPC, network, cgroup and PID namespaces, as in rootless
+//! containers:
+//!
+//! 1. The node clones init into a private (host-owned) mount namespace only
+//!    and sends [`Bootstrap`] with `checkpointable` and the user namespace.
+//! 2. Init, still host root, assembles the root (idmapped layers, overlay,
+//!    binds, image mounts) into a detached tree, enters the user namespace,
+//!    creates the other namespaces from inside it and forks PID 1 of the
+//!    new PID namespace, whose host pid it reports
+//!    ([`BootstrapReply::Staged`]). The node takes a pidfd for that PID 1
+//!    and kills the reporting process.
+//! 3. PID 1 mounts `/proc`, `/dev` (binds of the host's device nodes),
+//!    `/sys`, `/tmp`, pivots and re-executes init from a read-only bind of
+//!    a root-owned copy of the init binary (CRIU restores an executable
+//!    only from a file). Meanwhile the node wires the network namespace
+//!    (veth, address, egress) and makes the control listener inside it,
+//!    and sends [`Start`]: listener, result file, log ring, main stdio.
+//!
+//! Init is not the node's child (it was re-parented when the reporting
+//! process died), so its end is read from the result file, as for a
+//! sandbox adopted after a node restart.
+
+use std::ffi::{CStr, CString};
+use std::fs;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use warren_proto::{
+    Bootstrap, BootstrapFds, BootstrapReply, ProcessSpec, Start, StdioFds, INIT_ARGV0,
+    INIT_ENV_MARKER, INIT_PROTOCOL_VERSION,
+};
+use warren_sys::clone::Namespaces;
+
+use super::{
+    control, create_log, path_str, prepare_dirs, snapshot, write_resolv_conf, NativeRuntime,
+    Phases, Sandbox, IDS_PER_SANDBOX,
+};
+use crate::{MainIo, RuntimeError, SandboxSpec};
+
+/// Where the init binary copies live, under the data directory: one
+/// root-owned, read-only file per distinct binary, named by its SHA-256,
+/// so a checkpoint taken with one binary restores with the same one.
+const INIT_DIR: &str = "init";
+
+/// Copies `exe` to `<data_dir>/init/<sha256>` unless that exists; returns
+/// the path.
+pub(super) fn install_init_binary(data_dir: &Path, exe: &Path) -> Result<PathBuf, RuntimeError> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let dir = data_dir.join(INIT_DIR);
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .map_err(RuntimeError::prepare(&dir))?;
+    let mut f = fs::File::open(exe).map_err(RuntimeError::prepare(exe))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(RuntimeError::prepare(exe))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    let path = dir.join(hex::encode(h.finalize()));
+    if path.is_file() {
+        return Ok(path);
+    }
+    let tmp = dir.join(format!(".tmp-{}", std::process::id()));
+    fs::copy(exe, &tmp).map_err(RuntimeError::prepare(&tmp))?;
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o555))
+        .map_err(RuntimeError::prepare(&tmp))?;
+    fs::rename(&tmp, &path).map_err(RuntimeError::prepare(&path))?;
+    Ok(path)
+}
+
+impl NativeRuntime {
+    /// `create_inner` for the checkpointable shape (see the module docs).
+    pub(super) fn create_staged(
+        &self,
+        spec: &SandboxSpec,
+        io: MainIo,
+        dir: &Path,
+        slot: u32,
+        lease_out: &mut Option<warren_net::Lease>,
+    ) -> Result<(Sandbox, Option<i32>, Phases), RuntimeError> {
+        if spec.limits.disk_bytes.is_some() {
+            return Err(RuntimeError::InvalidSpec {
+                field: "disk",
+                reason: "checkpointable sandboxes cannot have a disk limit yet".into(),
+            });
+        }
+        let network = if spec.network.enabled {
+            match &self.network {
+                Some(n) => Some(n.clone()),
+                None => {
+                    return Err(RuntimeError::InvalidSpec {
+                        field: "network",
+                        reason: "networking is not configured on this node".into(),
+                    })
+                }
+            }
+        } else {
+            None
+        };
+        let base = self.host_id_base(slot);
+        let mut phases = Phases::new();
+        prepare_dirs(dir, spec.rootfs.layers.len(), base)?;
+        phases.mark("node:dirs");
+        let limits = warren_cgroup::CgroupLimits {
+            cpu_millis: spec.limits.cpu_millis,
+            memory_bytes: spec.limits.memory_bytes,
+            pids_max: spec.limits.pids,
+        };
+        let cgroup = Arc::new(self.cgroups.create(spec.id.as_str(), &limits)?);
+        phases.mark("node:cgroup");
+        let userns = warren_sys::clone::create_user_namespace(0, base, IDS_PER_SANDBOX, true)
+            .map_err(RuntimeError::sys("create user namespace"))?;
+        phases.mark("node:userns");
+        let result = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(dir.join("result"))
+            .map_err(RuntimeError::prepare(dir.join("result")))?;
+        let log = match io.log_capacity {
+            Some(cap) if spec.command.is_some() => Some(create_log(dir, cap)?),
+            _ => None,
+        };
+        let main = spec.command.as_ref().map(|argv| ProcessSpec {
+            argv: argv.clone(),
+            env: spec.env.clone(),
+            cwd: spec.workdir.clone(),
+            uid: spec.user.uid,
+            gid: spec.user.gid,
+            groups: spec.user.groups.clone(),
+            tty: None,
+            stdio: StdioFds {
+                stdin: io.stdin.is_some(),
+                stdout: io.stdout.is_some(),
+                stderr: io.stderr.is_some(),
+            },
+            timeout_ms: None,
+            agent: false,
+        });
+        let boot = Bootstrap {
+            version: INIT_PROTOCOL_VERSION,
+            sandbox_id: spec.id.to_string(),
+            hostname: spec.hostname.clone(),
+            state_dir: path_str(dir)?,
+            layers: spec
+                .rootfs
+                .layers
+                .iter()
+                .map(|p| path_str(p))
+                .collect::<Result<_, _>>()?,
+            binds: spec
+                .rootfs
+                .binds
+                .iter()
+                .map(|b| {
+                    Ok(warren_proto::BindSpec {
+                        source: path_str(&b.source)?,
+                        target: b.target.clone(),
+                        readonly: b.readonly,
+                    })
+                })
+                .collect::<Result<_, RuntimeError>>()?,
+            id_base: base,
+            id_count: IDS_PER_SANDBOX,
+            cgroup_procs: cgroup
+                .procs_files()
+                .iter()
+                .map(|p| path_str(p))
+                .collect::<Result<_, _>>()?,
+            tmp_size_bytes: spec.limits.memory_bytes,
+            disk_bytes: None,
+            image_mounts: snapshot::image_mount_specs(&spec.image_mounts)?,
+            main: None,
+            main_log: false,
+            seccomp: Vec::new(),
+            fds: BootstrapFds::Staged,
+            checkpointable: true,
+            init_binary: path_str(&self.init_file)?,
+        };
+        let msg = warren_proto::encode(&boot)?;
+        let (ours, theirs) = control::seqpacket_pair()?;
+        let argv0 = CString::new(INIT_ARGV0).expect("constant has no NUL");
+        let env = [
+            CString::new(format!("{INIT_ENV_MARKER}={INIT_PROTOCOL_VERSION}"))
+                .expect("constant has no NUL"),
+        ];
+        let argv: [&CStr; 1] = [&argv0];
+        let ns = Namespaces {
+            mount: true,
+            ..Namespaces::default()
+        };
+        let outer = warren_sys::clone::spawn_exec_fd(
+            self.init_exe.as_fd(),
+            &argv,
+            &env,
+            &[(theirs.as_fd(), warren_proto::BOOTSTRAP_FD)],
+            ns,
+        )
+        .map_err(RuntimeError::sys("clone sandbox init"))?;
+        drop(theirs);
+        phases.mark("node:clone_exec");
+        let kill_outer = |outer: &warren_sys::clone::Spawned| {
+            let _ = warren_sys::pidfd::send_signal(outer.pidfd.as_fd(), libc::SIGKILL);
+            let _ = warren_sys::pidfd::wait_exit(outer.pidfd.as_fd());
+        };
+        if let Err(e) = control::send(ours.as_fd(), &msg, &[userns.as_fd()]) {
+            kill_outer(&outer);
+            return Err(e);
+        }
+        drop(userns);
+        let staged = self.bootstrap_reply(ours.as_fd());
+        let pid = match staged {
+            Ok(BootstrapReply::Staged { pid }) => pid,
+            Ok(other) => {
+                kill_outer(&outer);
+                return Err(setup_failure(other));
+            }
+            Err(e) => {
+                kill_outer(&outer);
+                return Err(e);
+            }
+        };
+        // The outer process holds PID 1 unreaped until it dies: the pid
+        // cannot be reused before the pidfd below exists.
+        let pidfd = warren_sys::pidfd::open(pid);
+        kill_outer(&outer);
+        let pidfd = pidfd.map_err(RuntimeError::sys("pidfd_open(sandbox init)"))?;
+        phases.mark("node:staged");
+        let sandbox = Sandbox {
+            id: spec.id.clone(),
+            dir: dir.to_path_buf(),
+            slot,
+            init_pid: pid,
+            pidfd,
+            is_child: false,
+            cgroup,
+            exit: Mutex::new(None),
+            destroying: false.into(),
+            netns: None,
+            net: Mutex::new(None),
+        };
+        let wired = (|| {
+            let netns_path = format!("/proc/{pid}/ns/net");
+            let netns: OwnedFd = fs::File::open(&netns_path)
+                .map_err(RuntimeError::prepare(&netns_path))?
+                .into();
+            let mut lease = None;
+            if let Some(network) = &network {
+                let l = network.prepare(netns.as_fd())?;
+                *lease_out = Some(l.clone());
+                if spec.network.egress != warren_net::EgressPolicy::Default {
+                    network.set_egress(&l, &spec.network.egress)?;
+                }
+                write_resolv_conf(dir, base, &warren_net::Network::resolv_conf(&l))?;
+                lease = Some(l);
+            }
+            let listener = control::listen_in_netns(&dir.join("init.sock"), netns.as_fd())?;
+            Ok::<_, RuntimeError>((netns, lease, listener))
+        })();
+        let (netns, lease, listener) = match wired {
+            Ok(w) => w,
+            Err(e) => return Err(self.abandon(sandbox, e)),
+        };
+        phases.mark("node:netns");
+        let start = Start {
+            main,
+            main_log: log.is_some(),
+            seccomp: self.seccomp.clone(),
+        };
+        let msg = warren_proto::encode(&start)?;
+        let mut fds = vec![listener.as_fd(), result.as_fd()];
+        if let Some(l) = &log {
+            fds.push(l.as_fd());
+        }
+        for f in [&io.stdin, &io.stdout, &io.stderr].into_iter().flatten() {
+            fds.push(f.as_fd());
+        }
+        let sent = control::send(ours.as_fd(), &msg, &fds);
+        drop(fds);
+        drop((listener, result, log, io));
+        let sandbox = Sandbox {
+            netns: Some(Arc::new(netns)),
+            net: Mutex::new(lease.map(|l| (l, spec.network.egress.clone()))),
+            ..sandbox
+        };
+        if let Err(e) = sent {
+            return Err(self.abandon(sandbox, e));
+        }
+        match self.bootstrap_reply(ours.as_fd()) {
+            Ok(BootstrapReply::Ready { main_pid, timings }) => {
+                phases.mark("node:init_total");
+                for t in timings {
+                    phases.list.push((format!("init:{}", t.phase), t.micros));
+                }
+                Ok((sandbox, main_pid, phases))
+            }
+            Ok(other) => Err(self.abandon(sandbox, setup_failure(other))),
+            Err(e) => Err(self.abandon(sandbox, e)),
+        }
+    }
+
+    /// The next [`BootstrapReply`] on the bootstrap socket, within the
+    /// setup timeout.
+    pub(super) fn bootstrap_reply(
+        &self,
+        sock: std::os::fd::BorrowedFd<'_>,
+    ) -> Result<BootstrapReply, RuntimeError> {
+        match control::recv(sock, Some(self.cfg.setup_timeout))? {
+            Some((bytes, _)) => Ok(warren_proto::decode(&bytes)?),
+            None => Err(RuntimeError::InitTimeout {
+                secs: self.cfg.setup_timeout.as_secs(),
+            }),
+        }
+    }
+}
+
+/// The error for a setup reply that is not the expected one (a main
+/// command that could not start is reported like an exec).
+pub(super) fn setup_failure(reply: BootstrapReply) -> RuntimeError {
+    match reply {
+        BootstrapReply::Failed {
+            step,
+            errno,
+            message,
+        } if step.starts_with("exec_") || step.starts_with("workdir_") => RuntimeError::Exec {
+            code: step,
+            errno,
+            message,
+        },
+        BootstrapReply::Failed {
+            step,
+            errno,
+            message,
+        } => RuntimeError::InitSetup {
+            step,
+            errno,
+            message,
+        },
+        other => RuntimeError::InitSetup {
+            step: "protocol".into(),
+            errno: None,
+            message: format!("unexpected reply {other:?}"),
+        },
+    }
+}
