@@ -240,6 +240,7 @@ pub fn state_str(s: SandboxState) -> &'static str {
     match s {
         SandboxState::Creating => "creating",
         SandboxState::Running => "running",
+        SandboxState::Paused => "paused",
         SandboxState::Terminating => "terminating",
         SandboxState::Terminated => "terminated",
     }

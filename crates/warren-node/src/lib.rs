@@ -9,6 +9,7 @@
 
 mod exec;
 pub mod fs;
+mod memory;
 mod pin;
 mod push;
 mod snapshot;
@@ -27,6 +28,7 @@ use warren_runtime::{
 };
 
 pub use exec::{BufferedExec, ExecOutput, MAX_BUFFERED_OUTPUT};
+pub use memory::CheckpointOutcome;
 pub use pin::ImagePin;
 pub use snapshot::{ImageMountRequest, SnapshotOutcome};
 
@@ -390,15 +392,18 @@ impl Node {
         stdout: Option<OwnedFd>,
         stderr: Option<OwnedFd>,
     ) -> Result<(SandboxInfo, String), NodeError> {
-        self.create_inner(req, Vec::new(), stdout, stderr).await
+        self.create_inner(req, Vec::new(), false, stdout, stderr)
+            .await
     }
 
     /// [`Node::create`] with image mounts already resolved (see
-    /// [`Node::create_with_mounts`]).
-    async fn create_inner(
+    /// [`Node::create_with_mounts`]); `checkpointable` builds the sandbox in
+    /// the shape memory snapshots need ([`Node::create_checkpointable`]).
+    pub(crate) async fn create_inner(
         &self,
         req: CreateRequest,
         image_mounts: Vec<warren_runtime::ImageMount>,
+        checkpointable: bool,
         stdout: Option<OwnedFd>,
         stderr: Option<OwnedFd>,
     ) -> Result<(SandboxInfo, String), NodeError> {
@@ -424,6 +429,7 @@ impl Node {
             let spec = match node.spec_for(&req, &img) {
                 Ok(mut s) => {
                     s.image_mounts = image_mounts;
+                    s.checkpointable = checkpointable;
                     s
                 }
                 Err(e) => {
@@ -448,7 +454,7 @@ impl Node {
         .await?
     }
 
-    fn spec_for(
+    pub(crate) fn spec_for(
         &self,
         req: &CreateRequest,
         img: &warren_image::Image,

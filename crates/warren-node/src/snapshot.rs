@@ -281,7 +281,9 @@ impl Node {
             }
         };
         let id = req.id.clone();
-        let result = self.create_inner(req, resolved, stdout, stderr).await;
+        let result = self
+            .create_inner(req, resolved, false, stdout, stderr)
+            .await;
         if result.is_err() {
             self.release_mounts(&id);
         }

@@ -97,6 +97,27 @@ pub struct CreateSandboxRequest {
     /// any image), at absolute paths.
     #[serde(default)]
     pub mounts: Vec<crate::snapshot::ImageMount>,
+    /// Create the sandbox in the shape memory snapshots need, so that
+    /// `snapshot-memory`, `fork` and `pause` work on it. Implied by
+    /// `auto_resume` and by `on_idle: pause`. Not with `disk_mib` or
+    /// `mounts` (yet).
+    #[serde(default)]
+    pub memory_snapshots: bool,
+    /// While paused, the next exec, file operation or tunnel connection
+    /// resumes the sandbox first (and waits for it) instead of failing with
+    /// `sandbox_paused`.
+    #[serde(default)]
+    pub auto_resume: bool,
+    /// What `idle_timeout_secs` does: `terminate` (the default) or `pause`.
+    #[serde(default)]
+    pub on_idle: Option<crate::snapshot::OnIdle>,
+    /// Restore this memory snapshot (`msnap-...`) as the new sandbox
+    /// instead of starting from an image: its processes continue from the
+    /// snapshot's instant, with a new id, hostname and network address.
+    /// The snapshot fixes the image, command, environment, working
+    /// directory and user, so those fields must be absent.
+    #[serde(default)]
+    pub from_memory_snapshot: Option<String>,
 }
 
 /// Where a sandbox is in its life.
@@ -105,6 +126,10 @@ pub struct CreateSandboxRequest {
 pub enum SandboxState {
     Creating,
     Running,
+    /// Checkpointed and released (no memory, no CPU); `resume` (or, with
+    /// `auto_resume`, the next exec, file operation or tunnel connection)
+    /// brings it back under the same id. No timeout runs while paused.
+    Paused,
     Terminating,
     Terminated,
 }
@@ -170,6 +195,20 @@ pub struct Sandbox {
     /// Images mounted into the sandbox.
     #[serde(default)]
     pub mounts: Vec<crate::snapshot::ImageMount>,
+    /// Created with `memory_snapshots` (checkpointable).
+    #[serde(default)]
+    pub memory_snapshots: bool,
+    #[serde(default)]
+    pub auto_resume: bool,
+    /// What the idle timeout does: `terminate` or `pause`.
+    #[serde(default)]
+    pub on_idle: crate::snapshot::OnIdle,
+    /// When it was paused (while `paused`).
+    #[serde(default)]
+    pub paused_at: Option<String>,
+    /// The memory snapshot it was restored from, if any.
+    #[serde(default)]
+    pub from_memory_snapshot: Option<String>,
 }
 
 /// `GET /v1/sandboxes`.
@@ -691,6 +730,21 @@ pub enum ErrorCode {
     SandboxTerminated,
     /// 409: the sandbox is not running yet.
     SandboxNotRunning,
+    /// 409: the sandbox is paused and was created without `auto_resume`:
+    /// resume it first.
+    SandboxPaused,
+    /// 409: the sandbox was not created with `memory_snapshots` (or
+    /// `auto_resume` / `on_idle: pause`), so it cannot be checkpointed,
+    /// forked or paused.
+    SandboxNotCheckpointable,
+    /// 404: no such memory snapshot in this workspace.
+    MemorySnapshotNotFound,
+    /// 422: the memory snapshot is damaged (a checksum, a size, the
+    /// manifest or its format version); nothing was restored.
+    SnapshotCorrupt,
+    /// 501: this node cannot take or restore memory snapshots (no CRIU
+    /// 4.x, or the runtime does not support it for this sandbox).
+    SnapshotUnavailable,
     /// 400: the exec's program does not exist.
     ExecNotFound,
     /// 400: the exec's program is not executable.
@@ -781,6 +835,11 @@ impl ErrorCode {
             ErrorCode::NameConflict => "name_conflict",
             ErrorCode::SandboxTerminated => "sandbox_terminated",
             ErrorCode::SandboxNotRunning => "sandbox_not_running",
+            ErrorCode::SandboxPaused => "sandbox_paused",
+            ErrorCode::SandboxNotCheckpointable => "sandbox_not_checkpointable",
+            ErrorCode::MemorySnapshotNotFound => "memory_snapshot_not_found",
+            ErrorCode::SnapshotCorrupt => "snapshot_corrupt",
+            ErrorCode::SnapshotUnavailable => "snapshot_unavailable",
             ErrorCode::ExecNotFound => "exec_not_found",
             ErrorCode::ExecPermissionDenied => "exec_permission_denied",
             ErrorCode::WorkdirNotFound => "workdir_not_found",
@@ -864,6 +923,10 @@ impl ErrorCode {
             ErrorCode::NotReady => 408,
             ErrorCode::RelayUnavailable => 503,
             ErrorCode::SnapshotFailed => 500,
+            ErrorCode::SandboxPaused | ErrorCode::SandboxNotCheckpointable => 409,
+            ErrorCode::MemorySnapshotNotFound => 404,
+            ErrorCode::SnapshotCorrupt => 422,
+            ErrorCode::SnapshotUnavailable => 501,
             ErrorCode::Internal => 500,
         }
     }

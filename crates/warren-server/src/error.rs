@@ -61,6 +61,12 @@ impl From<warren_store::StoreError> for ApiError {
 
 impl From<warren_node::NodeError> for ApiError {
     fn from(e: warren_node::NodeError) -> Self {
+        // CRIU's log names host paths: logged, not sent.
+        if let warren_node::NodeError::Runtime(warren_runtime::RuntimeError::Criu { .. }) = &e {
+            let mut err = ApiError::internal("memory snapshot", &e);
+            err.code = ErrorCode::SnapshotFailed;
+            return err;
+        }
         let code = match e.code() {
             "image_not_found" => ErrorCode::ImageNotFound,
             "invalid_image_reference" | "invalid_image_name" | "ambiguous_image_reference" => {
@@ -109,6 +115,8 @@ impl From<warren_node::NodeError> for ApiError {
             "capacity_exhausted" => ErrorCode::CapacityExhausted,
             "network_unavailable" => ErrorCode::NetworkUnavailable,
             "snapshot_failed" => ErrorCode::SnapshotFailed,
+            "snapshot_corrupt" => ErrorCode::SnapshotCorrupt,
+            "snapshot_unavailable" => ErrorCode::SnapshotUnavailable,
             _ => return ApiError::internal("sandbox operation", &e),
         };
         ApiError::new(code, e.to_string())

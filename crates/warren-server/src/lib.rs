@@ -4,7 +4,8 @@
 //! state store, keeps every sandbox's record (state, typed termination
 //! reason) in the store, and drives the node. A supervisor task per sandbox
 //! turns its exit into a record; a sweeper enforces `timeout_secs` and
-//! `idle_timeout_secs`.
+//! `idle_timeout_secs` (terminating, or pausing with `on_idle: pause`).
+//! Memory snapshots, fork, pause and resume are in `memory`.
 //!
 //! Must not: reach into `warren-sys` or the runtime's internals (it talks to
 //! `warren-node`), leak internal error details to clients, or let another
@@ -17,6 +18,7 @@ mod execs;
 mod files;
 mod images;
 mod logs;
+mod memory;
 mod metrics;
 mod openapi;
 mod readiness;
@@ -250,6 +252,18 @@ pub fn router(state: AppState) -> Router {
             post(snapshots::snapshot_directory),
         )
         .route("/v1/sandboxes/{id}/mounts", post(snapshots::mount_image))
+        .route(
+            "/v1/sandboxes/{id}/snapshot-memory",
+            post(memory::snapshot_memory),
+        )
+        .route("/v1/sandboxes/{id}/fork", post(memory::fork))
+        .route("/v1/sandboxes/{id}/pause", post(memory::pause))
+        .route("/v1/sandboxes/{id}/resume", post(memory::resume))
+        .route("/v1/memory-snapshots", get(memory::list))
+        .route(
+            "/v1/memory-snapshots/{id}",
+            get(memory::get_one).delete(memory::remove),
+        )
         .route("/v1/sandboxes/{id}/exec", post(sandboxes::exec))
         .route("/v1/sandboxes/{id}/logs", get(logs::logs))
         .route("/v1/sandboxes/{id}/exec/stream", get(stream::exec_stream))
@@ -352,8 +366,19 @@ pub async fn open(cfg: &ServerConfig) -> Result<AppState, ServeError> {
         None => warren_registry::RegistryConfig::default(),
     };
     let node = Node::with_registries(rt, images, registries).map_err(ServeError::Recover)?;
-    let supervisor =
-        supervisor::Supervisor::new(store.clone(), node.clone(), cfg.data_dir.join("logs"));
+    let supervisor = supervisor::Supervisor::new(
+        store.clone(),
+        node.clone(),
+        cfg.data_dir.join("logs"),
+        cfg.data_dir.join("memory-snapshots"),
+    );
+    supervisor
+        .memory
+        .prepare()
+        .map_err(|source| ServeError::DataDir {
+            path: cfg.data_dir.join("memory-snapshots"),
+            source,
+        })?;
     let readiness = supervisor.readiness().clone();
     let (tunnels, relay) = tunnels::start(cfg, &store, &node, &supervisor).await?;
     let state = AppState {

@@ -58,6 +58,7 @@ pub fn to_api(app: &AppState, r: &SandboxRecord) -> api::Sandbox {
     let state = match r.state {
         SandboxState::Creating => api::SandboxState::Creating,
         SandboxState::Running => api::SandboxState::Running,
+        SandboxState::Paused => api::SandboxState::Paused,
         SandboxState::Terminating => api::SandboxState::Terminating,
         SandboxState::Terminated => api::SandboxState::Terminated,
     };
@@ -127,6 +128,18 @@ pub fn to_api(app: &AppState, r: &SandboxRecord) -> api::Sandbox {
                 image: m.image.clone(),
             })
             .collect(),
+        memory_snapshots: r.spec.memory_snapshots,
+        auto_resume: r.spec.auto_resume,
+        on_idle: if r.spec.pause_on_idle {
+            api::OnIdle::Pause
+        } else {
+            api::OnIdle::Terminate
+        },
+        paused_at: r
+            .paused_at
+            .filter(|_| r.state == SandboxState::Paused)
+            .map(to_iso),
+        from_memory_snapshot: r.spec.from_memory_snapshot.clone(),
     }
 }
 
@@ -162,7 +175,7 @@ pub(crate) async fn load(
 }
 
 /// The persisted form of a create request's network fields.
-fn network_spec(req: &CreateSandboxRequest) -> warren_store::NetworkSpec {
+pub(crate) fn network_spec(req: &CreateSandboxRequest) -> warren_store::NetworkSpec {
     let exposed = |ports: &[api::PortSpec], kind| {
         ports
             .iter()
@@ -207,6 +220,9 @@ pub async fn create(
 ) -> Result<(StatusCode, Json<api::Sandbox>), ApiError> {
     let req = body(req)?;
     api::validate_create(&req).map_err(ApiError::invalid)?;
+    if req.from_memory_snapshot.is_some() {
+        return crate::memory::create_from_memory_snapshot(&state, &auth, &req).await;
+    }
     let image = req
         .image
         .clone()
@@ -231,6 +247,10 @@ pub async fn create(
                 image: m.image.clone(),
             })
             .collect(),
+        memory_snapshots: req.wants_memory_snapshots(),
+        auto_resume: req.auto_resume,
+        pause_on_idle: req.on_idle == Some(api::OnIdle::Pause),
+        from_memory_snapshot: None,
     };
     let exposes = !spec.network.ports.is_empty();
     if exposes && state.tunnels.is_none() {
@@ -323,7 +343,7 @@ pub async fn create(
 #[utoipa::path(get, path = "/v1/sandboxes", tag = "sandboxes",
     params(("tag" = Option<String>, Query, description = "KEY=VALUE; repeatable, all must match"),
         ("name" = Option<String>, Query, description = "Sandbox name"),
-        ("state" = Option<String>, Query, description = "creating, running, terminating or terminated"),
+        ("state" = Option<String>, Query, description = "creating, running, paused, terminating or terminated"),
         ("limit" = Option<u32>, Query, description = "Page size, 1-1000 (default 100)"),
         ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")),
     responses((status = 200, description = "Newest first", body = api::SandboxList), (status = 400, description = "invalid_argument / invalid_json", body = api::ErrorBody), (status = 401, description = "unauthenticated", body = api::ErrorBody)),
@@ -345,7 +365,9 @@ pub async fn list(
             "name" => filter.name = Some(v),
             "state" => {
                 filter.state = Some(v.parse().map_err(|_| {
-                    ApiError::invalid("state must be creating, running, terminating or terminated")
+                    ApiError::invalid(
+                        "state must be creating, running, paused, terminating or terminated",
+                    )
                 })?)
             }
             "limit" => {
@@ -535,13 +557,25 @@ pub async fn exec(
 }
 
 /// The caller's sandbox `id`, which must be running (`sandbox_not_running`
-/// while it starts, `sandbox_terminated` once it ended).
+/// while it starts, `sandbox_terminated` once it ended). A paused sandbox
+/// is resumed first when it was created with `auto_resume` (the caller
+/// waits; concurrent callers resume it once), else `sandbox_paused`.
 pub(crate) async fn running(
     state: &AppState,
     auth: &Auth,
     id: &str,
 ) -> Result<SandboxRecord, ApiError> {
-    let rec = load(state, auth, id).await?;
+    let mut rec = load(state, auth, id).await?;
+    if rec.state == SandboxState::Paused {
+        if !rec.spec.auto_resume {
+            return Err(ApiError::new(
+                ErrorCode::SandboxPaused,
+                format!("sandbox {id} is paused; resume it first (or create it with auto_resume)"),
+            ));
+        }
+        state.supervisor.resume(id).await?;
+        rec = load(state, auth, id).await?;
+    }
     match rec.state {
         SandboxState::Running => Ok(rec),
         SandboxState::Creating => Err(ApiError::new(

@@ -51,11 +51,15 @@ pub async fn exec_stream(
     Path(id): Path<String>,
     ws: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
-    let rec = state
+    let mut rec = state
         .store
         .get_sandbox(&auth.0.workspace_id, &id)
         .await?
         .ok_or_else(|| ApiError::not_found(&id))?;
+    if rec.state == SandboxState::Paused {
+        // auto_resume, or sandbox_paused.
+        rec = crate::sandboxes::running(&state, &auth, &id).await?;
+    }
     if rec.state != SandboxState::Running {
         return Err(ApiError::new(
             ErrorCode::SandboxTerminated,

@@ -29,6 +29,12 @@ pub struct Supervisor {
     /// Called with the id of every sandbox that ended (the relay drops its
     /// cached route); set once tunnels are up.
     on_end: Arc<OnceLock<EndHook>>,
+    /// Memory snapshots, pause and resume (see [`crate::memory`]).
+    pub(crate) memory: Arc<crate::memory::MemoryState>,
+    /// The watch task of each running sandbox (see [`Supervisor::watch`]):
+    /// a pause takes it out and stops it, so that the checkpoint's end of
+    /// the sandbox's processes is not recorded as the sandbox's end.
+    watchers: Arc<Mutex<HashMap<String, tokio::task::AbortHandle>>>,
 }
 
 /// See [`Supervisor::set_on_end`].
@@ -79,7 +85,14 @@ fn termination_of(exit: &SandboxExit) -> Termination {
 }
 
 impl Supervisor {
-    pub fn new(store: Store, node: Node, logs_dir: std::path::PathBuf) -> Self {
+    /// A supervisor keeping ended sandboxes' logs in `logs_dir` and memory
+    /// snapshots (and paused sandboxes' checkpoints) in `memory_dir`.
+    pub fn new(
+        store: Store,
+        node: Node,
+        logs_dir: std::path::PathBuf,
+        memory_dir: std::path::PathBuf,
+    ) -> Self {
         Supervisor {
             store,
             node,
@@ -88,6 +101,41 @@ impl Supervisor {
             logs_dir: Arc::new(logs_dir),
             readiness: Arc::default(),
             on_end: Arc::default(),
+            memory: Arc::new(crate::memory::MemoryState::new(memory_dir)),
+            watchers: Arc::default(),
+        }
+    }
+
+    pub(crate) fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub(crate) fn node(&self) -> &Node {
+        &self.node
+    }
+
+    /// Tells the relay to forget its cached route of `id` (its state
+    /// changed: paused, resumed).
+    pub(crate) fn invalidate_route(&self, id: &str) {
+        if let Some(hook) = self.on_end.get() {
+            hook(id);
+        }
+    }
+
+    /// Stops the watch task of `id` and returns whether there was one (no
+    /// task: the sandbox is ending, or is not watched by this process).
+    pub(crate) fn unwatch(&self, id: &str) -> bool {
+        match self
+            .watchers
+            .lock()
+            .expect("watchers lock poisoned")
+            .remove(id)
+        {
+            Some(h) => {
+                h.abort();
+                true
+            }
+            None => false,
         }
     }
 
@@ -102,8 +150,9 @@ impl Supervisor {
 
     /// Releases what an ended sandbox held outside the node: its readiness
     /// entry, its relay ports, the relay's cached route.
-    async fn after_end(&self, id: &str) {
+    pub(crate) async fn after_end(&self, id: &str) {
         self.readiness.forget(id);
+        self.memory.forget(id);
         if let Err(e) = self.store.release_relay_ports(id).await {
             warn!(sandbox_id = id, error = %e, "releasing relay ports failed");
         }
@@ -117,7 +166,7 @@ impl Supervisor {
     }
 
     /// Keeps an ending sandbox's output after its state directory is gone.
-    async fn preserve_log(&self, id: &SandboxId) {
+    pub(crate) async fn preserve_log(&self, id: &SandboxId) {
         if let Ok(log) = self.node.read_log(id, None).await {
             let dir = self.logs_dir.clone();
             let id = id.to_string();
@@ -172,7 +221,12 @@ impl Supervisor {
                 image: m.image.clone(),
             })
             .collect();
-        let image_id = match self.node.create_with_mounts(req, mounts, None, None).await {
+        let created = if rec.spec.memory_snapshots {
+            self.node.create_checkpointable(req, None, None).await
+        } else {
+            self.node.create_with_mounts(req, mounts, None, None).await
+        };
+        let image_id = match created {
             Ok((_, image_id)) => image_id,
             Err(e) => {
                 let t = Termination::new(TerminationReason::Error).with_detail(e.to_string());
@@ -193,12 +247,27 @@ impl Supervisor {
     }
 
     /// Waits for the sandbox to end, records why, and releases it.
-    fn watch(&self, id: SandboxId) {
+    pub(crate) fn watch(&self, id: SandboxId) {
+        let key = id.to_string();
         let sup = self.clone();
         let span = tracing::info_span!("supervise", sandbox_id = %id);
-        tokio::spawn(
+        // Registered under the lock before the task can look for itself.
+        let mut watchers = self.watchers.lock().expect("watchers lock poisoned");
+        let task = tokio::spawn(
             async move {
-                let t = match sup.node.wait_exit(&id).await {
+                let exit = sup.node.wait_exit(&id).await;
+                // A pause took this watch out (and aborts it): the end of
+                // the processes is the pause's, not the sandbox's.
+                if sup
+                    .watchers
+                    .lock()
+                    .expect("watchers lock poisoned")
+                    .remove(id.as_str())
+                    .is_none()
+                {
+                    return;
+                }
+                let t = match exit {
                     Ok(exit) => termination_of(&exit),
                     Err(e) => Termination::new(TerminationReason::Error).with_detail(e.to_string()),
                 };
@@ -214,14 +283,27 @@ impl Supervisor {
             }
             .instrument(span),
         );
+        if let Some(old) = watchers.insert(key, task.abort_handle()) {
+            old.abort();
+        }
     }
 
-    /// Ends a running sandbox with `t` (first reason wins).
+    /// Ends a running or paused sandbox with `t` (first reason wins). A
+    /// pause or resume in flight finishes first; a paused sandbox's
+    /// checkpoint is deleted.
     pub async fn terminate(&self, id: &str, t: Termination) -> Result<(), ApiError> {
+        let lock = self.memory.lock(id);
+        let _held = lock.lock().await;
+        self.terminate_locked(id, t).await
+    }
+
+    /// [`Supervisor::terminate`] with the sandbox's memory lock held.
+    pub(crate) async fn terminate_locked(&self, id: &str, t: Termination) -> Result<(), ApiError> {
         self.store.begin_termination(id, &t).await?;
         let sid =
             SandboxId::new(id.to_string()).map_err(|e| ApiError::internal("sandbox id", &e))?;
         self.node.destroy(&sid).await?;
+        self.memory.discard_pause(&self.node, id).await;
         self.store.finish_sandbox(id, &t).await?;
         self.after_end(id).await;
         self.ended.notify_waiters();
@@ -241,6 +323,7 @@ impl Supervisor {
                 if last_expiry.elapsed() >= Duration::from_secs(1) {
                     last_expiry = std::time::Instant::now();
                     crate::snapshots::expire_images(&sup.store, &sup.node).await;
+                    crate::memory::expire_memory_snapshots(&sup).await;
                 }
                 if last_prune.elapsed() > Duration::from_secs(60) {
                     last_prune = std::time::Instant::now();
@@ -261,6 +344,10 @@ impl Supervisor {
                         let _ = sup.store.record_activity(&id).await;
                         continue;
                     }
+                    if e.reason == TerminationReason::IdleTimeout && e.sandbox.spec.pause_on_idle {
+                        sup.pause_on_idle(id);
+                        continue;
+                    }
                     let t = Termination::new(e.reason);
                     let sup = sup.clone();
                     tokio::spawn(async move {
@@ -273,9 +360,11 @@ impl Supervisor {
         })
     }
 
-    /// After a restart: re-adopts sandboxes the runtime still has, ends the
+    /// After a restart: re-adopts sandboxes the runtime still has, keeps
+    /// paused sandboxes paused (and memory snapshots' images held), ends the
     /// records of the rest, and releases sandboxes nobody has a record of.
     pub async fn recover(&self) -> Result<(), warren_node::NodeError> {
+        crate::memory::adopt_memory_snapshots(self).await;
         let found = self.node.recover().await?;
         let unfinished = match self.store.list_unfinished().await {
             Ok(v) => v,
@@ -288,7 +377,15 @@ impl Supervisor {
         for r in found {
             match r {
                 Recovered::Running(id) => {
-                    if let Some(rec) = unfinished.iter().find(|u| u.id == id.as_str()) {
+                    let paused = unfinished.iter().any(|u| {
+                        u.id == id.as_str() && u.state == warren_store::SandboxState::Paused
+                    });
+                    if paused {
+                        // A crash between a pause's checkpoint and its
+                        // release: the checkpoint is what the record says.
+                        warn!(sandbox_id = %id, "a paused sandbox was still running; releasing it");
+                        self.node.destroy(&id).await?;
+                    } else if let Some(rec) = unfinished.iter().find(|u| u.id == id.as_str()) {
                         info!(sandbox_id = %id, "re-adopted a running sandbox");
                         running.insert(id.to_string());
                         // Its image must survive GC. A record that never
@@ -349,6 +446,23 @@ impl Supervisor {
         for rec in unfinished {
             if running.contains(&rec.id) {
                 continue;
+            }
+            if rec.state == warren_store::SandboxState::Paused {
+                // Paused sandboxes stay paused across restarts: their
+                // checkpoint is on disk, and their image is held again.
+                match self.memory.adopt_pause(&self.node, &rec).await {
+                    Ok(()) => {
+                        info!(sandbox_id = %rec.id, "a paused sandbox stays paused");
+                        continue;
+                    }
+                    Err(reason) => {
+                        let t = Termination::new(TerminationReason::NodeRestart)
+                            .with_detail(format!("the paused sandbox could not be kept: {reason}"));
+                        let _ = self.store.finish_sandbox(&rec.id, &t).await;
+                        self.after_end(&rec.id).await;
+                        continue;
+                    }
+                }
             }
             let t = Termination::new(TerminationReason::NodeRestart)
                 .with_detail("the sandbox was gone after a restart");

@@ -430,7 +430,10 @@ async fn route_of(
     let Some(rec) = store.get_sandbox_unscoped(sandbox_id).await? else {
         return Ok(None);
     };
-    let running = rec.state == SandboxState::Running;
+    // A paused sandbox with auto_resume takes connections: the target
+    // resumes it while the connection waits.
+    let resumable = rec.state == SandboxState::Paused && rec.spec.auto_resume;
+    let running = rec.state == SandboxState::Running || resumable;
     let revoked_tokens = if running {
         store.revoked_connect_tokens(sandbox_id).await?
     } else {
@@ -444,7 +447,7 @@ async fn route_of(
         } else {
             RouteState::Other
         },
-        ready: running && readiness.is_ready(sandbox_id),
+        ready: resumable || (running && readiness.is_ready(sandbox_id)),
         ports: rec
             .spec
             .network
@@ -541,6 +544,16 @@ pub struct NodeTarget {
 impl TunnelTarget for NodeTarget {
     async fn open(&self, sandbox: &str, port: u16) -> Result<BoxStream, OpenError> {
         let id = SandboxId::new(sandbox.to_string()).map_err(|_| OpenError::NotFound)?;
+        // A paused sandbox with auto_resume is resumed first; the
+        // connection waits for it.
+        if let Err(e) = self.supervisor.auto_resume(sandbox).await {
+            warn!(sandbox_id = sandbox, code = e.code.as_str(), error = %e.message, "resuming for a tunnel connection failed");
+            return Err(match e.code {
+                ErrorCode::SandboxPaused | ErrorCode::SandboxTerminated => OpenError::NotRunning,
+                ErrorCode::SandboxNotFound => OpenError::NotFound,
+                _ => OpenError::Internal(e.message),
+            });
+        }
         let stream = match self.node.dial(&id, port).await {
             Ok(s) => s,
             Err(e) => {

@@ -52,6 +52,12 @@ pub fn new_sandbox_id() -> String {
     new_id("sb-")
 }
 
+/// A fresh memory snapshot id: `msnap-` and 20 lowercase base32
+/// characters.
+pub fn new_memory_snapshot_id() -> String {
+    new_id("msnap-")
+}
+
 /// A fresh workspace id: `ws-` and 20 lowercase base32 characters.
 pub fn new_workspace_id() -> String {
     new_id("ws-")

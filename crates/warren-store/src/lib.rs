@@ -60,6 +60,7 @@ mod clock;
 mod cursor;
 mod error;
 mod ids;
+mod memory;
 mod network;
 mod sandbox;
 mod snapshot;
@@ -72,12 +73,16 @@ mod tests;
 pub use auth::{BOOTSTRAP_TOKEN_NAME, DEFAULT_WORKSPACE_NAME, LAST_USED_GRANULARITY_MS};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{Result, StoreError};
-pub use ids::{new_sandbox_id, new_token_id, new_workspace_id, TOKEN_PREFIX, TOKEN_RANDOM_LEN};
+pub use ids::{
+    new_memory_snapshot_id, new_sandbox_id, new_token_id, new_workspace_id, TOKEN_PREFIX,
+    TOKEN_RANDOM_LEN,
+};
 pub use sandbox::MAX_TIMEOUT_SECS;
 pub use store::{Store, BUSY_TIMEOUT};
 pub use types::{
-    ConnectTokenRecord, ExpiredSandbox, ExposedPort, ImageMountSpec, ListFilter, NetworkSpec,
-    NewSandbox, NewToken, Page, PortKind, Principal, ReadinessProbe, RelayPort, SandboxRecord,
-    SandboxSpec, SandboxState, Termination, TerminationReason, TokenInfo, UnknownVariant,
-    Workspace, DEFAULT_PAGE_LIMIT, LOCAL_NODE_ID, MAX_PAGE_LIMIT,
+    ConnectTokenRecord, ExpiredSandbox, ExposedPort, ImageMountSpec, ListFilter,
+    MemorySnapshotRecord, NetworkSpec, NewSandbox, NewToken, Page, PortKind, Principal,
+    ReadinessProbe, RelayPort, SandboxRecord, SandboxSpec, SandboxState, Termination,
+    TerminationReason, TokenInfo, UnknownVariant, Workspace, DEFAULT_PAGE_LIMIT, LOCAL_NODE_ID,
+    MAX_PAGE_LIMIT,
 };

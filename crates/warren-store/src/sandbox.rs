@@ -35,7 +35,7 @@ macro_rules! sandbox_columns {
         concat!(
             "SELECT s.id, s.workspace_id, s.name, s.image, s.spec, s.tags, s.state, s.reason, ",
             "s.exit_code, s.reason_detail, s.created_at, s.started_at, s.ended_at, ",
-            "s.deadline_at, s.last_activity_at, s.node_id, s.image_id "
+            "s.deadline_at, s.last_activity_at, s.node_id, s.image_id, s.paused_at "
         )
     };
 }
@@ -71,6 +71,7 @@ struct SandboxRow {
     last_activity_at: i64,
     node_id: String,
     image_id: Option<String>,
+    paused_at: Option<i64>,
 }
 
 impl TryFrom<SandboxRow> for SandboxRecord {
@@ -114,6 +115,7 @@ impl TryFrom<SandboxRow> for SandboxRecord {
             last_activity_at: r.last_activity_at,
             node_id: r.node_id,
             image_id: r.image_id,
+            paused_at: r.paused_at,
         })
     }
 }
@@ -206,6 +208,7 @@ pub(crate) async fn insert_sandbox_in(
         last_activity_at: now,
         node_id: new.node_id.clone(),
         image_id: None,
+        paused_at: None,
     };
     sqlx::query(
         "INSERT INTO sandboxes (id, workspace_id, name, image, spec, tags, state, \
@@ -360,7 +363,88 @@ impl Store {
         Ok(())
     }
 
-    /// `creating`/`running` → `terminating`, claiming the termination
+    /// `running` → `paused`, recording when (`paused_at`). Returns whether
+    /// this call made the transition.
+    pub async fn pause_sandbox(&self, id: &str) -> Result<bool> {
+        let result = sqlx::query(
+            "UPDATE sandboxes SET state = 'paused', paused_at = $1 \
+             WHERE id = $2 AND state = 'running'",
+        )
+        .bind(self.now())
+        .bind(id)
+        .execute(&self.pool)
+        .await
+        .map_err(|source| StoreError::UpdateSandbox {
+            id: id.to_owned(),
+            operation: "pause",
+            source,
+        })?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    /// `paused` → `running`. No timeout ran while it was paused: the
+    /// deadline moves by the time spent paused, and the idle clock starts
+    /// again now. Returns the time of the resume, or `None` (nothing
+    /// changed) unless the sandbox was paused.
+    pub async fn resume_sandbox(&self, id: &str) -> Result<Option<i64>> {
+        let now = self.now();
+        let result = sqlx::query(
+            "UPDATE sandboxes SET state = 'running', last_activity_at = $1, \
+             deadline_at = CASE WHEN deadline_at IS NULL OR paused_at IS NULL THEN deadline_at \
+                                WHEN $1 > paused_at THEN deadline_at + ($1 - paused_at) \
+                                ELSE deadline_at END, \
+             paused_at = NULL \
+             WHERE id = $2 AND state = 'paused'",
+        )
+        .bind(now)
+        .bind(id)
+        .execute(&self.pool)
+        .await
+        .map_err(|source| StoreError::UpdateSandbox {
+            id: id.to_owned(),
+            operation: "resume",
+            source,
+        })?;
+        Ok((result.rows_affected() == 1).then_some(now))
+    }
+
+    /// Removes a sandbox that never started (`creating`), with its tags and
+    /// relay ports, as if it had not been created: for a restore refused
+    /// before the node made anything (a corrupt snapshot). Returns whether a
+    /// row was removed.
+    pub async fn discard_sandbox(&self, id: &str) -> Result<bool> {
+        let db = |source| StoreError::UpdateSandbox {
+            id: id.to_owned(),
+            operation: "discard",
+            source,
+        };
+        let mut tx = self.begin_write().await.map_err(db)?;
+        let creating: Option<i64> =
+            sqlx::query_scalar("SELECT 1 FROM sandboxes WHERE id = $1 AND state = 'creating'")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db)?;
+        if creating.is_none() {
+            return Ok(false);
+        }
+        for q in [
+            "DELETE FROM sandbox_tags WHERE sandbox_id = $1",
+            "DELETE FROM relay_ports WHERE sandbox_id = $1",
+            "DELETE FROM connect_tokens WHERE sandbox_id = $1",
+            "DELETE FROM sandboxes WHERE id = $1",
+        ] {
+            sqlx::query(q)
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(true)
+    }
+
+    /// `creating`/`running`/`paused` → `terminating`, claiming the termination
     /// reason. Returns whether this call made the transition; a later
     /// caller (another ender, a timeout racing a delete) gets `false` and
     /// cannot replace the reason.
@@ -368,7 +452,7 @@ impl Store {
         let result = sqlx::query(
             "UPDATE sandboxes SET state = 'terminating', reason = $1, exit_code = $2, \
              reason_detail = $3 \
-             WHERE id = $4 AND state IN ('creating', 'running')",
+             WHERE id = $4 AND state IN ('creating', 'running', 'paused')",
         )
         .bind(why.reason.as_str())
         .bind(why.exit_code)
@@ -562,11 +646,12 @@ impl Store {
         Ok(Page { items, next_cursor })
     }
 
-    /// Every sandbox of every workspace that is `creating`, `running` or
-    /// `terminating`, oldest first: what a restarted server must reconcile.
+    /// Every sandbox of every workspace that is `creating`, `running`,
+    /// `paused` or `terminating`, oldest first: what a restarted server must
+    /// reconcile.
     pub async fn list_unfinished(&self) -> Result<Vec<SandboxRecord>> {
         let rows: Vec<SandboxRow> = sqlx::query_as(select_sandboxes!(
-            "WHERE state IN ('creating', 'running', 'terminating') ORDER BY created_at, id"
+            "WHERE state IN ('creating', 'running', 'paused', 'terminating') ORDER BY created_at, id"
         ))
         .fetch_all(&self.pool)
         .await

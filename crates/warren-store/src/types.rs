@@ -90,6 +90,15 @@ pub struct SandboxSpec {
     pub network: NetworkSpec,
     /// Images mounted read-only (at create, or later through the API).
     pub mounts: Vec<ImageMountSpec>,
+    /// Created checkpointable (memory snapshots, fork, pause).
+    pub memory_snapshots: bool,
+    /// A paused sandbox resumes on the next exec, file operation or tunnel
+    /// connection.
+    pub auto_resume: bool,
+    /// The idle timeout pauses instead of terminating.
+    pub pause_on_idle: bool,
+    /// The memory snapshot this sandbox was restored from.
+    pub from_memory_snapshot: Option<String>,
 }
 
 /// An image mounted into a sandbox, as persisted.
@@ -176,18 +185,26 @@ impl fmt::Debug for SandboxSpec {
             .field("user", &self.user)
             .field("network", &self.network)
             .field("mounts", &self.mounts)
+            .field("memory_snapshots", &self.memory_snapshots)
+            .field("auto_resume", &self.auto_resume)
+            .field("pause_on_idle", &self.pause_on_idle)
+            .field("from_memory_snapshot", &self.from_memory_snapshot)
             .finish()
     }
 }
 
-/// The lifecycle state of a sandbox. Transitions only move forward:
+/// The lifecycle state of a sandbox. Transitions move forward:
 /// `creating` → `running` → `terminating` → `terminated`, where any
-/// state may jump straight to `terminated`.
+/// state may jump straight to `terminated`; the one loop is `running` ⇄
+/// `paused` (pause and resume).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SandboxState {
     Creating,
     Running,
+    /// Checkpointed and released; never counted as running, and no timeout
+    /// runs.
+    Paused,
     Terminating,
     Terminated,
 }
@@ -198,15 +215,17 @@ impl SandboxState {
         match self {
             SandboxState::Creating => "creating",
             SandboxState::Running => "running",
+            SandboxState::Paused => "paused",
             SandboxState::Terminating => "terminating",
             SandboxState::Terminated => "terminated",
         }
     }
 
     /// Every state, in lifecycle order.
-    pub const ALL: [SandboxState; 4] = [
+    pub const ALL: [SandboxState; 5] = [
         SandboxState::Creating,
         SandboxState::Running,
+        SandboxState::Paused,
         SandboxState::Terminating,
         SandboxState::Terminated,
     ];
@@ -368,6 +387,9 @@ pub struct SandboxRecord {
     pub node_id: String,
     /// The resolved image id, once the node has resolved `image`.
     pub image_id: Option<String>,
+    /// When it was paused (while `paused`).
+    #[serde(default)]
+    pub paused_at: Option<i64>,
 }
 
 /// Filters and paging of [`crate::Store::list_sandboxes`].
@@ -412,4 +434,25 @@ pub struct ExpiredSandbox {
     /// [`TerminationReason::Timeout`] or [`TerminationReason::IdleTimeout`],
     /// whichever limit passed first.
     pub reason: TerminationReason,
+}
+
+/// A memory snapshot (a checkpoint of a running sandbox), as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MemorySnapshotRecord {
+    /// `msnap-...`.
+    pub id: String,
+    pub workspace_id: String,
+    /// The sandbox it was taken from.
+    pub sandbox_id: String,
+    /// The source sandbox's image reference.
+    pub image: String,
+    /// The image id the checkpoint stands on (kept while the record lives).
+    pub image_id: String,
+    /// The source sandbox's spec: what restored sandboxes inherit.
+    pub spec: SandboxSpec,
+    /// Size of the checkpoint on disk.
+    pub bytes: u64,
+    pub created_at: i64,
+    pub expires_at: Option<i64>,
+    pub node_id: String,
 }

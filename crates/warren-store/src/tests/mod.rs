@@ -7,6 +7,7 @@ use crate::{ManualClock, NewSandbox, SandboxSpec, Store, Workspace, LOCAL_NODE_I
 
 mod auth;
 mod listing;
+mod memory;
 mod perf;
 mod persistence;
 mod sandboxes;
