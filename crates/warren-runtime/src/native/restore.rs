@@ -78,15 +78,15 @@ impl NativeRuntime {
             });
         }
         validate_hostname(&spec.hostname)?;
-        if manifest.source.network || spec.network.enabled {
-            return Err(RuntimeError::SnapshotUnsupported {
-                reason: "restoring sandboxes with a network (veth, address) is not supported yet"
-                    .into(),
+        if spec.network.enabled && self.network.is_none() {
+            return Err(RuntimeError::InvalidSpec {
+                field: "network",
+                reason: "networking is not configured on this node".into(),
             });
         }
         checkpoint::criu_version(&self.cfg.criu_binary)?;
-        self.build_sandbox(spec, started, |dir, slot, _lease| {
-            self.restore_inner(spec, &manifest, from, dir, slot)
+        self.build_sandbox(spec, started, |dir, slot, lease| {
+            self.restore_inner(spec, &manifest, from, dir, slot, lease)
         })
     }
 
@@ -97,6 +97,7 @@ impl NativeRuntime {
         from: &Path,
         dir: &Path,
         slot: u32,
+        lease_out: &mut Option<warren_net::Lease>,
     ) -> Result<(Sandbox, Option<i32>, Phases), RuntimeError> {
         let mut phases = Phases::new();
         let base = self.host_id_base(slot);
@@ -216,6 +217,7 @@ impl NativeRuntime {
             externals.push((key, path_string(&source)?));
         }
 
+        let hook = Hook::create(dir)?;
         let mut args: Vec<String> = vec![
             "restore".into(),
             "--images-dir".into(),
@@ -230,6 +232,12 @@ impl NativeRuntime {
             "-v4".into(),
             "--manage-cgroups=ignore".into(),
             "--tcp-close".into(),
+            // The network namespace comes back empty (the checkpointed veth's
+            // peer is gone); the hook wires it before any task runs.
+            "--empty-ns".into(),
+            "net".into(),
+            "--action-script".into(),
+            path_string(&hook.script)?,
         ];
         for (key, path) in &externals {
             args.push("--external".into());
@@ -286,9 +294,14 @@ impl NativeRuntime {
         fds.extend(inherited.iter().map(|(fd, _)| fd.as_fd()));
         let sent = control::send(ours.as_fd(), &msg, &fds);
         drop(fds);
+        let mut wired: Option<(OwnedFd, Option<warren_net::Lease>)> = None;
         let outcome = sent.and_then(|()| {
-            let done = warren_sys::pidfd::poll_exit(child.pidfd.as_fd(), Some(RESTORE_TIMEOUT))
-                .map_err(RuntimeError::sys("wait for criu restore"))?;
+            let done = hook.serve(child.pidfd.as_fd(), RESTORE_TIMEOUT, |pid| {
+                let w = self.wire_restored(spec, dir, slot, pid)?;
+                *lease_out = w.1.clone();
+                wired = Some(w);
+                Ok(())
+            })?;
             if !done {
                 let _ = warren_sys::pidfd::send_signal(child.pidfd.as_fd(), libc::SIGKILL);
             }
@@ -336,28 +349,213 @@ impl NativeRuntime {
             netns: None,
             net: Mutex::new(None),
         };
-        let netns = (|| {
-            let netns_path = format!("/proc/{pid}/ns/net");
-            let netns: OwnedFd = fs::File::open(&netns_path)
-                .map_err(RuntimeError::prepare(&netns_path))?
-                .into();
-            control::replace_listener(dir, netns.as_fd())?;
-            drop(listener);
-            Ok::<_, RuntimeError>(netns)
-        })();
-        let netns = match netns {
-            Ok(n) => n,
-            Err(e) => return Err(self.abandon(sandbox, e)),
+        let Some((netns, lease)) = wired else {
+            return Err(self.abandon(
+                sandbox,
+                RuntimeError::InitSetup {
+                    step: "restore_network".into(),
+                    errno: None,
+                    message: "criu restored without running the network hook".into(),
+                },
+            ));
         };
+        if let Err(e) = control::replace_listener(dir, netns.as_fd()) {
+            return Err(self.abandon(sandbox, e));
+        }
+        drop(listener);
         phases.mark("restore:listener");
         Ok((
             Sandbox {
                 netns: Some(Arc::new(netns)),
+                net: Mutex::new(lease.map(|l| (l, spec.network.egress.clone()))),
                 ..sandbox
             },
             None,
             phases,
         ))
+    }
+}
+
+impl NativeRuntime {
+    /// Wires the restored sandbox's (empty) network namespace, found
+    /// through its init's host pid: a veth with a new address, egress
+    /// policy and `resolv.conf` for a networked sandbox, else just `lo`.
+    fn wire_restored(
+        &self,
+        spec: &SandboxSpec,
+        dir: &Path,
+        slot: u32,
+        pid: i32,
+    ) -> Result<(OwnedFd, Option<warren_net::Lease>), RuntimeError> {
+        let netns_path = format!("/proc/{pid}/ns/net");
+        let netns: OwnedFd = fs::File::open(&netns_path)
+            .map_err(RuntimeError::prepare(&netns_path))?
+            .into();
+        let network = match (&self.network, spec.network.enabled) {
+            (Some(n), true) => n,
+            _ => {
+                warren_net::in_netns(netns.as_fd(), warren_sys::net::loopback_up)
+                    .map_err(RuntimeError::prepare(&netns_path))?
+                    .map_err(RuntimeError::sys("lo up"))?;
+                return Ok((netns, None));
+            }
+        };
+        let lease = network.prepare(netns.as_fd())?;
+        let configured = (|| {
+            if spec.network.egress != warren_net::EgressPolicy::Default {
+                network.set_egress(&lease, &spec.network.egress)?;
+            }
+            replace_resolv_conf(
+                dir,
+                self.host_id_base(slot),
+                &warren_net::Network::resolv_conf(&lease),
+            )
+        })();
+        if let Err(e) = configured {
+            network.release(&lease);
+            return Err(e);
+        }
+        Ok((netns, Some(lease)))
+    }
+}
+
+/// Points the restored copy's `/etc/resolv.conf` at its own gateway, when
+/// the file is still the one the node wrote (a tenant's own file stays).
+fn replace_resolv_conf(dir: &Path, base: u32, text: &str) -> Result<(), RuntimeError> {
+    let path = dir.join("upper/etc/resolv.conf");
+    match fs::symlink_metadata(&path) {
+        Err(_) => super::write_resolv_conf(dir, base, text),
+        Ok(m) if m.is_file() && m.len() < 4096 => {
+            let old = fs::read_to_string(&path).unwrap_or_default();
+            if !old.starts_with("# written by warren") {
+                return Ok(());
+            }
+            // In place: the overlay above sees the same upper inode.
+            let f = fs::OpenOptions::new()
+                .write(true)
+                .truncate(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&path)
+                .map_err(RuntimeError::prepare(&path))?;
+            use std::io::Write;
+            (&f).write_all(text.as_bytes())
+                .map_err(RuntimeError::prepare(&path))
+        }
+        Ok(_) => Ok(()),
+    }
+}
+
+/// CRIU's action script for a restore: at `setup-namespaces` (the
+/// namespaces exist, no task runs yet) it reports the restored init's host
+/// pid on one FIFO and waits for the node's answer on another.
+struct Hook {
+    script: PathBuf,
+    request: OwnedFd,
+    answer: OwnedFd,
+}
+
+impl Hook {
+    fn create(dir: &Path) -> Result<Hook, RuntimeError> {
+        use std::os::unix::fs::PermissionsExt;
+        let req = dir.join("hook.req");
+        let ans = dir.join("hook.ans");
+        for p in [&req, &ans] {
+            nix::unistd::mkfifo(p, nix::sys::stat::Mode::from_bits_truncate(0o600))
+                .map_err(RuntimeError::sys("mkfifo"))?;
+        }
+        let request: OwnedFd = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(&req)
+            .map_err(RuntimeError::prepare(&req))?
+            .into();
+        // Read-write: opening never blocks, and the hook's read waits for data.
+        let answer: OwnedFd = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(&ans)
+            .map_err(RuntimeError::prepare(&ans))?
+            .into();
+        let script = dir.join("hook.sh");
+        let text = format!(
+            "#!/bin/sh\n\
+             [ \"$CRTOOLS_SCRIPT_ACTION\" = setup-namespaces ] || exit 0\n\
+             echo \"$CRTOOLS_INIT_PID\" > '{}'\n\
+             read answer < '{}'\n\
+             [ \"$answer\" = ok ]\n",
+            req.display(),
+            ans.display()
+        );
+        fs::write(&script, text).map_err(RuntimeError::prepare(&script))?;
+        fs::set_permissions(&script, fs::Permissions::from_mode(0o700))
+            .map_err(RuntimeError::prepare(&script))?;
+        Ok(Hook {
+            script,
+            request,
+            answer,
+        })
+    }
+
+    /// Waits until the process behind `pidfd` (CRIU) exits, at most
+    /// `timeout`, answering the hook's one request with `on_request`.
+    /// Returns whether it exited.
+    fn serve(
+        &self,
+        pidfd: std::os::fd::BorrowedFd<'_>,
+        timeout: Duration,
+        mut on_request: impl FnMut(i32) -> Result<(), RuntimeError>,
+    ) -> Result<bool, RuntimeError> {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        let deadline = Instant::now() + timeout;
+        let mut pending = true;
+        let mut failure = None;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(false);
+            }
+            let ms = PollTimeout::try_from(left.as_millis().min(60_000) as i32)
+                .unwrap_or(PollTimeout::MAX);
+            let mut fds = vec![PollFd::new(pidfd, PollFlags::POLLIN)];
+            if pending {
+                fds.push(PollFd::new(self.request.as_fd(), PollFlags::POLLIN));
+            }
+            match poll(&mut fds, ms) {
+                Err(nix::errno::Errno::EINTR) | Ok(0) => continue,
+                Err(e) => return Err(RuntimeError::sys("wait for criu restore")(e)),
+                Ok(_) => {}
+            }
+            if fds[0].revents().is_some_and(|r| !r.is_empty()) {
+                return match failure {
+                    Some(e) => Err(e),
+                    None => Ok(true),
+                };
+            }
+            if pending
+                && fds[1]
+                    .revents()
+                    .is_some_and(|r| r.contains(PollFlags::POLLIN))
+            {
+                pending = false;
+                let mut buf = [0u8; 32];
+                let n = nix::unistd::read(&self.request, &mut buf).unwrap_or(0);
+                let pid = std::str::from_utf8(&buf[..n])
+                    .ok()
+                    .and_then(|s| s.trim().parse::<i32>().ok());
+                let answer = match pid {
+                    Some(pid) if pid > 0 => match on_request(pid) {
+                        Ok(()) => "ok\n",
+                        Err(e) => {
+                            failure = Some(e);
+                            "failed\n"
+                        }
+                    },
+                    _ => "failed\n",
+                };
+                let _ = nix::unistd::write(&self.answer, answer.as_bytes());
+            }
+        }
     }
 }
 
