@@ -5,6 +5,7 @@ mod build;
 mod files;
 mod image;
 mod local;
+mod memory;
 mod relay;
 mod remote;
 mod run;
@@ -51,6 +52,10 @@ enum Command {
     /// Manage sandboxes on a Warren server (WARREN_URL, WARREN_TOKEN).
     #[command(subcommand)]
     Sandbox(sandbox::SandboxCommand),
+    /// Manage memory snapshots (checkpoints made by `sandbox
+    /// snapshot-memory`).
+    #[command(subcommand)]
+    MemorySnapshot(memory::MemorySnapshotCommand),
     /// Manage API tokens on a Warren server.
     #[command(subcommand)]
     Token(token::TokenCommand),
@@ -80,6 +85,7 @@ fn main() {
         Command::Serve(args) => serve::run(&cli.data_dir, args),
         Command::Relay(args) => relay::run(&cli.data_dir, args),
         Command::Sandbox(cmd) => sandbox::run(&cli.data_dir, cmd),
+        Command::MemorySnapshot(cmd) => memory::run(&cli.data_dir, cmd),
         Command::Token(cmd) => token::run(&cli.data_dir, cmd),
         Command::Workspace(cmd) => workspace::run(&cli.data_dir, cmd),
     };
@@ -191,6 +197,72 @@ mod tests {
         };
         assert_eq!(a.wait_ready_secs(), Some(5));
         assert!(a.network().is_empty());
+    }
+
+    #[test]
+    fn memory_snapshot_flags() {
+        let cli = parse(&[
+            "sandbox",
+            "create",
+            "--auto-resume",
+            "--on-idle",
+            "pause",
+            "--idle-timeout",
+            "60",
+        ])
+        .unwrap();
+        let Command::Sandbox(sandbox::SandboxCommand::Create(a)) = cli.command else {
+            panic!("not a create");
+        };
+        let req = a.request().unwrap();
+        assert!(req.auto_resume && !req.memory_snapshots);
+        assert_eq!(req.on_idle, Some(warren_proto::api::OnIdle::Pause));
+        assert!(req.wants_memory_snapshots());
+        let cli = parse(&[
+            "sandbox",
+            "create",
+            "--from-memory-snapshot",
+            "msnap-abc",
+            "--name",
+            "copy",
+        ])
+        .unwrap();
+        let Command::Sandbox(sandbox::SandboxCommand::Create(a)) = cli.command else {
+            panic!("not a create");
+        };
+        let req = a.request().unwrap();
+        assert_eq!(req.from_memory_snapshot.as_deref(), Some("msnap-abc"));
+        assert!(warren_proto::api::validate_create(&req).is_ok());
+        assert!(parse(&["sandbox", "create", "--memory-snapshots"]).is_ok());
+        assert!(parse(&["sandbox", "create", "--on-idle", "sleep"]).is_err());
+
+        for ok in [
+            &["sandbox", "snapshot-memory", "sb-1", "--ttl", "60"][..],
+            &["sandbox", "pause", "sb-1"],
+            &["sandbox", "resume", "sb-1"],
+            &["sandbox", "fork", "sb-1", "-n", "3"],
+            &["sandbox", "fork", "sb-1"],
+            &["sandbox", "ls", "--state", "paused"],
+            &["memory-snapshot", "ls"],
+            &["memory-snapshot", "ls", "--json"],
+            &["memory-snapshot", "get", "msnap-a"],
+            &["memory-snapshot", "rm", "msnap-a", "msnap-b"],
+        ] {
+            assert!(parse(ok).is_ok(), "{ok:?}");
+        }
+        let cli = parse(&["sandbox", "fork", "sb-1", "-n", "3"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Sandbox(sandbox::SandboxCommand::Fork(_))
+        ));
+        for bad in [
+            &["sandbox", "fork", "sb-1", "-n", "0"][..],
+            &["sandbox", "fork", "sb-1", "-n", "33"],
+            &["sandbox", "pause"],
+            &["memory-snapshot", "rm"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -115,6 +115,16 @@ pub enum SandboxCommand {
     SnapshotDir(crate::snapshot::SnapshotDirArgs),
     /// Mount an image read-only into a running sandbox.
     Mount(crate::snapshot::MountArgs),
+    /// Checkpoint a running sandbox (processes, memory, files) into a
+    /// memory snapshot; prints its id. The sandbox keeps running.
+    SnapshotMemory(crate::memory::SnapshotMemoryArgs),
+    /// Pause a sandbox: checkpoint it and release its memory and CPU
+    /// (same id; no timeout runs while paused).
+    Pause { id: String },
+    /// Resume a paused sandbox under the same id (and tunnel URLs).
+    Resume { id: String },
+    /// Fork a running sandbox into N running copies; prints their ids.
+    Fork(crate::memory::ForkArgs),
 }
 
 #[derive(Args)]
@@ -156,6 +166,21 @@ pub struct CreateArgs {
     /// Mount an image read-only, PATH=IMAGE (repeatable).
     #[arg(long = "mount", value_name = "PATH=IMAGE")]
     mount: Vec<String>,
+    /// Create it checkpointable (snapshot-memory, fork, pause).
+    #[arg(long)]
+    memory_snapshots: bool,
+    /// While paused, resume on the next exec, file operation or tunnel
+    /// connection (implies --memory-snapshots).
+    #[arg(long)]
+    auto_resume: bool,
+    /// What --idle-timeout does: terminate (default) or pause (implies
+    /// --memory-snapshots).
+    #[arg(long, value_enum, value_name = "ACTION")]
+    on_idle: Option<OnIdleArg>,
+    /// Restore this memory snapshot as the new sandbox (no image, command,
+    /// env, workdir or user: the snapshot fixes them).
+    #[arg(long, value_name = "MSNAP_ID")]
+    from_memory_snapshot: Option<String>,
     #[command(flatten)]
     network: NetworkArgs,
     /// After printing the id, wait until the sandbox is ready (its
@@ -167,6 +192,45 @@ pub struct CreateArgs {
     /// Main command; without one the sandbox idles and is used via exec.
     #[arg(last = true)]
     command: Vec<String>,
+}
+
+/// `--on-idle`.
+#[derive(Clone, Copy, ValueEnum)]
+pub enum OnIdleArg {
+    Terminate,
+    Pause,
+}
+
+impl CreateArgs {
+    /// The create request these flags describe.
+    pub fn request(&self) -> Result<CreateSandboxRequest> {
+        let mut req = CreateSandboxRequest {
+            image: self.image.clone(),
+            command: (!self.command.is_empty()).then(|| self.command.clone()),
+            env: parse_pairs("env", &self.env)?,
+            workdir: self.workdir.clone(),
+            timeout_secs: self.timeout,
+            idle_timeout_secs: self.idle_timeout,
+            cpu: self.cpu,
+            memory_mib: self.memory,
+            disk_mib: None,
+            name: self.name.clone(),
+            tags: parse_pairs("tag", &self.tag)?,
+            user: self.user.clone(),
+            use_image_command: self.image_command,
+            mounts: crate::snapshot::parse_mounts(&self.mount)?,
+            memory_snapshots: self.memory_snapshots,
+            auto_resume: self.auto_resume,
+            on_idle: self.on_idle.map(|o| match o {
+                OnIdleArg::Terminate => warren_proto::api::OnIdle::Terminate,
+                OnIdleArg::Pause => warren_proto::api::OnIdle::Pause,
+            }),
+            from_memory_snapshot: self.from_memory_snapshot.clone(),
+            ..Default::default()
+        };
+        self.network.apply(&mut req);
+        Ok(req)
+    }
 }
 
 #[cfg(test)]
@@ -199,6 +263,7 @@ pub struct LsArgs {
 pub enum StateArg {
     Creating,
     Running,
+    Paused,
     Terminating,
     Terminated,
 }
@@ -208,6 +273,7 @@ impl From<StateArg> for SandboxState {
         match s {
             StateArg::Creating => SandboxState::Creating,
             StateArg::Running => SandboxState::Running,
+            StateArg::Paused => SandboxState::Paused,
             StateArg::Terminating => SandboxState::Terminating,
             StateArg::Terminated => SandboxState::Terminated,
         }
@@ -262,24 +328,7 @@ pub fn run(data_dir: &Path, cmd: SandboxCommand) -> Result<i32> {
 async fn dispatch(c: &Client, cmd: SandboxCommand) -> Result<i32> {
     match cmd {
         SandboxCommand::Create(a) => {
-            let mut req = CreateSandboxRequest {
-                image: a.image,
-                command: (!a.command.is_empty()).then_some(a.command),
-                env: parse_pairs("env", &a.env)?,
-                workdir: a.workdir,
-                timeout_secs: a.timeout,
-                idle_timeout_secs: a.idle_timeout,
-                cpu: a.cpu,
-                memory_mib: a.memory,
-                disk_mib: None,
-                name: a.name,
-                tags: parse_pairs("tag", &a.tag)?,
-                user: a.user,
-                use_image_command: a.image_command,
-                mounts: crate::snapshot::parse_mounts(&a.mount)?,
-                ..Default::default()
-            };
-            a.network.apply(&mut req);
+            let req = a.request()?;
             let sb = c.create_sandbox(&req).await?;
             outln!("{}", sb.id)?;
             if a.network.exposes_ports() {
@@ -406,6 +455,10 @@ async fn dispatch(c: &Client, cmd: SandboxCommand) -> Result<i32> {
             let mut signals = Signals::install()?;
             stream::exec(c, &id, start, attach, &mut signals).await
         }
+        SandboxCommand::SnapshotMemory(a) => crate::memory::snapshot_memory(c, a).await,
+        SandboxCommand::Pause { id } => crate::memory::pause_or_resume(c, &id, true).await,
+        SandboxCommand::Resume { id } => crate::memory::pause_or_resume(c, &id, false).await,
+        SandboxCommand::Fork(a) => crate::memory::fork(c, a).await,
         SandboxCommand::Terminate { id } => {
             c.terminate_sandbox(&id).await?;
             Ok(0)

@@ -25,6 +25,7 @@ pub mod build;
 mod execs;
 mod files;
 mod images;
+mod memory;
 mod network;
 mod snapshot;
 pub mod stream;
