@@ -98,6 +98,30 @@ class SnapshotFailed(WarrenError):
     """Taking a snapshot failed (the sandbox keeps running)."""
 
 
+class SandboxPaused(Conflict):
+    """The sandbox is paused and was created without ``auto_resume``:
+    :meth:`~warren.Sandbox.resume` it first."""
+
+
+class NotCheckpointable(Conflict):
+    """The sandbox was not created with ``memory_snapshots=True`` (or
+    ``auto_resume``, or ``on_idle="pause"``), so it cannot be
+    checkpointed, forked or paused."""
+
+
+class MemorySnapshotNotFound(NotFound):
+    """No such memory snapshot in this workspace."""
+
+
+class SnapshotCorrupt(SnapshotFailed):
+    """The memory snapshot is damaged; nothing was restored."""
+
+
+class SnapshotUnavailable(SnapshotFailed):
+    """The node cannot take or restore memory snapshots (no CRIU 4.x, or
+    not for this sandbox)."""
+
+
 class ImageError(WarrenError):
     """An image could not be pulled, imported, exported or pushed."""
 
@@ -188,6 +212,11 @@ _BY_CODE: dict[str, type[WarrenError]] = {
     "network_unavailable": NetworkError,
     "relay_unavailable": NetworkError,
     "snapshot_failed": SnapshotFailed,
+    "snapshot_corrupt": SnapshotCorrupt,
+    "snapshot_unavailable": SnapshotUnavailable,
+    "sandbox_paused": SandboxPaused,
+    "sandbox_not_checkpointable": NotCheckpointable,
+    "memory_snapshot_not_found": MemorySnapshotNotFound,
     "registry_auth": RegistryError,
     "registry_unavailable": RegistryError,
     "registry_insecure_not_allowed": RegistryError,

@@ -12,12 +12,14 @@ from ._client import STREAM_TIMEOUT, Client, resolve
 from ._errors import SandboxNotFound, WarrenError
 from ._filesystem import Filesystem
 from ._image import Image
+from ._memory import MemorySnapshot
 from ._process import Process
 from ._types import (
     BackgroundExecInfo,
     ConnectToken,
     ConnectTokenInfo,
     ExecResult,
+    MemorySnapshotInfo,
     SandboxInfo,
     SandboxState,
     SnapshotInfo,
@@ -129,6 +131,10 @@ class Sandbox:
         readiness_probe: int | Sequence[str] | Mapping[str, Any] | None = None,
         mounts: Mapping[str, str | Image] | None = None,
         use_image_command: bool = False,
+        memory_snapshots: bool = False,
+        auto_resume: bool = False,
+        on_idle: str | None = None,
+        from_memory_snapshot: str | MemorySnapshot | None = None,
         client: Client | None = None,
     ) -> Sandbox:
         """Creates a sandbox and returns it once running.
@@ -139,7 +145,15 @@ class Sandbox:
         one the sandbox idles and is used through :meth:`exec`.
         ``timeout``/``idle_timeout`` in seconds, ``cpu`` in cores,
         ``memory`` and ``disk`` in MiB. ``readiness_probe``: a TCP port or
-        an argv. ``mounts``: path → image, mounted read-only. Never retried.
+        an argv. ``mounts``: path → image, mounted read-only.
+        ``memory_snapshots``: create it checkpointable
+        (:meth:`snapshot_memory`, :meth:`fork`, :meth:`pause`), implied by
+        ``auto_resume`` (a paused sandbox resumes on the next exec, file
+        operation or tunnel connection) and ``on_idle="pause"`` (the idle
+        timeout pauses instead of terminating). ``from_memory_snapshot``:
+        restore that memory snapshot as the new sandbox (then ``image``,
+        ``command``, ``env``, ``workdir`` and ``user`` must not be given).
+        Never retried.
         """
         c = resolve(client)
         body: dict[str, Any] = {
@@ -168,6 +182,18 @@ class Sandbox:
             "readiness_probe": _probe(readiness_probe),
         }
         body.update({k: v for k, v in optional.items() if v is not None})
+        if memory_snapshots:
+            body["memory_snapshots"] = True
+        if auto_resume:
+            body["auto_resume"] = True
+        if on_idle is not None:
+            body["on_idle"] = on_idle
+        if from_memory_snapshot is not None:
+            body["from_memory_snapshot"] = (
+                from_memory_snapshot.id
+                if isinstance(from_memory_snapshot, MemorySnapshot)
+                else from_memory_snapshot
+            )
         if mounts:
             body["mounts"] = [
                 {"path": p, "image": await _image_ref(i, c)} for p, i in mounts.items()
@@ -464,6 +490,40 @@ class Sandbox:
         image = Image(snap.image_id, snapshot=snap)
         image._built = snap.image_id
         return image
+
+    # ---------------------------------------------------- memory snapshots ---
+
+    async def snapshot_memory(self, *, ttl: int | None = None) -> MemorySnapshot:
+        """Checkpoints the whole sandbox (processes, memory, files) into a
+        memory snapshot; the sandbox keeps running. Restore it with
+        ``Sandbox.create(from_memory_snapshot=snap)``. ``ttl``: remove it
+        after that many seconds."""
+        body = {} if ttl is None else {"ttl_secs": int(ttl)}
+        data = await self._client.json(
+            "POST", f"{self._base}/snapshot-memory", json=body, timeout=STREAM_TIMEOUT
+        )
+        return MemorySnapshot(parse(MemorySnapshotInfo, data), self._client)
+
+    async def fork(self, n: int = 1) -> builtins.list[Sandbox]:
+        """``n`` (1-32) running copies of the sandbox, each with its own
+        id, hostname and address, continuing from this instant; the sandbox
+        keeps running. All or nothing."""
+        data = await self._client.json(
+            "POST", f"{self._base}/fork", json={"count": int(n)}, timeout=STREAM_TIMEOUT
+        )
+        return [Sandbox(SandboxInfo.from_json(d), self._client) for d in data["sandboxes"]]
+
+    async def pause(self) -> None:
+        """Checkpoints the sandbox and releases its memory and CPU; it
+        keeps its id (state ``paused``; no timeout runs while paused)."""
+        data = await self._client.json("POST", f"{self._base}/pause", timeout=STREAM_TIMEOUT)
+        self._info = SandboxInfo.from_json(data)
+
+    async def resume(self) -> None:
+        """Brings a paused sandbox back under the same id and tunnel URLs
+        (a no-op when it runs)."""
+        data = await self._client.json("POST", f"{self._base}/resume", timeout=STREAM_TIMEOUT)
+        self._info = SandboxInfo.from_json(data)
 
     async def mount_image(self, path: str, image: str | Image) -> None:
         """Mounts an image read-only at ``path`` in the running sandbox."""

@@ -30,6 +30,7 @@ class SandboxState(enum.StrEnum):
 
     CREATING = "creating"
     RUNNING = "running"
+    PAUSED = "paused"
     TERMINATING = "terminating"
     TERMINATED = "terminated"
 
@@ -105,6 +106,11 @@ class SandboxInfo:
     readiness_probe: dict[str, Any] | None = None
     ready: bool = False
     mounts: list[dict[str, str]] = field(default_factory=list)
+    memory_snapshots: bool = False
+    auto_resume: bool = False
+    on_idle: str = "terminate"
+    paused_at: str | None = None
+    from_memory_snapshot: str | None = None
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -321,6 +327,20 @@ class SnapshotInfo:
     layer_entries: int = 0
     frozen_ms: float = 0.0
     took_ms: float = 0.0
+
+
+@dataclass(frozen=True)
+class MemorySnapshotInfo:
+    """A memory snapshot (``GET /v1/memory-snapshots/{id}``): a checkpoint
+    of a whole running sandbox, restorable as new sandboxes."""
+
+    id: str
+    sandbox_id: str = ""
+    image: str = ""
+    """Id of the image the snapshot stands on (kept while it exists)."""
+    created_at: str = ""
+    bytes: int = 0
+    expires_at: str | None = None
 
 
 @dataclass(frozen=True)

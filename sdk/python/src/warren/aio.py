@@ -9,6 +9,7 @@ from ._admin import Token, Workspace
 from ._client import Client
 from ._filesystem import Filesystem, FileWatcher
 from ._image import Image
+from ._memory import MemorySnapshot
 from ._process import Process, StdinWriter, StreamReader
 from ._sandbox import BackgroundExec, Sandbox
 
@@ -18,6 +19,7 @@ __all__ = [
     "FileWatcher",
     "Filesystem",
     "Image",
+    "MemorySnapshot",
     "Process",
     "Sandbox",
     "StdinWriter",
