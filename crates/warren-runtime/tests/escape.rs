@@ -300,18 +300,27 @@ fn main() {
     warren_init::run_if_init();
     common::init("esc");
     let args = libtest_mimic::Arguments::from_args();
-    let tests = vec![
-        trial("filesystem_escapes", filesystem_escapes),
-        trial("mount_and_device_escapes", mount_and_device_escapes),
-        trial("host_id_ranges_are_private", host_id_ranges_are_private),
-        trial("kernel_interfaces_are_closed", kernel_interfaces_are_closed),
-        trial(
+    // Every probe runs against both sandbox shapes: the default one and
+    // the checkpointable one (whose user namespace owns its other
+    // namespaces; docs/threat-model.md).
+    type Probe = (&'static str, fn() -> Result<()>);
+    let probes: [Probe; 7] = [
+        ("filesystem_escapes", filesystem_escapes),
+        ("mount_and_device_escapes", mount_and_device_escapes),
+        ("host_id_ranges_are_private", host_id_ranges_are_private),
+        ("kernel_interfaces_are_closed", kernel_interfaces_are_closed),
+        (
             "processes_and_signals_are_isolated",
             processes_and_signals_are_isolated,
         ),
-        trial("network_is_isolated", network_is_isolated),
-        trial("abuse_is_bounded", abuse_is_bounded),
+        ("network_is_isolated", network_is_isolated),
+        ("abuse_is_bounded", abuse_is_bounded),
     ];
+    let mut tests = Vec::new();
+    for (name, f) in probes {
+        tests.push(trial(name, f));
+        tests.push(common::trial_checkpointable(name, f));
+    }
     let conclusion = libtest_mimic::run(&args, tests);
     common::teardown();
     conclusion.exit()

@@ -33,6 +33,11 @@ struct Node {
     lab: NetLab,
 }
 
+/// This binary's copy of the init binary for checkpointable sandboxes.
+fn init_copy_dir() -> std::path::PathBuf {
+    std::path::PathBuf::from(format!("/run/warren-test-net-{}", std::process::id()))
+}
+
 fn config(
     data: &std::path::Path,
     cgroup_parent: &str,
@@ -44,6 +49,7 @@ fn config(
     net.dns_upstreams = vec![netlab::DNS_UPSTREAM];
     cfg.network = Some(net);
     cfg.netns_pool = 2;
+    cfg.init_copy_dir = init_copy_dir();
     edit(&mut cfg);
     cfg
 }
@@ -838,5 +844,7 @@ fn main() {
             checkpointable_sandboxes_restore_with_a_new_address,
         ),
     ];
-    libtest_mimic::run(&args, tests).exit()
+    let conclusion = libtest_mimic::run(&args, tests);
+    let _ = std::fs::remove_dir_all(init_copy_dir());
+    conclusion.exit()
 }

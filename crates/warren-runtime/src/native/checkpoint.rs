@@ -610,7 +610,7 @@ impl NativeRuntime {
                 externals,
                 mounts,
                 init_binary: self
-                    .init_file
+                    .init_copy()?
                     .file_name()
                     .map(|n| n.to_string_lossy().into_owned())
                     .unwrap_or_default(),

@@ -243,17 +243,37 @@ pub(crate) fn replace_listener(dir: &Path, netns: BorrowedFd<'_>) -> Result<(), 
         Reply::Pong {} => {}
         other => return Err(unexpected(other)),
     }
+    wait_closed(s.as_fd())?;
     std::fs::remove_file(&old).map_err(RuntimeError::prepare(&old))
+}
+
+/// Waits until init has closed its end of `sock` (after a request it
+/// answers by closing): nothing of the connection is left in init then.
+fn wait_closed(sock: BorrowedFd<'_>) -> Result<(), RuntimeError> {
+    match recv(sock, Some(REPLY_TIMEOUT)) {
+        Err(RuntimeError::InitGone) => Ok(()),
+        Ok(None) => Err(RuntimeError::InitTimeout {
+            secs: REPLY_TIMEOUT.as_secs(),
+        }),
+        Ok(Some(_)) => Err(RuntimeError::InitSetup {
+            step: "protocol".into(),
+            errno: None,
+            message: "init answered twice".into(),
+        }),
+        Err(e) => Err(e),
+    }
 }
 
 /// [`Request::Quiesce`]: how many control connections stay open in init
 /// besides this one, which init closes itself.
 pub(crate) fn quiesce(dir: &Path) -> Result<u32, RuntimeError> {
     let s = connect_init(dir)?;
-    match request(s.as_fd(), &Request::Quiesce {}, &[])?.0 {
-        Reply::Quiet { open } => Ok(open),
-        other => Err(unexpected(other)),
-    }
+    let open = match request(s.as_fd(), &Request::Quiesce {}, &[])?.0 {
+        Reply::Quiet { open } => open,
+        other => return Err(unexpected(other)),
+    };
+    wait_closed(s.as_fd())?;
+    Ok(open)
 }
 
 pub(crate) fn signal_main(dir: &Path, signal: i32) -> Result<(), RuntimeError> {

@@ -86,6 +86,11 @@ pub struct NativeConfig {
     pub network: Option<warren_net::NetworkConfig>,
     /// The CRIU binary used for checkpoints (memory snapshots).
     pub criu_binary: PathBuf,
+    /// Where checkpointable sandboxes bind their init binary from (a copy,
+    /// or a hard link, of the data directory's, made at the first
+    /// checkpointable create; the path shows in the sandbox's mount table,
+    /// so it should say nothing about the node).
+    pub init_copy_dir: PathBuf,
 }
 
 impl NativeConfig {
@@ -107,6 +112,7 @@ impl NativeConfig {
             netns_pool: 8,
             network: None,
             criu_binary: PathBuf::from("/usr/local/sbin/criu"),
+            init_copy_dir: PathBuf::from("/run/warren/init"),
         }
     }
 
@@ -180,9 +186,11 @@ pub struct NativeRuntime {
     /// Wired namespaces kept ready (with `network`).
     wired: Option<pool::Pool<Wired, warren_net::NetError>>,
     reaper: trash::Reaper,
-    /// A root-owned regular-file copy of the init binary, which
-    /// checkpointable sandboxes bind and run init from.
-    init_file: PathBuf,
+    /// The init binary's path (the source of `init_exe`).
+    init_source: PathBuf,
+    /// The root-owned regular-file copy of the init binary that
+    /// checkpointable sandboxes bind and run init from (made on first use).
+    init_copy: Mutex<Option<PathBuf>>,
     /// The sandbox seccomp policy, compiled once and sent to every init.
     seccomp: Vec<u64>,
     /// Ids whose host resources are being released right now: a second
@@ -225,7 +233,6 @@ impl NativeRuntime {
         debug!(init = %exe.display(), "sealing init binary");
         let init_exe = warren_sys::fd::sealed_memfd_copy(c"warren-init", &exe)
             .map_err(RuntimeError::sys("seal init binary"))?;
-        let init_file = staged::install_init_binary(&cfg.data_dir, &exe)?;
         let max_id = u64::from(cfg.id_base) + u64::from(cfg.id_slots) * u64::from(IDS_PER_SANDBOX);
         if cfg.id_slots == 0 || max_id > u64::from(u32::MAX) {
             return Err(RuntimeError::InvalidSpec {
@@ -271,7 +278,8 @@ impl NativeRuntime {
             )
         });
         Ok(NativeRuntime {
-            init_file,
+            init_source: exe,
+            init_copy: Mutex::new(None),
             seccomp,
             netns: pool::NetnsPool::start(cfg.netns_pool),
             network,

@@ -185,14 +185,15 @@ impl NativeRuntime {
                 if name.len() != 64 || !name.bytes().all(|b| b.is_ascii_hexdigit()) {
                     return Err(checkpoint_corrupt("no init binary named"));
                 }
-                let p = self.init_file.with_file_name(name);
-                if !p.is_file() {
+                let Some(p) =
+                    super::staged::init_binary(&self.cfg.data_dir, &self.cfg.init_copy_dir, name)?
+                else {
                     return Err(RuntimeError::SnapshotUnsupported {
                         reason: format!(
                             "the checkpoint ran init binary {name}, which this node no longer has"
                         ),
                     });
-                }
+                };
                 binds.push((path_string(&p)?, key.clone(), true, false));
                 Path::new(EXT_ROOT).join(&key)
             } else if let Some(node) = target.strip_prefix("/dev/") {

@@ -49,18 +49,17 @@ use crate::{MainIo, RuntimeError, SandboxSpec};
 /// so a checkpoint taken with one binary restores with the same one.
 const INIT_DIR: &str = "init";
 
-/// Copies `exe` to `<data_dir>/init/<sha256>` unless that exists; returns
-/// the path.
-pub(super) fn install_init_binary(data_dir: &Path, exe: &Path) -> Result<PathBuf, RuntimeError> {
+/// Copies `exe` to `<data_dir>/init/<sha256>` unless that exists, and
+/// that to `run_dir` (`NativeConfig::init_copy_dir`, whose path, unlike
+/// the data directory's, may show in a sandbox's mount table); returns the
+/// latter.
+pub(super) fn install_init_binary(
+    data_dir: &Path,
+    exe: &Path,
+    run_dir: &Path,
+) -> Result<PathBuf, RuntimeError> {
     use sha2::{Digest, Sha256};
     use std::io::Read;
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    let dir = data_dir.join(INIT_DIR);
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&dir)
-        .map_err(RuntimeError::prepare(&dir))?;
     let mut f = fs::File::open(exe).map_err(RuntimeError::prepare(exe))?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
@@ -71,12 +70,74 @@ pub(super) fn install_init_binary(data_dir: &Path, exe: &Path) -> Result<PathBuf
         }
         h.update(&buf[..n]);
     }
-    let path = dir.join(hex::encode(h.finalize()));
+    let name = hex::encode(h.finalize());
+    let kept = copy_once(exe, &data_dir.join(INIT_DIR), &name, false)?;
+    prune_run_copies(run_dir, &name);
+    copy_once(&kept, run_dir, &name, true)
+}
+
+/// Removes copies in `run_dir` other than `current` that nothing has read
+/// for a day (their data-directory copies stay; a restore makes them
+/// again). Sandboxes that bound a removed copy keep running on it.
+fn prune_run_copies(run_dir: &Path, current: &str) {
+    const AGE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+    let Ok(entries) = fs::read_dir(run_dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if e.file_name().to_str() == Some(current) {
+            continue;
+        }
+        let old = e
+            .metadata()
+            .and_then(|m| m.accessed())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > AGE);
+        if old {
+            let _ = fs::remove_file(e.path());
+        }
+    }
+}
+
+/// The bindable copy of init binary `name` (a SHA-256), made again from
+/// the data directory's copy when missing (after a reboot cleared `/run`).
+pub(super) fn init_binary(
+    data_dir: &Path,
+    run_dir: &Path,
+    name: &str,
+) -> Result<Option<PathBuf>, RuntimeError> {
+    let run = run_dir.join(name);
+    if run.is_file() {
+        return Ok(Some(run));
+    }
+    let kept = data_dir.join(INIT_DIR).join(name);
+    if !kept.is_file() {
+        return Ok(None);
+    }
+    copy_once(&kept, run_dir, name, true).map(Some)
+}
+
+/// Copies `source` to `dir/name` (mode 0555) unless that exists; with
+/// `link`, a hard link when both are on one filesystem.
+fn copy_once(source: &Path, dir: &Path, name: &str, link: bool) -> Result<PathBuf, RuntimeError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(dir)
+        .map_err(RuntimeError::prepare(dir))?;
+    let path = dir.join(name);
     if path.is_file() {
         return Ok(path);
     }
-    let tmp = dir.join(format!(".tmp-{}", std::process::id()));
-    fs::copy(exe, &tmp).map_err(RuntimeError::prepare(&tmp))?;
+    let tmp = dir.join(format!(".tmp-{}-{name}", std::process::id()));
+    let _ = fs::remove_file(&tmp);
+    if link && fs::hard_link(source, &tmp).is_ok() {
+        fs::rename(&tmp, &path).map_err(RuntimeError::prepare(&path))?;
+        return Ok(path);
+    }
+    fs::copy(source, &tmp).map_err(RuntimeError::prepare(&tmp))?;
     fs::set_permissions(&tmp, fs::Permissions::from_mode(0o555))
         .map_err(RuntimeError::prepare(&tmp))?;
     fs::rename(&tmp, &path).map_err(RuntimeError::prepare(&path))?;
@@ -84,6 +145,22 @@ pub(super) fn install_init_binary(data_dir: &Path, exe: &Path) -> Result<PathBuf
 }
 
 impl NativeRuntime {
+    /// The bindable copy of this runtime's init binary, made on first use
+    /// (and again if it went away).
+    pub(super) fn init_copy(&self) -> Result<PathBuf, RuntimeError> {
+        let mut copy = self.init_copy.lock().expect("init copy lock poisoned");
+        if let Some(p) = copy.as_ref().filter(|p| p.is_file()) {
+            return Ok(p.clone());
+        }
+        let p = install_init_binary(
+            &self.cfg.data_dir,
+            &self.init_source,
+            &self.cfg.init_copy_dir,
+        )?;
+        *copy = Some(p.clone());
+        Ok(p)
+    }
+
     /// `create_inner` for the checkpointable shape (see the module docs).
     pub(super) fn create_staged(
         &self,
@@ -191,7 +268,7 @@ impl NativeRuntime {
             seccomp: Vec::new(),
             fds: BootstrapFds::Staged,
             checkpointable: true,
-            init_binary: path_str(&self.init_file)?,
+            init_binary: path_str(&self.init_copy()?)?,
         };
         let msg = warren_proto::encode(&boot)?;
         let (ours, theirs) = control::seqpacket_pair()?;

@@ -54,6 +54,7 @@ fn build() -> Result<Fixture> {
     if let Some(criu) = std::env::var_os("WARREN_CRIU") {
         cfg.criu_binary = criu.into();
     }
+    cfg.init_copy_dir = init_copy_dir(tag);
     let rt = NativeRuntime::new(cfg)?;
     Ok(Fixture {
         rt,
@@ -74,6 +75,13 @@ fn build() -> Result<Fixture> {
     })
 }
 
+/// This test binary's own copy of the init binary for checkpointable
+/// sandboxes (outside the data directory: its path shows in their mount
+/// tables), removed by [`teardown`].
+pub fn init_copy_dir(tag: &str) -> std::path::PathBuf {
+    std::path::PathBuf::from(format!("/run/warren-test-{tag}-{}", std::process::id()))
+}
+
 /// Destroys what the fixture still runs and removes its data dir and
 /// cgroup subtree; call last in `main`.
 pub fn teardown() {
@@ -85,6 +93,7 @@ pub fn teardown() {
         let _ = std::fs::remove_dir_all(f.data.path());
     }
     let tag = TAG.get().copied().unwrap_or("misc");
+    let _ = std::fs::remove_dir_all(init_copy_dir(tag));
     if let Ok(m) = warren_cgroup::CgroupManager::detect("/sys/fs/cgroup", &cgroup_parent(tag)) {
         let _ = m.destroy_parent();
     }
@@ -118,8 +127,11 @@ impl Sb {
         Ok(Sb { f, id, info })
     }
 
+    /// An idle sandbox, in the checkpointable shape when this thread runs
+    /// a [`trial_checkpointable`] trial.
     pub fn idle(prefix: &str) -> Result<Sb> {
-        Self::with(prefix, |_| {})
+        let checkpointable = CHECKPOINTABLE.with(|c| c.get());
+        Self::with(prefix, |s| s.checkpointable = checkpointable)
     }
 
     /// Runs `spec`, returning (exit, stdout, stderr).
@@ -170,6 +182,24 @@ impl Sb {
     pub fn python(&self, script: &str) -> Result<String> {
         self.ok(&["python3", "-c", script])
     }
+}
+
+thread_local! {
+    /// Whether [`Sb::idle`] builds checkpointable sandboxes on this thread.
+    static CHECKPOINTABLE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// [`trial`] again, with every [`Sb::idle`] sandbox in the checkpointable
+/// shape (`SandboxSpec::checkpointable`); named `<name>_checkpointable`.
+#[allow(dead_code)]
+pub fn trial_checkpointable(name: &'static str, f: fn() -> Result<()>) -> libtest_mimic::Trial {
+    libtest_mimic::Trial::test(format!("{name}_checkpointable"), move || {
+        if !warren_testkit::require_root(name) {
+            return Ok(());
+        }
+        CHECKPOINTABLE.with(|c| c.set(true));
+        f().map_err(|e| libtest_mimic::Failed::from(format!("{e:#}")))
+    })
 }
 
 /// Runs a libtest-mimic trial body only as root (skip with a reason, or fail
