@@ -77,10 +77,10 @@ pub(super) fn install_init_binary(
 }
 
 /// Removes copies in `run_dir` other than `current` that nothing has read
-/// for a day (their data-directory copies stay; a restore makes them
+/// for an hour (their data-directory copies stay; a restore makes them
 /// again). Sandboxes that bound a removed copy keep running on it.
 fn prune_run_copies(run_dir: &Path, current: &str) {
-    const AGE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+    const AGE: std::time::Duration = std::time::Duration::from_secs(3600);
     let Ok(entries) = fs::read_dir(run_dir) else {
         return;
     };
