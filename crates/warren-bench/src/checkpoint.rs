@@ -223,7 +223,8 @@ fn warren(args: &CheckpointArgs, data: &Path, shutdown: &Shutdown) -> Series {
         }
     };
     let id = SandboxId::new("bench-ckpt-src").expect("valid id");
-    let spec = w.spec(&id, Some(&["python3", "-c", args.program.source()]));
+    let mut spec = w.spec(&id, Some(&["python3", "-c", args.program.source()]));
+    spec.checkpointable = true;
     let images = data.join("warren-images");
     let res = (|| -> Result<(Vec<Duration>, Option<u64>, PathBuf)> {
         w.runtime()
@@ -271,7 +272,8 @@ fn warren(args: &CheckpointArgs, data: &Path, shutdown: &Shutdown) -> Series {
             let mut err = None;
             for i in 0..args.runs {
                 let rid = SandboxId::new(format!("bench-ckpt-r{i}")).expect("valid id");
-                let rspec = w.spec(&rid, None);
+                let mut rspec = w.spec(&rid, None);
+                rspec.checkpointable = true;
                 let t = Instant::now();
                 match w.runtime().restore(&rspec, &last) {
                     Ok(_) => restores.push(t.elapsed()),
