@@ -17,6 +17,10 @@ pub struct ServeArgs {
     /// Image for sandboxes whose create request names none.
     #[arg(long, default_value = "host")]
     default_image: String,
+    /// Where checkpointable sandboxes (memory snapshots) bind their init
+    /// binary from: a copy of it, whose path shows in their mount tables.
+    #[arg(long, value_name = "DIR", default_value = "/run/warren/init")]
+    init_copy_dir: PathBuf,
     #[command(flatten)]
     network: NetworkFlags,
     #[command(flatten)]
@@ -103,6 +107,7 @@ pub struct RelayFlags {
 pub fn run(data_dir: &Path, a: ServeArgs) -> Result<i32> {
     let mut cfg = warren_server::ServerConfig::new(a.listen, data_dir);
     cfg.default_image = a.default_image;
+    cfg.init_copy_dir = Some(a.init_copy_dir);
     cfg.network = network_config(data_dir, &a.network)?;
     cfg.tunnels = tunnels_config(data_dir, &a.relay)?;
     announce(&cfg.tunnels)?;

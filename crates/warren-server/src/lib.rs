@@ -64,6 +64,8 @@ pub struct ServerConfig {
     pub network: Option<warren_runtime::NetworkConfig>,
     /// Tunnels into sandboxes (`encrypted_ports`, `unencrypted_ports`).
     pub tunnels: TunnelsConfig,
+    /// `NativeConfig::init_copy_dir` (`None`: the runtime's default).
+    pub init_copy_dir: Option<PathBuf>,
 }
 
 /// Where this server's tunnels are served.
@@ -108,6 +110,7 @@ impl ServerConfig {
             registries: None,
             network: None,
             tunnels: TunnelsConfig::Off,
+            init_copy_dir: None,
         }
     }
 }
@@ -351,6 +354,9 @@ pub async fn open(cfg: &ServerConfig) -> Result<AppState, ServeError> {
         rt_cfg.cgroup_parent = parent.clone();
     }
     rt_cfg.network = cfg.network.clone();
+    if let Some(dir) = &cfg.init_copy_dir {
+        rt_cfg.init_copy_dir = dir.clone();
+    }
     let rt = warren_runtime::NativeRuntime::new(rt_cfg)?;
     let reg_path = cfg
         .registries

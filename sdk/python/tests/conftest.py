@@ -162,6 +162,8 @@ def server() -> Iterator[Server]:
                 "--listen",
                 f"127.0.0.1:{port}",
                 "--no-network",
+                "--init-copy-dir",
+                str(root / "init-copy"),
                 "--relay-https-listen",
                 "127.0.0.1:0",
                 "--relay-raw-ports",

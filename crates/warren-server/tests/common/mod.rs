@@ -54,6 +54,9 @@ pub async fn env_with(
     let registries = data.path().join("registries.json");
     std::fs::write(&registries, OFFLINE_REGISTRIES)?;
     cfg.registries = Some(registries);
+    // The test binary's copy for checkpointable sandboxes goes with the
+    // data dir (the default, /run/warren/init, would keep it).
+    cfg.init_copy_dir = Some(data.path().join("init-copy"));
     edit(&mut cfg, data.path())?;
     cfg.cgroup_parent = Some(cgroup_parent(data.path()));
     cfg.sweep_interval = Duration::from_millis(100);
