@@ -208,6 +208,9 @@ def server() -> Iterator[Server]:
                 _stop(registry[0], 5)
             wait_until(10, lambda: not _leftovers(root, parents_before), interval=0.2)
             leftovers = _leftovers(root, parents_before)
+            keep = os.environ.get("WARREN_SDK_KEEP_LOG")
+            if keep:  # for debugging: the server's log survives the run
+                shutil.copy(root / "server.log", keep)
             if not leftovers:
                 shutil.rmtree(root, ignore_errors=True)
             assert not leftovers, f"the server left these behind (data in {root}): {leftovers}"
