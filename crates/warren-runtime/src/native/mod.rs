@@ -407,12 +407,7 @@ impl NativeRuntime {
         prepare_dirs(dir, spec.rootfs.layers.len(), base)?;
         phases.mark("node:dirs");
 
-        let limits = CgroupLimits {
-            cpu_millis: spec.limits.cpu_millis,
-            memory_bytes: spec.limits.memory_bytes,
-            pids_max: spec.limits.pids,
-        };
-        let cgroup = Arc::new(self.cgroups.create(spec.id.as_str(), &limits)?);
+        let cgroup = self.create_cgroup(spec)?;
         phases.mark("node:cgroup");
 
         let userns = warren_sys::clone::create_user_namespace(0, base, IDS_PER_SANDBOX, true)
@@ -448,90 +443,10 @@ impl NativeRuntime {
         };
         let netns = Arc::new(netns);
         let listener = control::listen_in_netns(&dir.join("init.sock"), netns.as_fd())?;
-        let result = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(dir.join("result"))
-            .map_err(RuntimeError::prepare(dir.join("result")))?;
-
-        let log = match io.log_capacity {
-            Some(cap) if spec.command.is_some() => Some(create_log(dir, cap)?),
-            _ => None,
-        };
-        let main = match &spec.command {
-            None => None,
-            Some(argv) => Some(ProcessSpec {
-                argv: argv.clone(),
-                env: spec.env.clone(),
-                cwd: spec.workdir.clone(),
-                uid: spec.user.uid,
-                gid: spec.user.gid,
-                groups: spec.user.groups.clone(),
-                tty: None,
-                stdio: StdioFds {
-                    stdin: io.stdin.is_some(),
-                    stdout: io.stdout.is_some(),
-                    stderr: io.stderr.is_some(),
-                },
-                timeout_ms: None,
-                agent: false,
-            }),
-        };
-        let boot = Bootstrap {
-            version: INIT_PROTOCOL_VERSION,
-            sandbox_id: spec.id.to_string(),
-            hostname: spec.hostname.clone(),
-            state_dir: path_str(dir)?,
-            layers: spec
-                .rootfs
-                .layers
-                .iter()
-                .map(|p| path_str(p))
-                .collect::<Result<_, _>>()?,
-            binds: spec
-                .rootfs
-                .binds
-                .iter()
-                .map(|b| {
-                    Ok(BindSpec {
-                        source: path_str(&b.source)?,
-                        target: b.target.clone(),
-                        readonly: b.readonly,
-                    })
-                })
-                .collect::<Result<_, RuntimeError>>()?,
-            id_base: base,
-            id_count: IDS_PER_SANDBOX,
-            cgroup_procs: cgroup
-                .procs_files()
-                .iter()
-                .map(|p| path_str(p))
-                .collect::<Result<_, _>>()?,
-            tmp_size_bytes: match (spec.limits.memory_bytes, spec.limits.disk_bytes) {
-                (Some(m), Some(d)) => Some(m.min(d)),
-                (m, d) => m.or(d),
-            },
-            disk_bytes: spec.limits.disk_bytes,
-            image_mounts: snapshot::image_mount_specs(&spec.image_mounts)?,
-            main,
-            main_log: log.is_some(),
-            seccomp: self.seccomp.clone(),
-            fds: BootstrapFds::UsernsListenerResultNetnsLogStdio,
-            checkpointable: false,
-            init_binary: String::new(),
-        };
+        let (result, log, boot) = self.init_inputs(spec, &io, dir, base, &cgroup)?;
         let msg = warren_proto::encode(&boot)?;
 
         phases.mark("node:sockets");
-        let (ours, theirs) = control::seqpacket_pair()?;
-        let argv0 = CString::new(INIT_ARGV0).expect("constant has no NUL");
-        let env = [
-            CString::new(format!("{INIT_ENV_MARKER}={INIT_PROTOCOL_VERSION}"))
-                .expect("constant has no NUL"),
-        ];
-        let argv: [&CStr; 1] = [&argv0];
         let ns = Namespaces {
             mount: true,
             pid: true,
@@ -541,15 +456,7 @@ impl NativeRuntime {
             cgroup: false, // init unshares it after joining its cgroups
             user: false,   // init enters the prepared user namespace last
         };
-        let spawned = warren_sys::clone::spawn_exec_fd(
-            self.init_exe.as_fd(),
-            &argv,
-            &env,
-            &[(theirs.as_fd(), BOOTSTRAP_FD)],
-            ns,
-        )
-        .map_err(RuntimeError::sys("clone sandbox init"))?;
-        drop(theirs);
+        let (spawned, ours) = self.spawn_init(INIT_ARGV0, ns)?;
         phases.mark("node:clone_exec");
         let sandbox = Sandbox {
             id: spec.id.clone(),
@@ -708,6 +615,127 @@ impl NativeRuntime {
 }
 
 impl NativeRuntime {
+    /// The sandbox's cgroup, with the spec's limits.
+    fn create_cgroup(&self, spec: &SandboxSpec) -> Result<Arc<Cgroup>, RuntimeError> {
+        let limits = CgroupLimits {
+            cpu_millis: spec.limits.cpu_millis,
+            memory_bytes: spec.limits.memory_bytes,
+            pids_max: spec.limits.pids,
+        };
+        Ok(Arc::new(self.cgroups.create(spec.id.as_str(), &limits)?))
+    }
+
+    /// What init gets in either shape: the result file, the main
+    /// command's log ring (when asked for), and the bootstrap message for
+    /// the default shape (the checkpointable shape moves `main`, the log
+    /// and seccomp into `Start`).
+    fn init_inputs(
+        &self,
+        spec: &SandboxSpec,
+        io: &MainIo,
+        dir: &Path,
+        base: u32,
+        cgroup: &Cgroup,
+    ) -> Result<(fs::File, Option<fs::File>, Bootstrap), RuntimeError> {
+        let result = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(dir.join("result"))
+            .map_err(RuntimeError::prepare(dir.join("result")))?;
+        let log = match io.log_capacity {
+            Some(cap) if spec.command.is_some() => Some(create_log(dir, cap)?),
+            _ => None,
+        };
+        let main = spec.command.as_ref().map(|argv| ProcessSpec {
+            argv: argv.clone(),
+            env: spec.env.clone(),
+            cwd: spec.workdir.clone(),
+            uid: spec.user.uid,
+            gid: spec.user.gid,
+            groups: spec.user.groups.clone(),
+            tty: None,
+            stdio: StdioFds {
+                stdin: io.stdin.is_some(),
+                stdout: io.stdout.is_some(),
+                stderr: io.stderr.is_some(),
+            },
+            timeout_ms: None,
+            agent: false,
+        });
+        let boot = Bootstrap {
+            version: INIT_PROTOCOL_VERSION,
+            sandbox_id: spec.id.to_string(),
+            hostname: spec.hostname.clone(),
+            state_dir: path_str(dir)?,
+            layers: spec
+                .rootfs
+                .layers
+                .iter()
+                .map(|p| path_str(p))
+                .collect::<Result<_, _>>()?,
+            binds: spec
+                .rootfs
+                .binds
+                .iter()
+                .map(|b| {
+                    Ok(BindSpec {
+                        source: path_str(&b.source)?,
+                        target: b.target.clone(),
+                        readonly: b.readonly,
+                    })
+                })
+                .collect::<Result<_, RuntimeError>>()?,
+            id_base: base,
+            id_count: IDS_PER_SANDBOX,
+            cgroup_procs: cgroup
+                .procs_files()
+                .iter()
+                .map(|p| path_str(p))
+                .collect::<Result<_, _>>()?,
+            tmp_size_bytes: match (spec.limits.memory_bytes, spec.limits.disk_bytes) {
+                (Some(m), Some(d)) => Some(m.min(d)),
+                (m, d) => m.or(d),
+            },
+            disk_bytes: spec.limits.disk_bytes,
+            image_mounts: snapshot::image_mount_specs(&spec.image_mounts)?,
+            main,
+            main_log: log.is_some(),
+            seccomp: self.seccomp.clone(),
+            fds: BootstrapFds::UsernsListenerResultNetnsLogStdio,
+            checkpointable: false,
+            init_binary: String::new(),
+        };
+        Ok((result, log, boot))
+    }
+
+    /// Clones the init binary (its sealed memfd) as `argv0` into the
+    /// namespaces `ns`, with the child's end of a new bootstrap socket at
+    /// [`BOOTSTRAP_FD`]; returns the child and the node's end.
+    fn spawn_init(
+        &self,
+        argv0: &str,
+        ns: Namespaces,
+    ) -> Result<(warren_sys::clone::Spawned, OwnedFd), RuntimeError> {
+        let (ours, theirs) = control::seqpacket_pair()?;
+        let argv0 = CString::new(argv0).expect("constant has no NUL");
+        let env = [
+            CString::new(format!("{INIT_ENV_MARKER}={INIT_PROTOCOL_VERSION}"))
+                .expect("constant has no NUL"),
+        ];
+        let argv: [&CStr; 1] = [&argv0];
+        let spawned = warren_sys::clone::spawn_exec_fd(
+            self.init_exe.as_fd(),
+            &argv,
+            &env,
+            &[(theirs.as_fd(), BOOTSTRAP_FD)],
+            ns,
+        )
+        .map_err(RuntimeError::sys("clone sandbox init"))?;
+        Ok((spawned, ours))
+    }
+
     /// Claims the sandbox's id, slot and state directory, runs `inner` to
     /// build it, records and registers it; on failure releases everything.
     /// Shared by create and restore.

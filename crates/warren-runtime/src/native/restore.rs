@@ -19,7 +19,6 @@
 //!    listener inside the restored network namespace and hands it to init
 //!    (the one CRIU installed lives in the node's namespace).
 
-use std::ffi::{CStr, CString};
 use std::fs;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
@@ -28,9 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tracing::info_span;
-use warren_proto::{
-    RestoreHelper, CHECKPOINTABLE_INIT_PATH, INIT_ENV_MARKER, INIT_PROTOCOL_VERSION,
-};
+use warren_proto::{RestoreHelper, CHECKPOINTABLE_INIT_PATH};
 use warren_sys::clone::Namespaces;
 
 use super::checkpoint::{self, copy_tree, log_tail, mount_key, path_string, Manifest};
@@ -122,12 +119,7 @@ impl NativeRuntime {
         own_images(&images, base)?;
         phases.mark("restore:images");
 
-        let limits = warren_cgroup::CgroupLimits {
-            cpu_millis: spec.limits.cpu_millis,
-            memory_bytes: spec.limits.memory_bytes,
-            pids_max: spec.limits.pids,
-        };
-        let cgroup = Arc::new(self.cgroups.create(spec.id.as_str(), &limits)?);
+        let cgroup = self.create_cgroup(spec)?;
         let userns = warren_sys::clone::create_user_namespace(0, base, IDS_PER_SANDBOX, true)
             .map_err(RuntimeError::sys("create user namespace"))?;
         let result: OwnedFd = fs::OpenOptions::new()
@@ -277,25 +269,13 @@ impl NativeRuntime {
         };
         phases.mark("restore:prepare");
         let msg = warren_proto::encode(&helper)?;
-        let (ours, theirs) = control::seqpacket_pair()?;
-        let argv0 = CString::new(warren_proto::RESTORE_ARGV0).expect("constant has no NUL");
-        let env = [
-            CString::new(format!("{INIT_ENV_MARKER}={INIT_PROTOCOL_VERSION}"))
-                .expect("constant has no NUL"),
-        ];
-        let argv: [&CStr; 1] = [&argv0];
-        let child = warren_sys::clone::spawn_exec_fd(
-            self.init_exe.as_fd(),
-            &argv,
-            &env,
-            &[(theirs.as_fd(), warren_proto::BOOTSTRAP_FD)],
+        let (child, ours) = self.spawn_init(
+            warren_proto::RESTORE_ARGV0,
             Namespaces {
                 mount: true,
                 ..Namespaces::default()
             },
-        )
-        .map_err(RuntimeError::sys("start the restore helper"))?;
-        drop(theirs);
+        )?;
         let mut fds = vec![userns.as_fd()];
         fds.extend(inherited.iter().map(|(fd, _)| fd.as_fd()));
         let sent = control::send(ours.as_fd(), &msg, &fds);

@@ -25,22 +25,17 @@
 //! process died), so its end is read from the result file, as for a
 //! sandbox adopted after a node restart.
 
-use std::ffi::{CStr, CString};
 use std::fs;
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use warren_proto::{
-    Bootstrap, BootstrapFds, BootstrapReply, ProcessSpec, Start, StdioFds, INIT_ARGV0,
-    INIT_ENV_MARKER, INIT_PROTOCOL_VERSION,
-};
+use warren_proto::{BootstrapFds, BootstrapReply, Start, INIT_ARGV0};
 use warren_sys::clone::Namespaces;
 
 use super::{
-    control, create_log, path_str, prepare_dirs, snapshot, write_resolv_conf, NativeRuntime,
-    Phases, Sandbox, IDS_PER_SANDBOX,
+    control, path_str, prepare_dirs, write_resolv_conf, NativeRuntime, Phases, Sandbox,
+    IDS_PER_SANDBOX,
 };
 use crate::{MainIo, RuntimeError, SandboxSpec};
 
@@ -193,104 +188,26 @@ impl NativeRuntime {
         let mut phases = Phases::new();
         prepare_dirs(dir, spec.rootfs.layers.len(), base)?;
         phases.mark("node:dirs");
-        let limits = warren_cgroup::CgroupLimits {
-            cpu_millis: spec.limits.cpu_millis,
-            memory_bytes: spec.limits.memory_bytes,
-            pids_max: spec.limits.pids,
-        };
-        let cgroup = Arc::new(self.cgroups.create(spec.id.as_str(), &limits)?);
+        let cgroup = self.create_cgroup(spec)?;
         phases.mark("node:cgroup");
         let userns = warren_sys::clone::create_user_namespace(0, base, IDS_PER_SANDBOX, true)
             .map_err(RuntimeError::sys("create user namespace"))?;
         phases.mark("node:userns");
-        let result = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(dir.join("result"))
-            .map_err(RuntimeError::prepare(dir.join("result")))?;
-        let log = match io.log_capacity {
-            Some(cap) if spec.command.is_some() => Some(create_log(dir, cap)?),
-            _ => None,
-        };
-        let main = spec.command.as_ref().map(|argv| ProcessSpec {
-            argv: argv.clone(),
-            env: spec.env.clone(),
-            cwd: spec.workdir.clone(),
-            uid: spec.user.uid,
-            gid: spec.user.gid,
-            groups: spec.user.groups.clone(),
-            tty: None,
-            stdio: StdioFds {
-                stdin: io.stdin.is_some(),
-                stdout: io.stdout.is_some(),
-                stderr: io.stderr.is_some(),
-            },
-            timeout_ms: None,
-            agent: false,
-        });
-        let boot = Bootstrap {
-            version: INIT_PROTOCOL_VERSION,
-            sandbox_id: spec.id.to_string(),
-            hostname: spec.hostname.clone(),
-            state_dir: path_str(dir)?,
-            layers: spec
-                .rootfs
-                .layers
-                .iter()
-                .map(|p| path_str(p))
-                .collect::<Result<_, _>>()?,
-            binds: spec
-                .rootfs
-                .binds
-                .iter()
-                .map(|b| {
-                    Ok(warren_proto::BindSpec {
-                        source: path_str(&b.source)?,
-                        target: b.target.clone(),
-                        readonly: b.readonly,
-                    })
-                })
-                .collect::<Result<_, RuntimeError>>()?,
-            id_base: base,
-            id_count: IDS_PER_SANDBOX,
-            cgroup_procs: cgroup
-                .procs_files()
-                .iter()
-                .map(|p| path_str(p))
-                .collect::<Result<_, _>>()?,
-            tmp_size_bytes: spec.limits.memory_bytes,
-            disk_bytes: None,
-            image_mounts: snapshot::image_mount_specs(&spec.image_mounts)?,
-            main: None,
-            main_log: false,
-            seccomp: Vec::new(),
-            fds: BootstrapFds::Staged,
-            checkpointable: true,
-            init_binary: path_str(&self.init_copy()?)?,
-        };
+        let (result, log, mut boot) = self.init_inputs(spec, &io, dir, base, &cgroup)?;
+        let main = boot.main.take();
+        boot.main_log = false;
+        boot.seccomp = Vec::new();
+        boot.tmp_size_bytes = spec.limits.memory_bytes;
+        boot.disk_bytes = None;
+        boot.fds = BootstrapFds::Staged;
+        boot.checkpointable = true;
+        boot.init_binary = path_str(&self.init_copy()?)?;
         let msg = warren_proto::encode(&boot)?;
-        let (ours, theirs) = control::seqpacket_pair()?;
-        let argv0 = CString::new(INIT_ARGV0).expect("constant has no NUL");
-        let env = [
-            CString::new(format!("{INIT_ENV_MARKER}={INIT_PROTOCOL_VERSION}"))
-                .expect("constant has no NUL"),
-        ];
-        let argv: [&CStr; 1] = [&argv0];
         let ns = Namespaces {
             mount: true,
             ..Namespaces::default()
         };
-        let outer = warren_sys::clone::spawn_exec_fd(
-            self.init_exe.as_fd(),
-            &argv,
-            &env,
-            &[(theirs.as_fd(), warren_proto::BOOTSTRAP_FD)],
-            ns,
-        )
-        .map_err(RuntimeError::sys("clone sandbox init"))?;
-        drop(theirs);
+        let (outer, ours) = self.spawn_init(INIT_ARGV0, ns)?;
         phases.mark("node:clone_exec");
         let kill_outer = |outer: &warren_sys::clone::Spawned| {
             let _ = warren_sys::pidfd::send_signal(outer.pidfd.as_fd(), libc::SIGKILL);
