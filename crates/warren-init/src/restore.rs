@@ -18,6 +18,8 @@ use warren_proto::{
 use warren_sys::mount::{bind_with_attrs, TreeAttrs};
 use warren_sys::socket::{recv_with_fds, send_with_fds};
 
+use crate::setup::{self, SetupError, Step};
+
 pub fn main() -> i32 {
     let Ok(boot) = warren_sys::fd::adopt_inherited(BOOTSTRAP_FD) else {
         return 1;
@@ -47,9 +49,8 @@ pub fn main() -> i32 {
     }
     let inherited: Vec<OwnedFd> = fds.split_off(1);
     let userns = fds.pop().expect("length checked above");
-    match prepare(&h, &userns) {
-        Ok(()) => {}
-        Err((step, e, what)) => return fail(step, Some(e), what),
+    if let Err(e) = prepare(&h, &userns) {
+        return fail(e.step, e.errno.map(nix::errno::Errno::from_raw), e.message);
     }
     drop(userns);
     for (fd, at) in inherited.into_iter().zip(&h.inherit_at) {
@@ -72,60 +73,14 @@ pub fn main() -> i32 {
     fail("exec_criu", Some(e), h.criu.clone())
 }
 
-type StepError = (&'static str, nix::errno::Errno, String);
-
-fn prepare(h: &RestoreHelper, userns: &OwnedFd) -> Result<(), StepError> {
-    let io = |step: &'static str, what: &str| {
-        let what = what.to_string();
-        move |e: std::io::Error| {
-            (
-                step,
-                nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
-                what,
-            )
-        }
-    };
-    let sys = |step: &'static str, what: &str| {
-        let what = what.to_string();
-        move |e: nix::errno::Errno| (step, e, what)
-    };
+fn prepare(h: &RestoreHelper, userns: &OwnedFd) -> Result<(), SetupError> {
     for p in &h.cgroup_procs {
-        std::fs::write(p, "0").map_err(io("join_cgroup", p))?;
+        std::fs::write(p, "0").step("join_cgroup", p)?;
     }
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-        None::<&str>,
-    )
-    .map_err(sys("mount_private", "make / rprivate"))?;
-    nix::unistd::chdir(Path::new(&h.state_dir)).map_err(sys("chdir_state", &h.state_dir))?;
-    let idmap = |readonly: bool| TreeAttrs {
-        readonly,
-        nosuid: false,
-        nodev: true,
-        idmap: Some(userns.as_fd()),
-    };
-    let mut lowers = Vec::with_capacity(h.layers.len());
-    for (i, layer) in h.layers.iter().enumerate().rev() {
-        let target = format!("lower/{i}");
-        bind_with_attrs(Path::new(layer), Path::new(&target), idmap(true), false)
-            .map_err(sys("mount_layer", layer))?;
-        lowers.push(target);
-    }
-    let opts = format!(
-        "lowerdir={},upperdir=upper,workdir=work,redirect_dir=off,metacopy=off",
-        lowers.join(":")
-    );
-    mount(
-        Some("overlay"),
-        "rootfs",
-        Some("overlay"),
-        MsFlags::empty(),
-        Some(opts.as_str()),
-    )
-    .map_err(sys("mount_overlay", "overlay rootfs"))?;
+    setup::make_private()?;
+    nix::unistd::chdir(Path::new(&h.state_dir)).step("chdir_state", &h.state_dir)?;
+    let lowers = setup::mount_lowers(&h.layers, userns)?;
+    setup::mount_overlay(&lowers, "upper", "work")?;
     let ext = Path::new(&h.ext_root);
     mount(
         Some("tmpfs"),
@@ -134,19 +89,19 @@ fn prepare(h: &RestoreHelper, userns: &OwnedFd) -> Result<(), StepError> {
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
         Some("mode=0711,size=65536"),
     )
-    .map_err(sys("mount_ext", &h.ext_root))?;
+    .step("mount_ext", &h.ext_root)?;
     for (source, name, readonly, idmapped) in &h.binds {
         if name.is_empty() || name.contains('/') || name.starts_with('.') {
-            return Err(("mount_bind", nix::errno::Errno::EINVAL, name.clone()));
+            return Err(nix::errno::Errno::EINVAL).step("mount_bind", name);
         }
         let target = ext.join(name);
         let is_dir = std::fs::metadata(source)
-            .map_err(io("mount_bind", source))?
+            .step("mount_bind", source)?
             .is_dir();
         if is_dir {
-            std::fs::create_dir(&target).map_err(io("mount_bind", name))?;
+            std::fs::create_dir(&target).step("mount_bind", name)?;
         } else {
-            std::fs::File::create(&target).map_err(io("mount_bind", name))?;
+            std::fs::File::create(&target).step("mount_bind", name)?;
         }
         let attrs = TreeAttrs {
             readonly: *readonly,
@@ -154,8 +109,7 @@ fn prepare(h: &RestoreHelper, userns: &OwnedFd) -> Result<(), StepError> {
             nodev: true,
             idmap: idmapped.then(|| userns.as_fd()),
         };
-        bind_with_attrs(Path::new(source), &target, attrs, is_dir)
-            .map_err(sys("mount_bind", name))?;
+        bind_with_attrs(Path::new(source), &target, attrs, is_dir).step("mount_bind", name)?;
     }
     Ok(())
 }

@@ -33,7 +33,7 @@ impl SetupError {
     }
 }
 
-trait Step<T> {
+pub(crate) trait Step<T> {
     fn step(self, step: &'static str, what: impl std::fmt::Display) -> Result<T, SetupError>;
 }
 
@@ -99,18 +99,11 @@ pub fn build(
     let _ = fs::write("/proc/self/oom_score_adj", "-1000");
     t.mark("cgroup");
 
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-        None::<&str>,
-    )
-    .step("mount_private", "make / rprivate")?;
+    make_private()?;
 
     let state = PathBuf::from(&b.state_dir);
     chdir(&state).step("chdir_state", &b.state_dir)?;
-    let lowers = mount_lowers(b, userns)?;
+    let lowers = mount_lowers(&b.layers, userns)?;
     // With a disk limit the writable layer lives on a tmpfs of that size.
     let (upper, work) = match b.disk_bytes {
         Some(size) => {
@@ -230,17 +223,10 @@ pub fn prepare_checkpointable(
             message: "checkpointable sandboxes cannot have a disk limit yet".into(),
         });
     }
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-        None::<&str>,
-    )
-    .step("mount_private", "make / rprivate")?;
+    make_private()?;
     let state = PathBuf::from(&b.state_dir);
     chdir(&state).step("chdir_state", &b.state_dir)?;
-    let lowers = mount_lowers(b, userns)?;
+    let lowers = mount_lowers(&b.layers, userns)?;
     mount_overlay(&lowers, "upper", "work")?;
     let root = state.join("rootfs");
     mount_binds(b, &root, userns)?;
@@ -294,14 +280,7 @@ pub fn prepare_checkpointable(
 /// binary is bound at [`warren_proto::CHECKPOINTABLE_INIT_PATH`], where
 /// init re-executes itself next.
 pub fn finish_checkpointable(b: &Bootstrap, p: Prepared) -> Result<(), SetupError> {
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-        None::<&str>,
-    )
-    .step("mount_private", "make / rprivate")?;
+    make_private()?;
     warren_sys::mount::move_mount_to(p.rootfs.as_fd(), Path::new("."))
         .step("attach_rootfs", "move_mount")?;
     nix::unistd::fchdir(&p.rootfs).step("attach_rootfs", "fchdir")?;
@@ -361,16 +340,16 @@ pub fn finish_checkpointable(b: &Bootstrap, p: Prepared) -> Result<(), SetupErro
 /// Binds each image layer read-only and idmapped through `userns` at
 /// `lower/N` (relative to the state directory); returns overlay's
 /// `lowerdir` list, uppermost first.
-fn mount_lowers(b: &Bootstrap, userns: &OwnedFd) -> Result<Vec<String>, SetupError> {
+pub(crate) fn mount_lowers(layers: &[String], userns: &OwnedFd) -> Result<Vec<String>, SetupError> {
     let idmap = TreeAttrs {
         readonly: true,
         nosuid: false,
         nodev: true,
         idmap: Some(userns.as_fd()),
     };
-    let mut lowers = Vec::with_capacity(b.layers.len());
+    let mut lowers = Vec::with_capacity(layers.len());
     // overlayfs lists the uppermost lower first.
-    for (i, layer) in b.layers.iter().enumerate().rev() {
+    for (i, layer) in layers.iter().enumerate().rev() {
         let target = format!("lower/{i}");
         bind_with_attrs(Path::new(layer), Path::new(&target), idmap, false)
             .step("mount_layer", layer)?;
@@ -379,8 +358,21 @@ fn mount_lowers(b: &Bootstrap, userns: &OwnedFd) -> Result<Vec<String>, SetupErr
     Ok(lowers)
 }
 
+/// Makes every mount in this (new, private) mount namespace private, so
+/// nothing mounted here propagates back to the host's.
+pub(crate) fn make_private() -> Result<(), SetupError> {
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .step("mount_private", "make / rprivate")
+}
+
 /// The overlay root at `rootfs` (relative to the state directory).
-fn mount_overlay(lowers: &[String], upper: &str, work: &str) -> Result<(), SetupError> {
+pub(crate) fn mount_overlay(lowers: &[String], upper: &str, work: &str) -> Result<(), SetupError> {
     // redirect_dir and metacopy pinned off (whatever the module defaults):
     // a renamed lower directory is copied up in full and every copied-up
     // file has its data, so the upper dir alone is a complete layer for
