@@ -94,6 +94,54 @@ fn counter(sb: &Sb) -> Result<u64> {
 
 // ---------------------------------------------------------------- tests ----
 
+/// Checkpoint files are stored content-addressed: two checkpoints of an
+/// idle sandbox keep their identical images once (hard links to one blob),
+/// the writable layer stays private to each, and both still verify.
+fn identical_checkpoint_files_are_stored_once() -> Result<()> {
+    const NAME: &str = "identical_checkpoint_files_are_stored_once";
+    if !have_criu(NAME) {
+        return Ok(());
+    }
+    use std::os::unix::fs::MetadataExt;
+    let sb = Sb::with("cas", |s| s.checkpointable = true)?;
+    sb.sh_ok("echo same > /etc/same")?;
+    let tmp = dest("cas")?;
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    sb.f.rt
+        .checkpoint(&sb.id, &a, CheckpointOptions::default())?;
+    sb.f.rt
+        .checkpoint(&sb.id, &b, CheckpointOptions::default())?;
+    let (ma, mb) = (checkpoint::verify(&a)?, checkpoint::verify(&b)?);
+    let mut shared = 0;
+    for f in &mb.files {
+        let Some(g) = ma
+            .files
+            .iter()
+            .find(|g| g.path == f.path && g.blake3 == f.blake3)
+        else {
+            continue;
+        };
+        let (ia, ib) = (
+            std::fs::metadata(a.join(&g.path))?,
+            std::fs::metadata(b.join(&f.path))?,
+        );
+        if f.path.starts_with("upper/") {
+            ensure!(
+                ia.ino() != ib.ino(),
+                "{} is shared between writable layers",
+                f.path
+            );
+        } else {
+            ensure!(ia.ino() == ib.ino(), "{} is stored twice", f.path);
+            ensure!(ib.nlink() >= 3, "{}: {} links", f.path, ib.nlink());
+            shared += 1;
+        }
+    }
+    ensure!(shared > 3, "only {shared} files shared");
+    ensure!(mb.files.iter().any(|f| f.path == "upper/etc/same"));
+    Ok(())
+}
+
 /// A checkpoint restores as a new sandbox (another id range and hostname)
 /// that continues from the checkpointed state, twice, while the source
 /// keeps going; each copy's changes stay its own.
@@ -456,6 +504,10 @@ fn main() {
         trial(
             "checkpointable_sandboxes_work",
             checkpointable_sandboxes_work,
+        ),
+        trial(
+            "identical_checkpoint_files_are_stored_once",
+            identical_checkpoint_files_are_stored_once,
         ),
         trial(
             "restore_continues_from_the_checkpoint",

@@ -266,6 +266,74 @@ fn digest_all(paths: &[PathBuf]) -> Vec<std::io::Result<(u64, String)>> {
         .collect()
 }
 
+/// The content-addressed store of checkpoint files, under the data dir.
+const BLOBS_DIR: &str = "checkpoint-blobs";
+
+/// Stores a written checkpoint's files content-addressed: every file
+/// outside `upper/` (CRIU's images, the log ring) becomes a hard link to
+/// `<blobs>/<blake3>`, so identical files of any checkpoints on this node
+/// (a sandbox paused again without having changed, forks of one source)
+/// are kept once. Files in `upper/` stay private copies: their owners,
+/// modes and xattrs are part of the layer, and a hard link would share
+/// them. Blobs no checkpoint links to any more (link count 1) are removed
+/// here too. Best effort: a file that cannot be shared (another
+/// filesystem, say) stays as it is. Returns the bytes now shared.
+fn share_blobs(dir: &Path, manifest: &Manifest, blobs: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    if fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(blobs)
+        .is_err()
+    {
+        return 0;
+    }
+    let mut shared = 0;
+    for f in manifest
+        .files
+        .iter()
+        .filter(|f| !f.path.starts_with("upper/"))
+    {
+        let file = dir.join(&f.path);
+        let blob = blobs.join(&f.blake3);
+        match fs::symlink_metadata(&blob) {
+            Ok(m) if m.is_file() && m.len() == f.size => {
+                // Replace the file by a link to the same content: a new
+                // link next to it, renamed over it.
+                let tmp = file.with_extension("blob-link");
+                if fs::hard_link(&blob, &tmp).is_ok() && fs::rename(&tmp, &file).is_ok() {
+                    shared += f.size;
+                } else {
+                    let _ = fs::remove_file(&tmp);
+                }
+            }
+            _ => {
+                let _ = fs::hard_link(&file, &blob);
+            }
+        }
+    }
+    // The sweep reads every blob: at most once a minute.
+    static LAST_SWEEP: std::sync::Mutex<Option<Instant>> = std::sync::Mutex::new(None);
+    let due = {
+        let mut last = LAST_SWEEP.lock().expect("sweep lock poisoned");
+        let due = last.is_none_or(|t| t.elapsed() > Duration::from_secs(60));
+        if due {
+            *last = Some(Instant::now());
+        }
+        due
+    };
+    if due {
+        if let Ok(entries) = fs::read_dir(blobs) {
+            for e in entries.flatten() {
+                if e.metadata().is_ok_and(|m| m.is_file() && m.nlink() == 1) {
+                    let _ = fs::remove_file(e.path());
+                }
+            }
+        }
+    }
+    shared
+}
+
 /// CRIU writes its images 0600; a restore reads some of them from inside
 /// the new user namespace, so they are made 0644 (inside the checkpoint's
 /// 0700 directory) once, here, and restores hard-link them as they are.
@@ -685,6 +753,10 @@ impl NativeRuntime {
             },
         )?;
         phases.mark("checkpoint:manifest");
+        let blobs = self.cfg.data_dir.join(BLOBS_DIR);
+        let shared = share_blobs(dest, &manifest, &blobs);
+        debug!(shared, "checkpoint files shared with earlier checkpoints");
+        phases.mark("checkpoint:blobs");
         Ok(manifest)
     }
 }
