@@ -94,6 +94,49 @@ fn counter(sb: &Sb) -> Result<u64> {
 
 // ---------------------------------------------------------------- tests ----
 
+/// A pipeline inside the sandbox survives a checkpoint and restore: a
+/// shell counter writes through a pipe into another process that keeps
+/// the file up to date, and both continue in the copy.
+fn pipes_are_restored() -> Result<()> {
+    const NAME: &str = "pipes_are_restored";
+    if !have_criu(NAME) {
+        return Ok(());
+    }
+    let sb = Sb::with("pipe", |s| {
+        s.checkpointable = true;
+        s.command = Some(vec![
+            "sh".into(),
+            "-c".into(),
+            "i=0; while true; do i=$((i+1)); echo $i; sleep 0.05; done | \
+             while read n; do echo $n > /tmp/c; done"
+                .into(),
+        ]);
+    })?;
+    ensure!(
+        warren_testkit::wait_until(Duration::from_secs(5), || counter(&sb).is_ok_and(|c| c > 2)),
+        "the counter never started"
+    );
+    let tmp = dest("pipe")?;
+    let dir = tmp.path().join("c");
+    sb.f.rt
+        .checkpoint(&sb.id, &dir, CheckpointOptions::default())?;
+    let mut spec = restore_spec("piper")?;
+    spec.checkpointable = true;
+    let info = sb.f.rt.restore(&spec, &dir)?;
+    let copy = Sb {
+        f: sb.f.clone(),
+        id: spec.id.clone(),
+        info,
+    };
+    let first = counter(&copy)?;
+    ensure!(
+        warren_testkit::wait_until(Duration::from_secs(5), || counter(&copy)
+            .is_ok_and(|v| v > first + 2)),
+        "the restored pipeline does not count"
+    );
+    Ok(())
+}
+
 /// Checkpoint files are stored content-addressed: two checkpoints of an
 /// idle sandbox keep their identical images once (hard links to one blob),
 /// the writable layer stays private to each, and both still verify.
@@ -509,6 +552,7 @@ fn main() {
             "identical_checkpoint_files_are_stored_once",
             identical_checkpoint_files_are_stored_once,
         ),
+        trial("pipes_are_restored", pipes_are_restored),
         trial(
             "restore_continues_from_the_checkpoint",
             restore_continues_from_the_checkpoint,
