@@ -14,6 +14,9 @@
 //!   runtime, so the API's overhead can be stated.
 //! - `api-fairness`: API exec latency in one sandbox, quiet and while
 //!   another sandbox spins on every CPU.
+//! - `api-memory`: pause/resume, auto-resume, fork and restore from a
+//!   memory snapshot through the API, each until the first byte through
+//!   the sandbox's tunnel.
 //!
 //! What it must not do: leave sandboxes, containers, mounts or its data
 //! directory behind. Every sandbox or container it creates is owned by a guard
@@ -85,6 +88,9 @@ enum Command {
     ApiThroughput(api::throughput::ApiThroughputArgs),
     /// API exec latency while another sandbox pins every CPU.
     ApiFairness(api::fairness::ApiFairnessArgs),
+    /// Memory snapshots through the API: pause/resume, auto-resume, fork
+    /// and restore, each until the first byte through the tunnel.
+    ApiMemory(api::memory::ApiMemoryArgs),
     /// MB/s of pulling a ~100 MB image from a loopback registry vs skopeo.
     Pull(pull::PullArgs),
     /// MB/s of pushing a ~100 MB image to a loopback registry vs skopeo.
@@ -177,6 +183,7 @@ fn run(cli: Cli) -> Result<()> {
         | Command::ApiExec(_)
         | Command::ApiThroughput(_)
         | Command::ApiFairness(_)
+        | Command::ApiMemory(_)
         | Command::Pull(_)
         | Command::Push(_)
         | Command::ApiFiles(_)
@@ -201,6 +208,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::ApiExec(args) => api::exec::run(&args, data.path(), &shutdown),
         Command::ApiThroughput(args) => api::throughput::run(&args, data.path(), &shutdown),
         Command::ApiFairness(args) => api::fairness::run(&args, data.path(), &shutdown),
+        Command::ApiMemory(args) => api::memory::run(&args, data.path(), &shutdown),
         Command::ApiFiles(args) => api::files::run(&args, data.path(), &shutdown),
         Command::Pull(args) => pull::run(&args, data.path(), &shutdown),
         Command::Push(args) => push::run(&args, data.path(), &shutdown),

@@ -13,6 +13,7 @@ pub mod create;
 pub mod exec;
 pub mod fairness;
 pub mod files;
+pub mod memory;
 pub mod throughput;
 
 use std::io::{Read, Write};
@@ -96,6 +97,19 @@ impl ApiServer {
     /// starts `warren --data-dir data/server serve` on a free loopback port
     /// and waits (bounded) until it is healthy and has written its token.
     pub fn start(data: &Path, busybox_rootfs: &Path, rt: tokio::runtime::Runtime) -> Result<Self> {
+        // Comparable with the earlier figures; the network share of a
+        // create is measured on its own (BENCHMARKS.md).
+        Self::start_with(data, busybox_rootfs, rt, &["--no-network", "--no-relay"])
+    }
+
+    /// [`ApiServer::start`] with other `warren serve` flags than
+    /// `--no-network --no-relay` (`--listen` is always set).
+    pub fn start_with(
+        data: &Path,
+        busybox_rootfs: &Path,
+        rt: tokio::runtime::Runtime,
+        serve_args: &[&str],
+    ) -> Result<Self> {
         let bin = std::env::current_exe()
             .context("locate the bench binary")?
             .with_file_name("warren");
@@ -132,9 +146,7 @@ impl ApiServer {
                 .arg("--data-dir")
                 .arg(&dir)
                 .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-                // Comparable with the earlier figures; the network share of
-                // a create is measured on its own (BENCHMARKS.md).
-                .args(["--no-network", "--no-relay"])
+                .args(serve_args)
                 .stdin(Stdio::null())
                 .stdout(log.try_clone().context("clone the log fd")?)
                 .stderr(log)
