@@ -266,6 +266,10 @@ fn digest_all(paths: &[PathBuf]) -> Vec<std::io::Result<(u64, String)>> {
         .collect()
 }
 
+/// How many times a checkpoint tries the dump when CRIU could not seize
+/// every task.
+const DUMP_ATTEMPTS: u32 = 3;
+
 /// The content-addressed store of checkpoint files, under the data dir.
 const BLOBS_DIR: &str = "checkpoint-blobs";
 
@@ -663,74 +667,100 @@ impl NativeRuntime {
         let mounts = external_mounts(sb.init_pid)?;
         phases.mark("checkpoint:prepare");
 
-        // Frozen from here until CRIU has the memory: the writable layer
-        // copied below and the memory image describe the same instant.
-        sb.cgroup.freeze()?;
-        phases.mark("checkpoint:freeze");
-        let dumped = (|| {
-            copy_tree(&sb.dir.join("upper"), &dest.join("upper"))?;
-            let log = sb.dir.join(super::LOG_FILE);
-            if log.exists() {
-                copy_tree(&log, &dest.join(super::LOG_FILE))?;
-            }
-            phases.mark("checkpoint:upper");
-            let freezer = sb
-                .cgroup
-                .paths()
-                .into_iter()
-                .find(|p| p.join("freezer.state").exists() || p.join("cgroup.freeze").exists())
-                .ok_or(RuntimeError::SnapshotUnsupported {
-                    reason: "the sandbox's cgroup has no freezer".into(),
-                })?;
-            let mut args: Vec<String> = vec![
-                "dump".into(),
-                "--tree".into(),
-                sb.init_pid.to_string(),
-                "--images-dir".into(),
-                path_string(&images)?,
-                "--log-file".into(),
-                "dump.log".into(),
-                "-v4".into(),
-                "--freeze-cgroup".into(),
-                path_string(&freezer)?,
-                "--manage-cgroups=ignore".into(),
-                "--tcp-close".into(),
-                // Established connections are closed, not restored, so
-                // nothing needs the network frozen (CRIU would otherwise
-                // run iptables in the namespace both ways: ~50 ms).
-                "--network-lock".into(),
-                "skip".into(),
-                "--ghost-limit".into(),
-                "256M".into(),
-            ];
-            if opts.leave_running {
-                args.push("--leave-running".into());
-            }
-            for target in &mounts {
-                args.push("--external".into());
-                args.push(format!("mnt[{target}]:{}", mount_key(target)));
-            }
-            for e in &externals {
-                if e.key.starts_with("file[") {
+        // CRIU gives up on a task it cannot seize within its timeout (one
+        // caught in the kernel, state D, while the cgroup froze): the
+        // whole attempt (freeze, copy, dump) is made again, at most
+        // `DUMP_ATTEMPTS` times.
+        let mut attempt = 1;
+        let dumped = loop {
+            // Frozen from here until CRIU has the memory: the writable layer
+            // copied below and the memory image describe the same instant.
+            sb.cgroup.freeze()?;
+            phases.mark("checkpoint:freeze");
+            let dumped = (|| {
+                copy_tree(&sb.dir.join("upper"), &dest.join("upper"))?;
+                let log = sb.dir.join(super::LOG_FILE);
+                if log.exists() {
+                    copy_tree(&log, &dest.join(super::LOG_FILE))?;
+                }
+                phases.mark("checkpoint:upper");
+                let freezer = sb
+                    .cgroup
+                    .paths()
+                    .into_iter()
+                    .find(|p| p.join("freezer.state").exists() || p.join("cgroup.freeze").exists())
+                    .ok_or(RuntimeError::SnapshotUnsupported {
+                        reason: "the sandbox's cgroup has no freezer".into(),
+                    })?;
+                let mut args: Vec<String> = vec![
+                    "dump".into(),
+                    "--tree".into(),
+                    sb.init_pid.to_string(),
+                    "--images-dir".into(),
+                    path_string(&images)?,
+                    "--log-file".into(),
+                    "dump.log".into(),
+                    "-v4".into(),
+                    "--freeze-cgroup".into(),
+                    path_string(&freezer)?,
+                    "--manage-cgroups=ignore".into(),
+                    "--tcp-close".into(),
+                    // Established connections are closed, not restored, so
+                    // nothing needs the network frozen (CRIU would otherwise
+                    // run iptables in the namespace both ways: ~50 ms).
+                    "--network-lock".into(),
+                    "skip".into(),
+                    "--ghost-limit".into(),
+                    "256M".into(),
+                ];
+                if opts.leave_running {
+                    args.push("--leave-running".into());
+                }
+                for target in &mounts {
                     args.push("--external".into());
-                    args.push(e.key.clone());
+                    args.push(format!("mnt[{target}]:{}", mount_key(target)));
+                }
+                for e in &externals {
+                    if e.key.starts_with("file[") {
+                        args.push("--external".into());
+                        args.push(e.key.clone());
+                    }
+                }
+                run_criu(
+                    &self.cfg.criu_binary,
+                    "dump",
+                    &args,
+                    &images.join("dump.log"),
+                    opts.timeout,
+                )?;
+                phases.mark("checkpoint:criu_dump");
+                Ok::<(), RuntimeError>(())
+            })();
+            if opts.leave_running || dumped.is_err() {
+                if let Err(e) = sb.cgroup.thaw() {
+                    warn!(error = %e, "thawing after a checkpoint");
                 }
             }
-            run_criu(
-                &self.cfg.criu_binary,
-                "dump",
-                &args,
-                &images.join("dump.log"),
-                opts.timeout,
-            )?;
-            phases.mark("checkpoint:criu_dump");
-            Ok::<(), RuntimeError>(())
-        })();
-        if opts.leave_running || dumped.is_err() {
-            if let Err(e) = sb.cgroup.thaw() {
-                warn!(error = %e, "thawing after a checkpoint");
+            match dumped {
+                Err(RuntimeError::Criu { ref log, .. })
+                    if attempt < DUMP_ATTEMPTS
+                        && (log.contains("Timeout reached") || log.contains("Unseizable")) =>
+                {
+                    warn!(attempt, "criu could not seize every task; trying again");
+                    attempt += 1;
+                    for p in [dest.join("upper"), images.clone()] {
+                        let _ = fs::remove_dir_all(&p);
+                    }
+                    let _ = fs::remove_file(dest.join(super::LOG_FILE));
+                    fs::DirBuilder::new()
+                        .mode(0o700)
+                        .create(&images)
+                        .map_err(RuntimeError::prepare(&images))?;
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                other => break other,
             }
-        }
+        };
         dumped?;
         readable_images(&images)?;
         let manifest = write_manifest(
