@@ -562,11 +562,15 @@ async fn checkpoint_and_restore_continue_state() -> Result<()> {
         c >= at_checkpoint,
         "counter went back: {c} < {at_checkpoint}"
     );
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    ensure!(
-        counter(&e, &copy).await? > c,
-        "the restored counter stopped"
-    );
+    let mut moved = false;
+    for _ in 0..100 {
+        if counter(&e, &copy).await? > c {
+            moved = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    ensure!(moved, "the restored counter stopped");
     ensure!(
         sh(&e, &copy, "hostname").await?.trim() != sh(&e, &src, "hostname").await?.trim(),
         "same hostname"
