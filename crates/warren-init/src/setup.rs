@@ -135,17 +135,7 @@ pub fn build(
     t.mark("proc");
     mount_dev(&root, base)?;
     t.mark("dev");
-    if root.join("sys").is_dir() {
-        let ro = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-        mount(
-            Some("sysfs"),
-            &root.join("sys"),
-            Some("sysfs"),
-            ro,
-            None::<&str>,
-        )
-        .step("mount_sys", "sysfs")?;
-    }
+    mount_sys(&root)?;
     mask_paths(&root)?;
     t.mark("mask");
     mount_tmp(&root, base, b.tmp_size_bytes)?;
@@ -316,17 +306,7 @@ pub fn finish_checkpointable(b: &Bootstrap, p: Prepared) -> Result<(), SetupErro
         .step("init_binary", "move_mount")?;
     drop(p.init_binary);
     dev_submounts(&dev, 0)?;
-    if root.join("sys").is_dir() {
-        let ro = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-        mount(
-            Some("sysfs"),
-            &root.join("sys"),
-            Some("sysfs"),
-            ro,
-            None::<&str>,
-        )
-        .step("mount_sys", "sysfs")?;
-    }
+    mount_sys(root)?;
     mask_paths(root)?;
     mount_tmp(root, 0, b.tmp_size_bytes)?;
     pivot_root(".", ".").step("pivot_root", "pivot_root")?;
@@ -356,6 +336,23 @@ pub(crate) fn mount_lowers(layers: &[String], userns: &OwnedFd) -> Result<Vec<St
         lowers.push(target);
     }
     Ok(lowers)
+}
+
+/// `/sys`, read-only, when the image has the directory: sysfs of the
+/// network namespace the mounting process is in.
+fn mount_sys(root: &Path) -> Result<(), SetupError> {
+    if !root.join("sys").is_dir() {
+        return Ok(());
+    }
+    let ro = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    mount(
+        Some("sysfs"),
+        &root.join("sys"),
+        Some("sysfs"),
+        ro,
+        None::<&str>,
+    )
+    .step("mount_sys", "sysfs")
 }
 
 /// Makes every mount in this (new, private) mount namespace private, so

@@ -412,20 +412,8 @@ impl Node {
         let node = self.clone();
         tokio::task::spawn_blocking(move || {
             let _span = info_span!("node_create", sandbox_id = %req.id).entered();
-            // Resolve and claim under the in-use lock: GC cannot remove the
-            // image between the two.
-            let img = {
-                let mut map = node.in_use.lock().expect("in-use lock poisoned");
-                let img = node.resolve_image(&req.image)?;
-                map.insert(req.id.clone(), img.id.clone());
-                img
-            };
-            let release = |node: &Node| {
-                node.in_use
-                    .lock()
-                    .expect("in-use lock poisoned")
-                    .remove(&req.id);
-            };
+            let img = node.claim_image(&req.id, &req.image)?;
+            let release = |node: &Node| node.unclaim_image(&req.id);
             let spec = match node.spec_for(&req, &img) {
                 Ok(mut s) => {
                     s.image_mounts = image_mounts;
@@ -559,13 +547,31 @@ impl Node {
         exit.ok_or_else(|| NodeError::Runtime(RuntimeError::InitTimeout { secs: 5 }))
     }
 
+    /// Resolves `reference` and records it as the image of sandbox `id`,
+    /// under the in-use lock: GC cannot remove the image between the two.
+    fn claim_image(
+        &self,
+        id: &SandboxId,
+        reference: &str,
+    ) -> Result<warren_image::Image, NodeError> {
+        let mut map = self.in_use.lock().expect("in-use lock poisoned");
+        let img = self.resolve_image(reference)?;
+        map.insert(id.clone(), img.id.clone());
+        Ok(img)
+    }
+
+    /// Forgets sandbox `id`'s image claim.
+    fn unclaim_image(&self, id: &SandboxId) {
+        self.in_use.lock().expect("in-use lock poisoned").remove(id);
+    }
+
     /// Ends and removes the sandbox (idempotent).
     pub async fn destroy(&self, id: &SandboxId) -> Result<(), NodeError> {
         let rt = self.rt.clone();
         let id2 = id.clone();
         tokio::task::spawn_blocking(move || rt.destroy(&id2)).await??;
         self.release_mounts(id);
-        self.in_use.lock().expect("in-use lock poisoned").remove(id);
+        self.unclaim_image(id);
         self.fs.forget(id);
         Ok(())
     }

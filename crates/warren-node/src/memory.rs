@@ -97,18 +97,8 @@ impl Node {
         let node = self.clone();
         tokio::task::spawn_blocking(move || {
             let _span = info_span!("node_restore", sandbox_id = %req.id).entered();
-            let img = {
-                let mut map = node.in_use.lock().expect("in-use lock poisoned");
-                let img = node.resolve_image(&req.image)?;
-                map.insert(req.id.clone(), img.id.clone());
-                img
-            };
-            let release = |node: &Node| {
-                node.in_use
-                    .lock()
-                    .expect("in-use lock poisoned")
-                    .remove(&req.id);
-            };
+            let img = node.claim_image(&req.id, &req.image)?;
+            let release = |node: &Node| node.unclaim_image(&req.id);
             let mut spec = match node.spec_for(&req, &img) {
                 Ok(s) => s,
                 Err(e) => {

@@ -197,8 +197,6 @@ impl NativeRuntime {
         let main = boot.main.take();
         boot.main_log = false;
         boot.seccomp = Vec::new();
-        boot.tmp_size_bytes = spec.limits.memory_bytes;
-        boot.disk_bytes = None;
         boot.fds = BootstrapFds::Staged;
         boot.checkpointable = true;
         boot.init_binary = path_str(&self.init_copy()?)?;
