@@ -94,33 +94,23 @@ fn counter(sb: &Sb) -> Result<u64> {
 
 // ---------------------------------------------------------------- tests ----
 
-/// A pipeline inside the sandbox survives a checkpoint and restore: a
-/// shell counter writes through a pipe into another process that keeps
-/// the file up to date, and both continue in the copy.
-fn pipes_are_restored() -> Result<()> {
-    const NAME: &str = "pipes_are_restored";
-    if !have_criu(NAME) {
-        return Ok(());
-    }
-    let sb = Sb::with("pipe", |s| {
+/// Starts a checkpointable sandbox running `script` (which keeps a counter
+/// in `/tmp/c`), checkpoints it, restores a copy, and checks that the
+/// copy's counter moves on from where the checkpoint left it.
+fn counts_on_after_restore(prefix: &str, script: &str) -> Result<()> {
+    let sb = Sb::with(prefix, |s| {
         s.checkpointable = true;
-        s.command = Some(vec![
-            "sh".into(),
-            "-c".into(),
-            "i=0; while true; do i=$((i+1)); echo $i; sleep 0.05; done | \
-             while read n; do echo $n > /tmp/c; done"
-                .into(),
-        ]);
+        s.command = Some(vec!["sh".into(), "-c".into(), script.into()]);
     })?;
     ensure!(
         warren_testkit::wait_until(Duration::from_secs(5), || counter(&sb).is_ok_and(|c| c > 2)),
         "the counter never started"
     );
-    let tmp = dest("pipe")?;
+    let tmp = dest(prefix)?;
     let dir = tmp.path().join("c");
     sb.f.rt
         .checkpoint(&sb.id, &dir, CheckpointOptions::default())?;
-    let mut spec = restore_spec("piper")?;
+    let mut spec = restore_spec(&format!("{prefix}r"))?;
     spec.checkpointable = true;
     let info = sb.f.rt.restore(&spec, &dir)?;
     let copy = Sb {
@@ -132,9 +122,52 @@ fn pipes_are_restored() -> Result<()> {
     ensure!(
         warren_testkit::wait_until(Duration::from_secs(5), || counter(&copy)
             .is_ok_and(|v| v > first + 2)),
-        "the restored pipeline does not count"
+        "the restored copy does not count on from {first}"
     );
     Ok(())
+}
+
+/// A pipeline inside the sandbox survives a checkpoint and restore: a
+/// shell counter writes through a pipe into another process that keeps
+/// the file up to date, and both continue in the copy.
+fn pipes_are_restored() -> Result<()> {
+    if !have_criu("pipes_are_restored") {
+        return Ok(());
+    }
+    counts_on_after_restore(
+        "pipe",
+        "i=0; while true; do i=$((i+1)); echo $i; sleep 0.05; done | \
+         while read n; do echo $n > /tmp/c; done",
+    )
+}
+
+/// A terminal inside the sandbox survives a checkpoint and restore: a
+/// shell counts on the slave side of a PTY (its controlling terminal, in
+/// a session of its own), and a Python process holding the master reads
+/// the numbers off the terminal and keeps the file up to date. Both ends
+/// continue in the copy.
+fn ptys_are_restored() -> Result<()> {
+    if !have_criu("ptys_are_restored") {
+        return Ok(());
+    }
+    counts_on_after_restore(
+        "pty",
+        r#"exec python3 -c '
+import os, pty
+pid, fd = pty.fork()
+if pid == 0:
+    os.execvp("sh", ["sh", "-c", "i=0; while true; do i=$((i+1)); echo $i; sleep 0.05; done"])
+buf = b""
+while True:
+    buf += os.read(fd, 4096)
+    *lines, buf = buf.split(b"\n")
+    for n in (l.strip() for l in lines):
+        if n.isdigit():
+            with open("/tmp/c.new", "w") as f:
+                f.write(n.decode())
+            os.rename("/tmp/c.new", "/tmp/c")
+'"#,
+    )
 }
 
 /// Checkpoint files are stored content-addressed: two checkpoints of an
@@ -553,6 +586,7 @@ fn main() {
             identical_checkpoint_files_are_stored_once,
         ),
         trial("pipes_are_restored", pipes_are_restored),
+        trial("ptys_are_restored", ptys_are_restored),
         trial(
             "restore_continues_from_the_checkpoint",
             restore_continues_from_the_checkpoint,
@@ -581,3 +615,4 @@ fn main() {
         std::process::exit(101);
     }
 }
+
