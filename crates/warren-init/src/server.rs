@@ -322,6 +322,8 @@ fn start_serving(
         main_pid: None,
         buf,
         log: None,
+        carried_exits: HashMap::new(),
+        quiesced_at: None,
     };
     // The main command's unassigned stdout/stderr go through a pipe into
     // the log ring.
@@ -400,7 +402,17 @@ struct ExecState {
     conn: Option<u64>,
     deadline: Option<Instant>,
     timed_out: bool,
+    /// Detached by [`Request::Quiesce`]: an exit is kept for
+    /// [`Request::Adopt`] instead of being dropped.
+    carried: bool,
 }
+
+/// Most detached execs one [`Reply::Quiet`] carries (a datagram takes at
+/// most 253 descriptors); more stay attached and refuse the checkpoint.
+const MAX_CARRIED: usize = 250;
+
+/// Most exits of detached execs kept for [`Request::Adopt`].
+const MAX_CARRIED_EXITS: usize = 4096;
 
 struct Init {
     listener: OwnedFd,
@@ -413,6 +425,12 @@ struct Init {
     buf: Vec<u8>,
     /// The main command's captured output, when the node asked for it.
     log: Option<crate::logring::LogRing>,
+    /// Exits of detached execs (pid → status, timed out), until adopted.
+    carried_exits: HashMap<i32, (ExitStatus, bool)>,
+    /// When the last [`Request::Quiesce`] came: exec deadlines move by the
+    /// time from then to the next [`Request::Adopt`] (a paused sandbox's
+    /// execs do not run out of time while paused).
+    quiesced_at: Option<Instant>,
 }
 
 enum Source {
@@ -559,6 +577,8 @@ impl Init {
                         timed_out: e.timed_out,
                     };
                     self.send(conn, &reply, None);
+                } else if e.carried && self.carried_exits.len() < MAX_CARRIED_EXITS {
+                    self.carried_exits.insert(pid, (status, e.timed_out));
                 }
             }
         }
@@ -596,20 +616,8 @@ impl Init {
         };
         match req {
             Request::Ping {} => self.send(id, &Reply::Pong {}, None),
-            Request::Quiesce {} => {
-                let gone: Vec<u64> = self
-                    .conns
-                    .iter()
-                    .filter(|(other, c)| **other != id && peer_gone(c.sock.as_fd()))
-                    .map(|(other, _)| *other)
-                    .collect();
-                for other in gone {
-                    self.close(other);
-                }
-                let open = (self.conns.len() - 1) as u32;
-                self.send(id, &Reply::Quiet { open }, None);
-                self.close(id);
-            }
+            Request::Quiesce {} => self.quiesce(id),
+            Request::Adopt { pids } => self.adopt(id, pids, fds),
             Request::ReplaceListener {} => {
                 let Some(new) = fds.into_iter().next() else {
                     self.send(
@@ -654,6 +662,7 @@ impl Init {
                                 conn: Some(id),
                                 deadline,
                                 timed_out: false,
+                                carried: false,
                             },
                         );
                         if let Some(c) = self.conns.get_mut(&id) {
@@ -709,15 +718,120 @@ impl Init {
         }
     }
 
+    /// [`Request::Quiesce`]: closes connections whose peer has gone,
+    /// detaches every running exec's connection and hands those to the
+    /// node, answers, and closes the asking connection.
+    fn quiesce(&mut self, id: u64) {
+        let gone: Vec<u64> = self
+            .conns
+            .iter()
+            .filter(|(other, c)| **other != id && peer_gone(c.sock.as_fd()))
+            .map(|(other, _)| *other)
+            .collect();
+        for other in gone {
+            self.close(other);
+        }
+        // An exec that ended has had its exit sent: its connection can go
+        // (the node still reads what is queued on it).
+        let ended: Vec<u64> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.exec.is_some_and(|pid| !self.execs.contains_key(&pid)))
+            .map(|(other, _)| *other)
+            .collect();
+        for other in ended {
+            self.close(other);
+        }
+        let mut running: Vec<(u64, i32)> = self
+            .conns
+            .iter()
+            .filter_map(|(other, c)| c.exec.map(|pid| (*other, pid)))
+            .collect();
+        running.sort_unstable();
+        running.truncate(MAX_CARRIED);
+        let mut carried = Vec::new();
+        let mut socks = Vec::new();
+        for (other, pid) in running {
+            if let Some(c) = self.conns.remove(&other) {
+                if let Some(e) = self.execs.get_mut(&pid) {
+                    e.conn = None;
+                    e.carried = true;
+                }
+                carried.push(pid);
+                socks.push(c.sock);
+            }
+        }
+        self.quiesced_at = Some(Instant::now());
+        let open = (self.conns.len() - 1) as u32;
+        let fds: Vec<BorrowedFd<'_>> = socks.iter().map(|s| s.as_fd()).collect();
+        self.send_fds(id, &Reply::Quiet { open, carried }, &fds);
+        drop(fds);
+        // Init's ends now travel with the reply (or, if it could not be
+        // sent, close: the node's execs then see init gone).
+        drop(socks);
+        self.close(id);
+    }
+
+    /// [`Request::Adopt`]: each exec in `pids` reports on the connection
+    /// that came for it.
+    fn adopt(&mut self, id: u64, pids: Vec<i32>, fds: Vec<OwnedFd>) {
+        if pids.len() != fds.len() {
+            self.send(
+                id,
+                &error("bad_request", None, "one connection per pid".into()),
+                None,
+            );
+            return;
+        }
+        if let Some(at) = self.quiesced_at.take() {
+            let paused = at.elapsed();
+            for e in self.execs.values_mut() {
+                if let Some(d) = e.deadline.as_mut() {
+                    *d += paused;
+                }
+            }
+        }
+        for (pid, sock) in pids.into_iter().zip(fds) {
+            if self.conns.len() >= MAX_CONNECTIONS {
+                break;
+            }
+            let conn = self.next_conn;
+            self.next_conn += 1;
+            self.conns.insert(
+                conn,
+                Conn {
+                    sock,
+                    exec: Some(pid),
+                },
+            );
+            if let Some(e) = self.execs.get_mut(&pid) {
+                e.conn = Some(conn);
+                e.carried = false;
+            } else if let Some((status, timed_out)) = self.carried_exits.remove(&pid) {
+                self.send(conn, &Reply::Exited { status, timed_out }, None);
+            } else {
+                let reply = error("no_such_exec", None, format!("no exec {pid} to adopt"));
+                self.send(conn, &reply, None);
+                self.close(conn);
+            }
+        }
+        self.send(id, &Reply::Pong {}, None);
+        self.close(id);
+    }
+
     fn send(&mut self, id: u64, reply: &Reply, fd: Option<BorrowedFd<'_>>) {
+        let fds: Vec<BorrowedFd<'_>> = fd.into_iter().collect();
+        self.send_fds(id, reply, &fds);
+    }
+
+    fn send_fds(&mut self, id: u64, reply: &Reply, fds: &[BorrowedFd<'_>]) {
         let Some(conn) = self.conns.get(&id) else {
             return;
         };
         let Ok(bytes) = encode(reply) else {
             return;
         };
-        let fds: Vec<BorrowedFd<'_>> = fd.into_iter().collect();
-        if send_with_fds(conn.sock.as_fd(), &bytes, &fds).is_err() {
+        if send_with_fds(conn.sock.as_fd(), &bytes, fds).is_err() {
             self.close(id);
         }
     }

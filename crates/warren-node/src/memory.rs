@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use tracing::info_span;
-use warren_runtime::{CheckpointOptions, SandboxId, SandboxInfo};
+use warren_runtime::{CheckpointOptions, Restored, SandboxId, SandboxInfo};
 
 use crate::{CreateRequest, Node, NodeError};
 
@@ -88,12 +88,13 @@ impl Node {
     /// the spec is what the checkpoint's processes already have. The
     /// checkpoint is verified first: a damaged one is refused
     /// (`snapshot_corrupt`) before anything is created. Returns the sandbox
-    /// and its image id.
+    /// (with the execs that were running at the checkpoint, when they
+    /// continue with new streams) and its image id.
     pub async fn restore(
         &self,
         req: CreateRequest,
         from: PathBuf,
-    ) -> Result<(SandboxInfo, String), NodeError> {
+    ) -> Result<(Restored, String), NodeError> {
         let node = self.clone();
         tokio::task::spawn_blocking(move || {
             let _span = info_span!("node_restore", sandbox_id = %req.id).entered();
@@ -108,7 +109,7 @@ impl Node {
             };
             spec.checkpointable = true;
             match node.rt.restore(&spec, &from) {
-                Ok(info) => Ok((info, img.id)),
+                Ok(restored) => Ok((restored, img.id)),
                 Err(e) => {
                     release(&node);
                     Err(e.into())
@@ -127,12 +128,10 @@ impl Node {
             .cloned()
     }
 
-    /// Removes a checkpoint directory (idempotent).
+    /// Removes a checkpoint directory, and what the node keeps for it (a
+    /// paused sandbox's exec streams). Idempotent.
     pub async fn remove_checkpoint(&self, dir: PathBuf) -> Result<(), NodeError> {
-        tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&dir) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(NodeError::Io(e)),
-            _ => Ok(()),
-        })
-        .await?
+        let rt = self.rt.clone();
+        tokio::task::spawn_blocking(move || Ok(rt.remove_checkpoint(&dir)?)).await?
     }
 }

@@ -278,11 +278,22 @@ pub enum Request {
     /// in the node's network namespace; the new one is in the sandbox's).
     /// Answered with [`Reply::Pong`].
     ReplaceListener {},
-    /// Before a checkpoint: init closes connections whose peer has gone
-    /// and answers how many others stay open ([`Reply::Quiet`]); it then
-    /// closes this connection itself, so that nothing of the node's is
-    /// left open in init when the sandbox is frozen.
+    /// Before a checkpoint: init closes connections whose peer has gone,
+    /// detaches the connection of every running exec (the exec keeps
+    /// running; an exit while detached is kept for [`Request::Adopt`]),
+    /// and answers with those execs' pids, their connections riding along
+    /// in the same order, and how many other connections stay open
+    /// ([`Reply::Quiet`]). It then closes this connection itself, so that
+    /// nothing of the node's is left open in init when the sandbox is
+    /// frozen.
     Quiesce {},
+    /// After a checkpoint (in the source) or a restore (in the copy):
+    /// report the exit of each exec in `pids` on the connection that rides
+    /// along for it (same order), as if it had started there; an exec that
+    /// ended while detached is reported at once. Exec deadlines move by
+    /// the time since [`Request::Quiesce`]. Answered with [`Reply::Pong`];
+    /// init then closes this connection.
+    Adopt { pids: Vec<i32> },
 }
 
 /// Init → node on a control connection.
@@ -307,10 +318,14 @@ pub enum Reply {
         message: String,
     },
     Pong {},
-    /// Answer to [`Request::Quiesce`]: connections still open besides the
-    /// asking one (running execs with their streams, requests in flight).
+    /// Answer to [`Request::Quiesce`]: the running execs whose connections
+    /// init detached (their connections ride along, in order), and how
+    /// many other connections stay open besides the asking one (requests
+    /// in flight).
     Quiet {
         open: u32,
+        #[serde(default)]
+        carried: Vec<i32>,
     },
 }
 

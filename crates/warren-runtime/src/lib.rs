@@ -29,7 +29,7 @@ use std::time::Duration;
 
 pub use error::RuntimeError;
 pub use native::checkpoint::{CheckpointInfo, CheckpointOptions};
-pub use native::{NativeConfig, NativeRuntime};
+pub use native::{NativeConfig, NativeRuntime, Restored, RestoredExec};
 pub use spec::ImageMount;
 pub use spec::{
     BindMount, ExecIo, ExecSpec, Limits, MainIo, NetworkSpec, RootfsSpec, SandboxId, SandboxSpec,
@@ -181,6 +181,18 @@ pub struct Exec {
     /// The PTY master for [`ExecIo::Pty`] execs (read and write both ways).
     pub pty: Option<File>,
     pub(crate) inner: native::ExecControl,
+}
+
+impl std::fmt::Debug for Exec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Exec")
+            .field("pid", &self.pid)
+            .field("stdin", &self.stdin.is_some())
+            .field("stdout", &self.stdout.is_some())
+            .field("stderr", &self.stderr.is_some())
+            .field("pty", &self.pty.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Exec {

@@ -112,7 +112,7 @@ fn counts_on_after_restore(prefix: &str, script: &str) -> Result<()> {
         .checkpoint(&sb.id, &dir, CheckpointOptions::default())?;
     let mut spec = restore_spec(&format!("{prefix}r"))?;
     spec.checkpointable = true;
-    let info = sb.f.rt.restore(&spec, &dir)?;
+    let info = sb.f.rt.restore(&spec, &dir)?.info;
     let copy = Sb {
         f: sb.f.clone(),
         id: spec.id.clone(),
@@ -168,6 +168,196 @@ while True:
             os.rename("/tmp/c.new", "/tmp/c")
 '"#,
     )
+}
+
+/// Reads lines from `r` until `want` says stop (or `limit` passes).
+fn read_lines_until(
+    r: &mut std::io::BufReader<std::fs::File>,
+    limit: Duration,
+    mut want: impl FnMut(&str) -> bool,
+) -> Result<String> {
+    use std::io::BufRead;
+    let deadline = std::time::Instant::now() + limit;
+    let mut line = String::new();
+    while std::time::Instant::now() < deadline {
+        line.clear();
+        ensure!(r.read_line(&mut line)? > 0, "the stream ended");
+        if want(line.trim()) {
+            return Ok(line.trim().to_string());
+        }
+    }
+    bail!("nothing wanted came within {limit:?}")
+}
+
+/// Numbers seen on a counting stream: each must follow the last.
+#[derive(Default)]
+struct Sequence {
+    last: u64,
+    broken: Option<String>,
+}
+
+impl Sequence {
+    /// Records `line`; false once a number did not follow.
+    fn see(&mut self, line: &str) -> bool {
+        if let Ok(n) = line.parse::<u64>() {
+            if n != self.last + 1 && self.broken.is_none() {
+                self.broken = Some(format!("{n} came after {}", self.last));
+            }
+            self.last = n;
+        }
+        self.broken.is_none()
+    }
+}
+
+/// A counting exec: `i` once per 50 ms on stdout, and every line of stdin
+/// echoed back as `got LINE`.
+const COUNT_AND_ECHO: &str =
+    "i=0; exec 3<&0; (while read l; do echo \"got $l\"; done; echo eof) <&3 & \
+     while true; do i=$((i+1)); echo $i; sleep 0.05; done";
+
+/// An exec started through the node survives a pause of its sandbox (a
+/// checkpoint that stops it, then a restore under the same id): the
+/// node's streams and exec handle stay as they were, the numbers go on
+/// where they stopped, input still reaches the process, and a signal and
+/// the exit report go through the adopted connection.
+fn execs_survive_a_pause() -> Result<()> {
+    use std::io::Write;
+    if !have_criu("execs_survive_a_pause") {
+        return Ok(());
+    }
+    let sb = Sb::with("carry", |s| s.checkpointable = true)?;
+    let spec = warren_runtime::ExecSpec::new(vec!["sh".into(), "-c".into(), COUNT_AND_ECHO.into()]);
+    let mut e =
+        sb.f.rt
+            .exec(&sb.id, &spec, warren_runtime::ExecIo::Pipes { stdin: true })?;
+    let mut out = std::io::BufReader::new(e.stdout.take().context("stdout")?);
+    let mut input = e.stdin.take().context("stdin")?;
+    let mut seq = Sequence::default();
+    read_lines_until(&mut out, Duration::from_secs(5), |l| {
+        !seq.see(l) || l == "3"
+    })?;
+    writeln!(input, "before")?;
+    read_lines_until(&mut out, Duration::from_secs(5), |l| {
+        !seq.see(l) || l == "got before"
+    })?;
+
+    let tmp = dest("carry")?;
+    let dir = tmp.path().join("c");
+    let stop = CheckpointOptions {
+        leave_running: false,
+        ..Default::default()
+    };
+    sb.f.rt.checkpoint(&sb.id, &dir, stop)?;
+    sb.f.rt.destroy(&sb.id)?;
+    // Input while the sandbox is gone waits in the pipe.
+    writeln!(input, "while paused")?;
+    let mut spec = SandboxSpec::new(sb.id.clone(), fixture()?.rootfs.clone());
+    spec.env = fixture()?.env.clone();
+    spec.checkpointable = true;
+    let restored = sb.f.rt.restore(&spec, &dir)?;
+    ensure!(
+        restored.execs.is_empty(),
+        "a paused sandbox's execs came back as new ones: {:?}",
+        restored.execs
+    );
+    let resumed_at = seq.last;
+    read_lines_until(&mut out, Duration::from_secs(5), |l| {
+        !seq.see(l) || l == "got while paused"
+    })?;
+    read_lines_until(&mut out, Duration::from_secs(5), |l| {
+        !seq.see(l) || seq.last > resumed_at + 5
+    })?;
+    if let Some(e) = seq.broken {
+        bail!("the count did not go on: {e}");
+    }
+    writeln!(input, "after")?;
+    read_lines_until(&mut out, Duration::from_secs(5), |l| l == "got after")?;
+    e.signal(libc::SIGKILL)?;
+    let exit = e
+        .wait_timeout(Duration::from_secs(5))?
+        .context("no exit report after the restore")?;
+    ensure!(
+        exit.status == warren_runtime::ExitStatus::Signal(libc::SIGKILL),
+        "{exit:?}"
+    );
+    Ok(())
+}
+
+/// An exec running at a checkpoint that leaves the sandbox running goes
+/// on in the source with its streams, and continues in a restored copy as
+/// a new exec with streams of its own, from where the checkpoint was.
+fn execs_continue_in_copies() -> Result<()> {
+    use std::io::Write;
+    if !have_criu("execs_continue_in_copies") {
+        return Ok(());
+    }
+    let sb = Sb::with("fork", |s| s.checkpointable = true)?;
+    let spec = warren_runtime::ExecSpec::new(vec!["sh".into(), "-c".into(), COUNT_AND_ECHO.into()]);
+    let mut e =
+        sb.f.rt
+            .exec(&sb.id, &spec, warren_runtime::ExecIo::Pipes { stdin: true })?;
+    let mut out = std::io::BufReader::new(e.stdout.take().context("stdout")?);
+    let mut input = e.stdin.take().context("stdin")?;
+    read_lines_until(&mut out, Duration::from_secs(5), |l| l == "3")?;
+    let tmp = dest("fork")?;
+    let dir = tmp.path().join("c");
+    try_checkpoint("execs_continue_in_copies", &sb, &dir, true)?
+        .context("the checkpoint was refused")?;
+    let at: u64 = checkpoint::verify(&dir)?
+        .source
+        .execs
+        .first()
+        .map(|c| c.pid)
+        .context("the checkpoint carries no exec")?
+        .try_into()?;
+    ensure!(at as i32 == e.pid, "carried pid {at}, exec pid {}", e.pid);
+
+    // The source goes on.
+    writeln!(input, "source")?;
+    read_lines_until(&mut out, Duration::from_secs(5), |l| l == "got source")?;
+
+    let mut copy_spec = restore_spec("forkr")?;
+    copy_spec.checkpointable = true;
+    let restored = sb.f.rt.restore(&copy_spec, &dir)?;
+    let copy = Sb {
+        f: sb.f.clone(),
+        id: copy_spec.id.clone(),
+        info: restored.info,
+    };
+    let mut execs = restored.execs;
+    ensure!(execs.len() == 1, "{} execs came back", execs.len());
+    let mut c = execs.remove(0);
+    ensure!(c.argv == spec.argv, "{:?}", c.argv);
+    ensure!(c.exec.pid == e.pid);
+    let mut cout = std::io::BufReader::new(c.exec.stdout.take().context("copy stdout")?);
+    let mut cin = c.exec.stdin.take().context("copy stdin")?;
+    let first: u64 = read_lines_until(&mut cout, Duration::from_secs(5), |l| {
+        l.parse::<u64>().is_ok()
+    })?
+    .parse()?;
+    ensure!(first >= 3, "the copy counts from {first}");
+    writeln!(cin, "copy")?;
+    read_lines_until(&mut cout, Duration::from_secs(5), |l| l == "got copy")?;
+    // Closing the copy's input ends its reader there only.
+    drop(cin);
+    read_lines_until(&mut cout, Duration::from_secs(5), |l| l == "eof")?;
+    writeln!(input, "still")?;
+    read_lines_until(&mut out, Duration::from_secs(5), |l| l == "got still")?;
+    c.exec.signal(libc::SIGKILL)?;
+    let exit = c
+        .exec
+        .wait_timeout(Duration::from_secs(5))?
+        .context("no exit report from the copy")?;
+    ensure!(exit.status == warren_runtime::ExitStatus::Signal(libc::SIGKILL));
+    ensure!(
+        e.wait_timeout(Duration::from_millis(200))?.is_none(),
+        "the source's exec ended with the copy's"
+    );
+    e.signal(libc::SIGKILL)?;
+    e.wait_timeout(Duration::from_secs(5))?
+        .context("no exit report from the source")?;
+    drop(copy);
+    Ok(())
 }
 
 /// Checkpoint files are stored content-addressed: two checkpoints of an
@@ -252,7 +442,7 @@ fn restore_continues_from_the_checkpoint() -> Result<()> {
         spec.checkpointable = true;
         spec.hostname = format!("copy-{n}");
         let t = std::time::Instant::now();
-        let info = sb.f.rt.restore(&spec, &dir)?;
+        let info = sb.f.rt.restore(&spec, &dir)?.info;
         eprintln!("restore {n}: {:?} in {:?}", info.phases, t.elapsed());
         copies.push(Sb {
             f: sb.f.clone(),
@@ -288,7 +478,7 @@ fn restore_continues_from_the_checkpoint() -> Result<()> {
         .checkpoint(&copies[0].id, &dir2, CheckpointOptions::default())?;
     let mut spec = restore_spec("rs2")?;
     spec.hostname = "copy-of-copy".into();
-    let info = sb.f.rt.restore(&spec, &dir2)?;
+    let info = sb.f.rt.restore(&spec, &dir2)?.info;
     let cc = Sb {
         f: sb.f.clone(),
         id: spec.id.clone(),
@@ -437,6 +627,7 @@ fn fake_checkpoint(dir: &Path, layers: usize) -> Result<()> {
             externals: vec![],
             mounts: vec![],
             init_binary: String::new(),
+            execs: vec![],
         },
     )?;
     Ok(())
@@ -587,6 +778,8 @@ fn main() {
         ),
         trial("pipes_are_restored", pipes_are_restored),
         trial("ptys_are_restored", ptys_are_restored),
+        trial("execs_survive_a_pause", execs_survive_a_pause),
+        trial("execs_continue_in_copies", execs_continue_in_copies),
         trial(
             "restore_continues_from_the_checkpoint",
             restore_continues_from_the_checkpoint,
@@ -615,4 +808,3 @@ fn main() {
         std::process::exit(101);
     }
 }
-

@@ -233,32 +233,54 @@ pub async fn start(
     }
     let (spec, io) = crate::sandboxes::start_spec(&state, &rec, &start).await?;
     let sid = SandboxId::new(rec.id.clone()).map_err(|e| ApiError::internal("sandbox id", &e))?;
-    let mut exec = state.node.start_exec(&sid, spec, io).await?;
+    let exec = state.node.start_exec(&sid, spec, io).await?;
     state
         .metrics
         .execs
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let io_err = |e: std::io::Error| ApiError::internal("background exec streams", &e);
+    let bg = register(
+        &state.supervisor,
+        &rec,
+        exec,
+        start.command.clone(),
+        start.tty.is_some(),
+    )
+    .map_err(|e| ApiError::internal("background exec streams", &e))?;
+    Ok((StatusCode::CREATED, Json(bg.view())))
+}
+
+/// Lists `exec` as a background exec of `rec` and drains its output until
+/// it exits. It counts as activity for `idle_timeout_secs`, except in a
+/// sandbox that pauses when idle (`on_idle: pause`): its background execs
+/// survive a pause, so a dev server left running does not keep it awake;
+/// tunnel traffic, API calls and attached clients do.
+fn register(
+    supervisor: &crate::supervisor::Supervisor,
+    rec: &warren_store::SandboxRecord,
+    mut exec: warren_runtime::Exec,
+    command: Vec<String>,
+    tty: bool,
+) -> std::io::Result<Arc<BgExec>> {
     let warren_node::ExecStreams {
         stdout: out,
         stderr: err,
         stdin,
         control,
-    } = warren_node::exec_streams(&mut exec).map_err(io_err)?;
+    } = warren_node::exec_streams(&mut exec)?;
     let (live, _) = broadcast::channel(LIVE_FRAMES);
     let bg = Arc::new(BgExec {
         id: new_exec_id(),
         sandbox_id: rec.id.clone(),
         pid: exec.pid,
-        command: start.command.clone(),
-        tty: start.tty.is_some(),
+        command,
+        tty,
         started_at: now_ms(),
         out: Mutex::default(),
         live,
         stdin: tokio::sync::Mutex::new(stdin),
         handle: Mutex::new(exec),
     });
-    state
+    supervisor
         .execs
         .by_sandbox
         .lock()
@@ -266,8 +288,8 @@ pub async fn start(
         .entry(rec.id.clone())
         .or_default()
         .push(bg.clone());
-    let guard = state.supervisor.busy(&rec.id);
-    let registry = state.execs.clone();
+    let guard = (!rec.spec.pause_on_idle).then(|| supervisor.busy(&rec.id));
+    let registry = supervisor.execs.clone();
     let span = tracing::info_span!("background_exec", sandbox_id = %rec.id, exec_id = %bg.id);
     let task_bg = bg.clone();
     tokio::spawn(tracing::Instrument::instrument(
@@ -280,7 +302,24 @@ pub async fn start(
         },
         span,
     ));
-    Ok((StatusCode::CREATED, Json(bg.view())))
+    Ok(bg)
+}
+
+/// Lists the execs a restored copy brought along (they were running when
+/// its memory snapshot was taken) as its background execs, under new ids
+/// and with their original commands. Those whose streams cannot be set up
+/// are dropped (their processes see their input end).
+pub(crate) fn adopt_restored(
+    supervisor: &crate::supervisor::Supervisor,
+    rec: &warren_store::SandboxRecord,
+    execs: Vec<warren_runtime::RestoredExec>,
+) {
+    for r in execs {
+        let pid = r.exec.pid;
+        if let Err(e) = register(supervisor, rec, r.exec, r.argv, false) {
+            tracing::warn!(sandbox_id = %rec.id, pid, error = %e, "adopting a restored exec failed");
+        }
+    }
 }
 
 /// Drains the process's output into the buffer until it exits.
@@ -548,6 +587,8 @@ pub async fn attach(
     Ok(ws
         .max_message_size(4 << 20)
         .on_upgrade(move |mut socket| async move {
+            // An attached client is activity, also where the exec is not.
+            let _busy = state.supervisor.busy(&id);
             if attach_session(&bg, &mut socket).await.is_ok() {
                 let _ = socket.send(Message::Close(None)).await;
             }

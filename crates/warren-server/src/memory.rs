@@ -336,7 +336,10 @@ impl Supervisor {
         let started = std::time::Instant::now();
         let dir = self.memory.pause_dir(id);
         let req = restore_request(sid.clone(), &image_id, &rec.spec);
-        self.node().restore(req, dir.clone()).await?;
+        let (restored, _) = self.node().restore(req, dir.clone()).await?;
+        // Its background execs kept their streams in this process; only
+        // after a restart of `warren serve` do they come back as new ones.
+        crate::execs::adopt_restored(self, &rec, restored.execs);
         self.store().resume_sandbox(id).await?;
         self.memory.set_paused(id, None);
         self.readiness()
@@ -413,7 +416,10 @@ impl Supervisor {
         let sid = sandbox_id(&rec.id)?;
         let req = restore_request(sid.clone(), image_id, &rec.spec);
         let image_id = match self.node().restore(req, from).await {
-            Ok((_, image_id)) => image_id,
+            Ok((restored, image_id)) => {
+                crate::execs::adopt_restored(self, rec, restored.execs);
+                image_id
+            }
             Err(e) => {
                 if let Err(d) = self.store().discard_sandbox(&rec.id).await {
                     warn!(sandbox_id = %rec.id, error = %d, "discarding a failed restore's record failed");

@@ -35,6 +35,8 @@ pub struct Supervisor {
     /// a pause takes it out and stops it, so that the checkpoint's end of
     /// the sandbox's processes is not recorded as the sandbox's end.
     watchers: Arc<Mutex<HashMap<String, tokio::task::AbortHandle>>>,
+    /// Background execs (restored copies bring theirs along).
+    pub(crate) execs: Arc<crate::execs::Registry>,
 }
 
 /// See [`Supervisor::set_on_end`].
@@ -103,6 +105,7 @@ impl Supervisor {
             on_end: Arc::default(),
             memory: Arc::new(crate::memory::MemoryState::new(memory_dir)),
             watchers: Arc::default(),
+            execs: Arc::default(),
         }
     }
 

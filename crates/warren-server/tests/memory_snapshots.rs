@@ -812,6 +812,143 @@ async fn on_idle_pauses() -> Result<()> {
     Ok(())
 }
 
+/// The numbers `nK` a background exec printed so far; checks that each
+/// follows the one before (nothing lost, nothing repeated).
+async fn bg_numbers(e: &Env, id: &str, exec: &str) -> Result<Vec<u64>> {
+    let (s, v) = e
+        .admin(
+            "GET",
+            &format!("/v1/sandboxes/{id}/execs/{exec}/output"),
+            None,
+        )
+        .await?;
+    ensure!(s == StatusCode::OK, "output: {s} {v}");
+    let text = v.as_str().unwrap_or_default();
+    let nums: Vec<u64> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix('n')?.parse().ok())
+        .collect();
+    for w in nums.windows(2) {
+        ensure!(w[1] == w[0] + 1, "{} came after {} in {text:?}", w[1], w[0]);
+    }
+    Ok(nums)
+}
+
+/// Waits until a background exec of `id` printed past `n`.
+async fn bg_passes(e: &Env, id: &str, exec: &str, n: u64) -> Result<u64> {
+    for _ in 0..200 {
+        if let Some(&last) = bg_numbers(e, id, exec).await?.last() {
+            if last > n {
+                return Ok(last);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("background exec {exec} of {id} never printed past {n}")
+}
+
+/// A background exec (a dev server, say) does not keep a sandbox with
+/// `on_idle: pause` awake; the pause carries it: after the resume it is
+/// the same exec, running, its output going on without a gap. A fork's
+/// copy lists it as a background exec of its own, running from the
+/// checkpoint on.
+async fn background_execs_survive_pause_and_fork() -> Result<()> {
+    let e = env().await?;
+    let id = e
+        .create(json!({
+            "memory_snapshots": true,
+            "on_idle": "pause",
+            "idle_timeout_secs": 2,
+            "timeout_secs": 300,
+        }))
+        .await?;
+    let argv = json!([
+        "/bin/sh",
+        "-c",
+        "i=0; while :; do i=$((i+1)); echo n$i; sleep 0.05; done"
+    ]);
+    let (s, v) = e
+        .admin(
+            "POST",
+            &format!("/v1/sandboxes/{id}/execs"),
+            Some(json!({"command": argv})),
+        )
+        .await?;
+    ensure!(s == StatusCode::CREATED, "start: {s} {v}");
+    let exec = v["id"].as_str().context("exec id")?.to_string();
+    bg_passes(&e, &id, &exec, 3).await?;
+    // Idle (nothing but the exec runs): paused, not terminated.
+    let mut paused = false;
+    for _ in 0..200 {
+        let v = state_of(&e, &id).await?;
+        ensure!(v["state"] != "terminated", "terminated: {v}");
+        if v["state"] == "paused" {
+            paused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    ensure!(paused, "a sandbox with only a background exec never paused");
+    let before = *bg_numbers(&e, &id, &exec)
+        .await?
+        .last()
+        .context("no output")?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let still = *bg_numbers(&e, &id, &exec)
+        .await?
+        .last()
+        .context("no output")?;
+    ensure!(
+        still == before,
+        "output grew while paused: {before} -> {still}"
+    );
+    let (s, v) = e
+        .admin("POST", &format!("/v1/sandboxes/{id}/resume"), None)
+        .await?;
+    ensure!(s == StatusCode::OK, "resume: {s} {v}");
+    bg_passes(&e, &id, &exec, before + 5).await?;
+    let (_, v) = e
+        .admin("GET", &format!("/v1/sandboxes/{id}/execs"), None)
+        .await?;
+    let listed = v["execs"].as_array().context("execs")?;
+    ensure!(
+        listed.len() == 1 && listed[0]["id"] == exec.as_str() && listed[0]["state"] == "running",
+        "{v}"
+    );
+
+    let (s, v) = e
+        .admin(
+            "POST",
+            &format!("/v1/sandboxes/{id}/fork"),
+            Some(json!({"count": 1})),
+        )
+        .await?;
+    ensure!(s == StatusCode::CREATED, "fork: {s} {v}");
+    let copy = v["sandboxes"][0]["id"]
+        .as_str()
+        .context("copy")?
+        .to_string();
+    let (_, v) = e
+        .admin("GET", &format!("/v1/sandboxes/{copy}/execs"), None)
+        .await?;
+    let listed = v["execs"].as_array().context("execs")?;
+    ensure!(
+        listed.len() == 1 && listed[0]["command"] == argv && listed[0]["state"] == "running",
+        "the copy's execs: {v}"
+    );
+    let cexec = listed[0]["id"].as_str().context("exec id")?.to_string();
+    let first = bg_passes(&e, &copy, &cexec, 0).await?;
+    bg_passes(&e, &copy, &cexec, first + 5).await?;
+    // The source's exec goes on too.
+    let now = *bg_numbers(&e, &id, &exec)
+        .await?
+        .last()
+        .context("no output")?;
+    bg_passes(&e, &id, &exec, now + 3).await?;
+    e.teardown().await;
+    Ok(())
+}
+
 /// Pause/resume and fork cycles, then everything terminated: nothing of
 /// them is left on the host (checked for the whole suite at the end).
 async fn cycles_leave_nothing() -> Result<()> {
@@ -891,6 +1028,9 @@ fn main() {
             Box::pin(auto_resume_through_a_tunnel())
         }),
         criu_trial("on_idle_pauses", || Box::pin(on_idle_pauses())),
+        criu_trial("background_execs_survive_pause_and_fork", || {
+            Box::pin(background_execs_survive_pause_and_fork())
+        }),
         criu_trial("cycles_leave_nothing", || Box::pin(cycles_leave_nothing())),
     ];
     let conclusion = libtest_mimic::run(&args, tests);

@@ -236,6 +236,33 @@ def test_fork_is_independent(
     assert get(src, "/")["items"] == {"base": "yes"}
 
 
+def test_background_exec_survives_pause_and_fork(
+    client: warren.Client, cleanup: list[warren.Sandbox], criu: None
+) -> None:
+    sb = warren.Sandbox.create(timeout=300, memory_snapshots=True, client=client)
+    cleanup.append(sb)
+    command = ["/bin/sh", "-c", "i=0; while :; do i=$((i+1)); echo n$i; sleep 0.05; done"]
+    bg = sb.exec_background(*command)
+
+    def numbers(b: warren.BackgroundExec) -> list[int]:
+        nums = [int(w[1:]) for w in b.output().decode().split() if w.startswith("n")]
+        if nums:  # consecutive: nothing lost or repeated across the pause
+            assert nums == list(range(nums[0], nums[0] + len(nums)))
+        return nums
+
+    assert wait_until(10, lambda: len(numbers(bg)) > 3)
+    sb.pause()
+    before = numbers(bg)[-1]
+    sb.resume()
+    assert wait_until(10, lambda: numbers(bg)[-1] > before + 3)
+    assert [e.id for e in sb.background_execs()] == [bg.id]
+    (copy,) = sb.fork(1)
+    cleanup.append(copy)
+    (cbg,) = copy.background_execs()
+    assert cbg.info.command == command and cbg.info.state == "running"
+    assert wait_until(10, lambda: len(numbers(cbg)) > 3)
+
+
 def test_auto_resume_through_exec_and_tunnel(
     client: warren.Client, cleanup: list[warren.Sandbox], criu: None
 ) -> None:

@@ -15,6 +15,7 @@
 
 use std::fs;
 use std::io::Read;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Component, Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -104,6 +105,26 @@ pub struct SourceFacts {
     /// File name (SHA-256) of the init binary copy the sandbox ran from.
     #[serde(default)]
     pub init_binary: String,
+    /// Execs that were running with their streams in the node.
+    #[serde(default)]
+    pub execs: Vec<CarriedExec>,
+}
+
+/// An exec that was running at the checkpoint with streams ending in the
+/// node (see `carry`): a restore hands its processes new (or, for a
+/// paused sandbox, the same) streams in place of these pipes.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CarriedExec {
+    /// In the sandbox's pid namespace (a restore keeps it).
+    pub pid: i32,
+    pub argv: Vec<String>,
+    /// The file agent: not carried into a copy.
+    pub agent: bool,
+    /// CRIU keys (`pipe:[ino]`) of the sandbox's ends of its streams.
+    pub stdin: Option<String>,
+    pub stdout: Option<String>,
+    pub stderr: Option<String>,
 }
 
 /// One host resource init holds that is not part of the sandbox.
@@ -636,6 +657,19 @@ impl NativeRuntime {
         }
     }
 
+    /// Removes a checkpoint directory and what the node keeps for it (a
+    /// paused sandbox's carried execs, whose streams then end).
+    /// Idempotent.
+    pub fn remove_checkpoint(&self, dir: &Path) -> Result<(), RuntimeError> {
+        self.stashes.remove(dir);
+        match fs::remove_dir_all(dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(RuntimeError::prepare(dir)(e))
+            }
+            _ => Ok(()),
+        }
+    }
+
     fn checkpoint_into(
         &self,
         sb: &super::Sandbox,
@@ -650,19 +684,67 @@ impl NativeRuntime {
             .create(&images)
             .map_err(RuntimeError::prepare(&images))?;
         // Nothing of the node's may be open in init while CRIU dumps it:
-        // connections whose peer went away are closed now; any others
-        // (execs running with attached streams, file operations in
-        // flight) refuse the checkpoint.
-        let open = super::control::quiesce(&sb.dir)?;
-        if open > 0 {
-            return Err(RuntimeError::SnapshotUnsupported {
-                reason: format!(
-                    "{open} exec(s) or file operation(s) are attached to the sandbox; a \
-                     checkpoint needs them finished (start long-running processes as the \
-                     main command, or detached with their output in a file)"
-                ),
-            });
+        // connections whose peer went away are closed now, and running
+        // execs' connections are detached and handed to the node (see
+        // `carry`); any others (a request in flight) refuse the checkpoint.
+        let quiet = super::control::quiesce(&sb.dir)?;
+        let pids: Vec<i32> = quiet.carried.iter().map(|(p, _)| *p).collect();
+        let dumped = (|| {
+            if quiet.open > 0 {
+                return Err(RuntimeError::SnapshotUnsupported {
+                    reason: format!(
+                        "{} request(s) to the sandbox are in flight; try again",
+                        quiet.open
+                    ),
+                });
+            }
+            let execs = self.exec_registry.describe(&sb.id, &pids)?;
+            // A sandbox that stops keeps its execs' pipes open in the node
+            // until it is restored.
+            let held = if opts.leave_running {
+                Vec::new()
+            } else {
+                super::carry::hold_pipes(&sb.cgroup, &execs)?
+            };
+            let manifest = self.dump(sb, dest, opts, criu_version, execs, phases)?;
+            Ok((manifest, held))
+        })();
+        match dumped {
+            Ok((manifest, held)) if !opts.leave_running => {
+                self.stashes.put(
+                    dest,
+                    super::carry::Stash {
+                        id: sb.id.clone(),
+                        conns: quiet.carried,
+                        pipes: held,
+                    },
+                );
+                Ok(manifest)
+            }
+            other => {
+                // The execs report to the node again.
+                let back: Vec<(i32, BorrowedFd<'_>)> =
+                    quiet.carried.iter().map(|(p, f)| (*p, f.as_fd())).collect();
+                if let Err(e) = super::control::adopt(&sb.dir, &back) {
+                    warn!(error = %e, "handing execs back to init after a checkpoint");
+                }
+                other.map(|(m, _)| m)
+            }
         }
+    }
+
+    /// Freezes the sandbox, copies its writable layer, runs `criu dump`
+    /// and writes the manifest.
+    fn dump(
+        &self,
+        sb: &super::Sandbox,
+        dest: &Path,
+        opts: &CheckpointOptions,
+        criu_version: &str,
+        execs: Vec<CarriedExec>,
+        phases: &mut Phases,
+    ) -> Result<Manifest, RuntimeError> {
+        let images = dest.join(CRIU_DIR);
         let externals = init_externals(sb.init_pid, &sb.dir)?;
         let mounts = external_mounts(sb.init_pid)?;
         phases.mark("checkpoint:prepare");
@@ -780,6 +862,7 @@ impl NativeRuntime {
                     .file_name()
                     .map(|n| n.to_string_lossy().into_owned())
                     .unwrap_or_default(),
+                execs,
             },
         )?;
         phases.mark("checkpoint:manifest");
@@ -868,6 +951,7 @@ mod tests {
             externals: vec![],
             mounts: vec![],
             init_binary: String::new(),
+            execs: vec![],
         }
     }
 

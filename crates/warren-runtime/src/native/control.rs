@@ -14,7 +14,8 @@ use nix::sys::socket::{
 use warren_cgroup::Cgroup;
 use warren_proto::{ProcessSpec, Reply, Request, StdioFds, TtySize};
 
-use crate::{Exec, ExecExit, ExecIo, ExecSpec, RuntimeError};
+use super::carry::{ExecRecord, Registered, Registry};
+use crate::{Exec, ExecExit, ExecIo, ExecSpec, RuntimeError, SandboxId};
 
 /// Longest wait for init to answer a control request (not an exec's run time).
 const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -264,16 +265,53 @@ fn wait_closed(sock: BorrowedFd<'_>) -> Result<(), RuntimeError> {
     }
 }
 
-/// [`Request::Quiesce`]: how many control connections stay open in init
-/// besides this one, which init closes itself.
-pub(crate) fn quiesce(dir: &Path) -> Result<u32, RuntimeError> {
+/// What [`quiesce`] found.
+pub(crate) struct Quiesced {
+    /// Control connections still open in init besides the asking one.
+    pub open: u32,
+    /// Running execs whose connections init detached: pid and init's end.
+    pub carried: Vec<(i32, OwnedFd)>,
+}
+
+/// [`Request::Quiesce`]: init detaches the running execs' connections and
+/// hands them over, and answers how many other connections stay open; it
+/// closes this one itself.
+pub(crate) fn quiesce(dir: &Path) -> Result<Quiesced, RuntimeError> {
     let s = connect_init(dir)?;
-    let open = match request(s.as_fd(), &Request::Quiesce {}, &[])?.0 {
-        Reply::Quiet { open } => open,
-        other => return Err(unexpected(other)),
+    let (open, pids, fds) = match request(s.as_fd(), &Request::Quiesce {}, &[])? {
+        (Reply::Quiet { open, carried }, fds) => (open, carried, fds),
+        (other, _) => return Err(unexpected(other)),
     };
+    if pids.len() != fds.len() {
+        return Err(RuntimeError::Exec {
+            code: "protocol_error".into(),
+            errno: None,
+            message: format!(
+                "init carried {} execs with {} connections",
+                pids.len(),
+                fds.len()
+            ),
+        });
+    }
     wait_closed(s.as_fd())?;
-    Ok(open)
+    Ok(Quiesced {
+        open,
+        carried: pids.into_iter().zip(fds).collect(),
+    })
+}
+
+/// [`Request::Adopt`]: each exec reports on the connection given for it.
+pub(crate) fn adopt(dir: &Path, execs: &[(i32, BorrowedFd<'_>)]) -> Result<(), RuntimeError> {
+    if execs.is_empty() {
+        return Ok(());
+    }
+    let s = connect_init(dir)?;
+    let pids = execs.iter().map(|(p, _)| *p).collect();
+    let fds: Vec<BorrowedFd<'_>> = execs.iter().map(|(_, f)| *f).collect();
+    match request(s.as_fd(), &Request::Adopt { pids }, &fds)?.0 {
+        Reply::Pong {} => Ok(()),
+        other => Err(unexpected(other)),
+    }
 }
 
 pub(crate) fn signal_main(dir: &Path, signal: i32) -> Result<(), RuntimeError> {
@@ -288,13 +326,21 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), RuntimeError> {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(RuntimeError::sys("pipe"))
 }
 
-/// Starts an exec through init.
+/// The inode of `fd` when it is a pipe.
+fn pipe_inode(fd: &OwnedFd) -> Option<u64> {
+    let st = nix::sys::stat::fstat(fd).ok()?;
+    (st.st_mode & libc::S_IFMT == libc::S_IFIFO).then_some(st.st_ino)
+}
+
+/// Starts an exec through init, and records its streams in `registry`
+/// (under `id`) for a later checkpoint.
 pub(crate) fn start_exec(
     dir: &Path,
     cgroup: Arc<Cgroup>,
     spec: &ExecSpec,
     io: ExecIo,
     agent: bool,
+    (registry, id): (&Arc<Registry>, &SandboxId),
 ) -> Result<Exec, RuntimeError> {
     let oom_before = cgroup.oom_kills().unwrap_or(0);
     let mut stdio = StdioFds::default();
@@ -347,6 +393,24 @@ pub(crate) fn start_exec(
             .map(|t| t.as_millis().min(u64::MAX as u128) as u64),
         agent,
     };
+    // The sandbox's ends, in stdin, stdout, stderr order as flagged.
+    let mut ends = send_fds.iter();
+    let mut end = |present: bool| {
+        if present {
+            ends.next().and_then(pipe_inode)
+        } else {
+            None
+        }
+    };
+    let (in_ino, out_ino, err_ino) = (end(stdio.stdin), end(stdio.stdout), end(stdio.stderr));
+    let record = ExecRecord {
+        argv: spec.argv.clone(),
+        agent,
+        tty: tty.is_some(),
+        stdin: in_ino,
+        stdout: out_ino,
+        stderr: err_ino,
+    };
     let sock = connect_init(dir)?;
     let borrowed: Vec<BorrowedFd<'_>> = send_fds.iter().map(|f| f.as_fd()).collect();
     let (reply, mut fds) = request(sock.as_fd(), &Request::Exec { process }, &borrowed)?;
@@ -374,6 +438,7 @@ pub(crate) fn start_exec(
                     cgroup,
                     oom_before,
                     exit: None,
+                    registered: Some(registry.register(id, pid, record)),
                 },
             })
         }
@@ -387,9 +452,23 @@ pub(crate) struct ExecControl {
     cgroup: Arc<Cgroup>,
     oom_before: u64,
     exit: Option<ExecExit>,
+    /// Its entry in the exec registry, until the exit is in.
+    registered: Option<Registered>,
 }
 
 impl ExecControl {
+    /// The handle of an exec a restored init adopted on `sock`.
+    pub(crate) fn adopted(sock: OwnedFd, cgroup: Arc<Cgroup>, registered: Registered) -> Self {
+        let oom_before = cgroup.oom_kills().unwrap_or(0);
+        ExecControl {
+            sock,
+            cgroup,
+            oom_before,
+            exit: None,
+            registered: Some(registered),
+        }
+    }
+
     pub(crate) fn fd(&self) -> BorrowedFd<'_> {
         self.sock.as_fd()
     }
@@ -416,6 +495,7 @@ impl ExecControl {
                     oom_killed,
                 };
                 self.exit = Some(e);
+                self.registered = None;
                 Ok(Some(e))
             }
             other => Err(unexpected(other)),

@@ -11,6 +11,7 @@
 //! Host ids: sandbox slot `n` maps container ids `0..65536` to host ids
 //! `id_base + n * 65536 ..`, a different range per live sandbox.
 
+mod carry;
 pub mod checkpoint;
 mod control;
 mod criu_images;
@@ -39,7 +40,9 @@ use warren_proto::{
 };
 use warren_sys::clone::Namespaces;
 
+pub use carry::RestoredExec;
 pub(crate) use control::ExecControl;
+pub use restore::Restored;
 pub use snapshot::{validate_mount_target, Thaw};
 
 use crate::spec::validate_process;
@@ -200,6 +203,10 @@ pub struct NativeRuntime {
         Mutex<std::collections::HashSet<SandboxId>>,
         std::sync::Condvar,
     ),
+    /// What the node knows of each running exec's streams (for checkpoints).
+    exec_registry: Arc<carry::Registry>,
+    /// Paused sandboxes' carried execs, by checkpoint directory.
+    stashes: carry::Stashes,
 }
 
 impl NativeRuntime {
@@ -278,6 +285,8 @@ impl NativeRuntime {
             )
         });
         Ok(NativeRuntime {
+            exec_registry: Arc::default(),
+            stashes: carry::Stashes::default(),
             init_source: exe,
             init_copy: Mutex::new(None),
             seccomp,
@@ -939,9 +948,12 @@ impl NativeRuntime {
         if sb.exit.lock().expect("exit lock poisoned").is_some() {
             return Err(RuntimeError::NotRunning { id: id.to_string() });
         }
-        control::start_exec(&sb.dir, sb.cgroup.clone(), spec, io, agent).map_err(|e| match e {
-            RuntimeError::InitGone => RuntimeError::NotRunning { id: id.to_string() },
-            e => e,
+        let registry = (&self.exec_registry, id);
+        control::start_exec(&sb.dir, sb.cgroup.clone(), spec, io, agent, registry).map_err(|e| {
+            match e {
+                RuntimeError::InitGone => RuntimeError::NotRunning { id: id.to_string() },
+                e => e,
+            }
         })
     }
 }

@@ -18,6 +18,9 @@
 //! 4. The node takes a pidfd for the restored init, makes a new control
 //!    listener inside the restored network namespace and hands it to init
 //!    (the one CRIU installed lives in the node's namespace).
+//! 5. Execs that were running at the checkpoint get their streams (see
+//!    [`super::carry`]): a paused sandbox's own, which the node kept, or
+//!    new ones, returned as [`RestoredExec`]s.
 
 use std::fs;
 use std::os::fd::{AsFd, OwnedFd};
@@ -30,12 +33,24 @@ use tracing::info_span;
 use warren_proto::{RestoreHelper, CHECKPOINTABLE_INIT_PATH};
 use warren_sys::clone::Namespaces;
 
+use super::carry::{self, RestoredExec};
 use super::checkpoint::{self, copy_tree, log_tail, mount_key, path_string, Manifest};
 use super::{
     control, criu_images, prepare_dirs, validate_hostname, NativeRuntime, Phases, Sandbox,
     IDS_PER_SANDBOX, LOG_FILE,
 };
 use crate::{RuntimeError, SandboxInfo, SandboxSpec};
+
+/// A restored sandbox.
+#[derive(Debug)]
+pub struct Restored {
+    pub info: SandboxInfo,
+    /// Execs that were running at the checkpoint, continuing with new
+    /// streams (empty when a paused sandbox got its own streams back).
+    /// Dropping one closes its streams (the process then sees its input
+    /// end and its output unread).
+    pub execs: Vec<RestoredExec>,
+}
 
 /// Device nodes a checkpoint may name as external mounts (binds of the
 /// host's nodes under `/dev`); anything else there is refused.
@@ -60,7 +75,7 @@ impl NativeRuntime {
     /// spec's image layers must be the checkpoint's; its hostname, limits
     /// and network apply to the new sandbox. Established TCP connections
     /// are not restored (CRIU `--tcp-close`); listening sockets listen.
-    pub fn restore(&self, spec: &SandboxSpec, from: &Path) -> Result<SandboxInfo, RuntimeError> {
+    pub fn restore(&self, spec: &SandboxSpec, from: &Path) -> Result<Restored, RuntimeError> {
         let _span = info_span!("restore", sandbox_id = %spec.id).entered();
         let started = Instant::now();
         let manifest = checkpoint::verify(from)?;
@@ -82,11 +97,16 @@ impl NativeRuntime {
             });
         }
         checkpoint::criu_version(&self.cfg.criu_binary)?;
-        self.build_sandbox(spec, started, |dir, slot, lease| {
-            self.restore_inner(spec, &manifest, from, dir, slot, lease)
-        })
+        let mut execs = Vec::new();
+        let info = self.build_sandbox(spec, started, |dir, slot, lease| {
+            self.restore_inner(spec, &manifest, from, dir, slot, lease, &mut execs)
+        })?;
+        // A paused sandbox's streams are its own again.
+        self.stashes.remove(from);
+        Ok(Restored { info, execs })
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn restore_inner(
         &self,
         spec: &SandboxSpec,
@@ -95,6 +115,7 @@ impl NativeRuntime {
         dir: &Path,
         slot: u32,
         lease_out: &mut Option<warren_net::Lease>,
+        execs_out: &mut Vec<RestoredExec>,
     ) -> Result<(Sandbox, Option<i32>, Phases), RuntimeError> {
         let mut phases = Phases::new();
         let base = self.host_id_base(slot);
@@ -166,6 +187,21 @@ impl NativeRuntime {
                 other => return Err(checkpoint_corrupt(&format!("unknown external {other:?}"))),
             };
             inherited.push((fd, e.key.as_str()));
+        }
+        // The carried execs' pipes: a paused sandbox's own, which the node
+        // kept open, or new ones.
+        let stash = self.stashes.copy(from, &spec.id)?;
+        let fresh = match stash {
+            Some(_) => None,
+            None => Some(carry::Fresh::new(&manifest.source.execs)?),
+        };
+        let pipes = match (&stash, &fresh) {
+            (Some(s), _) => s.pipes.as_slice(),
+            (None, Some(f)) => f.inherit.as_slice(),
+            (None, None) => &[],
+        };
+        for (key, fd) in pipes {
+            inherited.push((fd, key.as_str()));
         }
         // The external mounts, bound again from the host.
         let mut binds = Vec::new();
@@ -312,6 +348,7 @@ impl NativeRuntime {
                 log: log_tail(&images.join("restore.log")),
             })
         });
+        drop(inherited);
         drop((userns, result, log));
         outcome?;
         phases.mark("restore:criu");
@@ -350,6 +387,18 @@ impl NativeRuntime {
         }
         drop(listener);
         phases.mark("restore:listener");
+        let adopted = match (stash, fresh) {
+            (Some(s), _) => {
+                let back: Vec<_> = s.conns.iter().map(|(p, f)| (*p, f.as_fd())).collect();
+                control::adopt(dir, &back).map(|()| Vec::new())
+            }
+            (None, Some(f)) => f.adopt(dir, &spec.id, &sandbox.cgroup, &self.exec_registry),
+            (None, None) => Ok(Vec::new()),
+        };
+        match adopted {
+            Ok(execs) => *execs_out = execs,
+            Err(e) => return Err(self.abandon(sandbox, e)),
+        }
         Ok((
             Sandbox {
                 netns: Some(Arc::new(netns)),
