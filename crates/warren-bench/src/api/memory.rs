@@ -2,15 +2,18 @@
 //! in-process relay, measured the way a user sees them: up to the first
 //! byte of an HTTP answer through the sandbox's tunnel.
 //!
-//! The sandboxes run a small Python HTTP server as their main command
-//! (checkpoints refuse while execs are attached) on 0.0.0.0:8000, exposed
-//! as an encrypted port. It counts requests in memory and answers with the
-//! count, so every answer shows whether the process state survived.
+//! The sandboxes run a small Python HTTP server as their main command on
+//! 0.0.0.0:8000, exposed as an encrypted port. It counts requests in
+//! memory and answers with the count, so every answer shows whether the
+//! process state survived.
 //!
 //! - pause → resume → first byte: `POST pause`, then from sending
 //!   `POST resume` to the first byte of a `200` through the tunnel (a new
 //!   TLS connection to the relay on loopback). Pause and resume are also
 //!   reported alone.
+//! - the same with the server started as a background exec (`POST
+//!   .../execs`, as an app builder starts its dev server): the pause
+//!   carries the exec and its streams.
 //! - auto-resume: a sandbox with `auto_resume`, paused; a plain HTTPS
 //!   request through its tunnel until its first byte (the relay holds the
 //!   connection while the sandbox resumes).
@@ -205,6 +208,8 @@ struct Series {
     pause: Vec<Duration>,
     resume: Vec<Duration>,
     resume_fb: Vec<Duration>,
+    exec_pause: Vec<Duration>,
+    exec_resume_fb: Vec<Duration>,
     auto_pause: Vec<Duration>,
     auto_fb: Vec<Duration>,
     fork_call: Vec<Duration>,
@@ -279,6 +284,8 @@ pub fn run(args: &ApiMemoryArgs, data: &Path, shutdown: &Shutdown) -> Result<()>
         ("pause", &s.pause),
         ("resume", &s.resume),
         ("resume-fb", &s.resume_fb),
+        ("exec-pause", &s.exec_pause),
+        ("exec-resume-fb", &s.exec_resume_fb),
         ("auto-pause", &s.auto_pause),
         ("auto-fb", &s.auto_fb),
         ("fork10-call", &s.fork_call),
@@ -300,7 +307,8 @@ pub fn run(args: &ApiMemoryArgs, data: &Path, shutdown: &Shutdown) -> Result<()>
     println!();
     println!(
         "pause/resume: POST pause; POST resume alone; resume-fb: from sending POST resume to \
-         the first byte of a 200 through the tunnel. auto-*: a sandbox with auto_resume: POST \
+         the first byte of a 200 through the tunnel. exec-*: the same with the server \
+         started as a background exec, not the main command. auto-*: a sandbox with auto_resume: POST \
          pause; from sending a GET through the paused sandbox's tunnel to its first byte. \
          fork10-call: POST fork {{count: {FORK_COUNT}}}; fork10-all: from sending it until all \
          {FORK_COUNT} copies answered through their tunnels. snap-memory: POST snapshot-memory \
@@ -329,6 +337,11 @@ pub fn run(args: &ApiMemoryArgs, data: &Path, shutdown: &Shutdown) -> Result<()>
         ("resume_p50_ms".into(), p(&s.resume, p50)),
         ("resume_first_byte_p50_ms".into(), p(&s.resume_fb, p50)),
         ("resume_first_byte_p99_ms".into(), p(&s.resume_fb, p99)),
+        ("exec_pause_p50_ms".into(), p(&s.exec_pause, p50)),
+        (
+            "exec_resume_first_byte_p50_ms".into(),
+            p(&s.exec_resume_fb, p50),
+        ),
         ("auto_resume_first_byte_p50_ms".into(), p(&s.auto_fb, p50)),
         ("auto_resume_first_byte_p99_ms".into(), p(&s.auto_fb, p99)),
         ("fork10_call_p50_ms".into(), p(&s.fork_call, p50)),
@@ -345,9 +358,21 @@ pub fn run(args: &ApiMemoryArgs, data: &Path, shutdown: &Shutdown) -> Result<()>
 
 /// Creates a checkpointable server sandbox (recorded in `made`).
 fn create_server(server: &ApiServer, auto_resume: bool, made: &mut Made) -> Result<String> {
+    create_with(server, auto_resume, true, made)
+}
+
+/// Creates a checkpointable sandbox with the server as its main command
+/// (`as_main`), or idle with the server started as a background exec.
+fn create_with(
+    server: &ApiServer,
+    auto_resume: bool,
+    as_main: bool,
+    made: &mut Made,
+) -> Result<String> {
+    let argv = vec![PYTHON.into(), "-c".into(), SERVER.into()];
     let sb = server.block_on(server.client().create_sandbox(&CreateSandboxRequest {
         image: Some("host".into()),
-        command: Some(vec![PYTHON.into(), "-c".into(), SERVER.into()]),
+        command: as_main.then(|| argv.clone()),
         timeout_secs: Some(IDLE_LIFETIME_SECS),
         memory_snapshots: true,
         auto_resume,
@@ -361,6 +386,13 @@ fn create_server(server: &ApiServer, auto_resume: bool, made: &mut Made) -> Resu
         sb.id,
         sb.state
     );
+    if !as_main {
+        let start = warren_proto::api::StreamExecStart {
+            command: argv,
+            ..Default::default()
+        };
+        server.block_on(server.client().start_background_exec(&sb.id, &start))?;
+    }
     Ok(sb.id)
 }
 
@@ -484,6 +516,35 @@ fn measure(
         }
     }
     eprintln!("pause/resume: done");
+
+    // 1b. The same with the server as a background exec.
+    let d = create_with(server, false, false, made)?;
+    let host_d = relay.host(&d);
+    let mut last_d = count_now(server, &relay, &d)?;
+    for i in 0..WARMUP + args.runs {
+        shutdown.check()?;
+        let t = Instant::now();
+        let sb = server.block_on(client.pause_sandbox(&d))?;
+        let pause = t.elapsed();
+        ensure!(
+            sb.state == SandboxState::Paused,
+            "pause: {d} is {:?}",
+            sb.state
+        );
+        let t0 = Instant::now();
+        server.block_on(client.resume_sandbox(&d))?;
+        let (fb, count, attempts) = server.block_on(first_ok(&relay, &host_d, t0))?;
+        continued("exec pause/resume", &d, last_d, count)?;
+        last_d = count;
+        if i >= WARMUP {
+            s.exec_pause.push(pause);
+            s.exec_resume_fb.push(fb);
+            note_retry(&mut s, "exec-resume-fb", i - WARMUP, attempts);
+        }
+    }
+    eprintln!("background-exec pause/resume: done");
+    server.block_on(client.terminate_sandbox(&d))?;
+    made.sandboxes.retain(|x| *x != d);
 
     // 2. auto-resume through the tunnel.
     let b = create_server(server, true, made)?;

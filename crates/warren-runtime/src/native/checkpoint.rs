@@ -49,6 +49,10 @@ pub struct CheckpointOptions {
     pub timeout: Duration,
 }
 
+/// How long a checkpoint waits for requests in flight to the sandbox's
+/// init to end before it refuses.
+const QUIESCE_SETTLE: Duration = Duration::from_millis(500);
+
 impl Default for CheckpointOptions {
     fn default() -> Self {
         CheckpointOptions {
@@ -687,7 +691,17 @@ impl NativeRuntime {
         // connections whose peer went away are closed now, and running
         // execs' connections are detached and handed to the node (see
         // `carry`); any others (a request in flight) refuse the checkpoint.
-        let quiet = super::control::quiesce(&sb.dir)?;
+        let mut quiet = super::control::quiesce(&sb.dir)?;
+        // Requests in flight (a signal, a ping) end within milliseconds.
+        let settle = Instant::now() + QUIESCE_SETTLE;
+        while quiet.open > 0 && Instant::now() < settle {
+            let back: Vec<(i32, BorrowedFd<'_>)> =
+                quiet.carried.iter().map(|(p, f)| (*p, f.as_fd())).collect();
+            super::control::adopt(&sb.dir, &back)?;
+            drop(back);
+            std::thread::sleep(Duration::from_millis(20));
+            quiet = super::control::quiesce(&sb.dir)?;
+        }
         let pids: Vec<i32> = quiet.carried.iter().map(|(p, _)| *p).collect();
         let dumped = (|| {
             if quiet.open > 0 {
