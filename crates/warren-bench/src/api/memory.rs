@@ -464,6 +464,40 @@ fn continued(what: &str, id: &str, last: u64, count: u64) -> Result<()> {
     Ok(())
 }
 
+/// One pause of `id`, then its resume until the first byte through its
+/// tunnel (checking that its count went on from `last`): the pause, the
+/// resume call, the first byte from sending the resume, and how many
+/// requests that took.
+fn pause_resume(
+    server: &ApiServer,
+    relay: &Relay,
+    id: &str,
+    last: &mut u64,
+    what: &str,
+) -> Result<(Duration, Duration, Duration, usize)> {
+    let client = server.client();
+    let t = Instant::now();
+    let sb = server.block_on(client.pause_sandbox(id))?;
+    let pause = t.elapsed();
+    ensure!(
+        sb.state == SandboxState::Paused,
+        "pause: {id} is {:?}",
+        sb.state
+    );
+    let t0 = Instant::now();
+    let sb = server.block_on(client.resume_sandbox(id))?;
+    let resume = t0.elapsed();
+    ensure!(
+        sb.state == SandboxState::Running,
+        "resume: {id} is {:?}",
+        sb.state
+    );
+    let (fb, count, attempts) = server.block_on(first_ok(relay, &relay.host(id), t0))?;
+    continued(what, id, *last, count)?;
+    *last = count;
+    Ok((pause, resume, fb, attempts))
+}
+
 fn note_retry(s: &mut Series, what: &str, run: usize, attempts: usize) {
     if attempts > 1 {
         s.retried
@@ -484,30 +518,15 @@ fn measure(
     // 1. pause → resume → first byte.
     let a = create_server(server, false, made)?;
     let relay = relay_of(server, &a, relay_port)?;
-    let host_a = relay.host(&a);
     let mut last = count_now(server, &relay, &a)?;
-    eprintln!("server sandbox {a} answers through https://{host_a}");
+    eprintln!(
+        "server sandbox {a} answers through https://{}",
+        relay.host(&a)
+    );
     for i in 0..WARMUP + args.runs {
         shutdown.check()?;
-        let t = Instant::now();
-        let sb = server.block_on(client.pause_sandbox(&a))?;
-        let pause = t.elapsed();
-        ensure!(
-            sb.state == SandboxState::Paused,
-            "pause: {a} is {:?}",
-            sb.state
-        );
-        let t0 = Instant::now();
-        let sb = server.block_on(client.resume_sandbox(&a))?;
-        let resume = t0.elapsed();
-        ensure!(
-            sb.state == SandboxState::Running,
-            "resume: {a} is {:?}",
-            sb.state
-        );
-        let (fb, count, attempts) = server.block_on(first_ok(&relay, &host_a, t0))?;
-        continued("pause/resume", &a, last, count)?;
-        last = count;
+        let (pause, resume, fb, attempts) =
+            pause_resume(server, &relay, &a, &mut last, "pause/resume")?;
         if i >= WARMUP {
             s.pause.push(pause);
             s.resume.push(resume);
@@ -519,23 +538,11 @@ fn measure(
 
     // 1b. The same with the server as a background exec.
     let d = create_with(server, false, false, made)?;
-    let host_d = relay.host(&d);
     let mut last_d = count_now(server, &relay, &d)?;
     for i in 0..WARMUP + args.runs {
         shutdown.check()?;
-        let t = Instant::now();
-        let sb = server.block_on(client.pause_sandbox(&d))?;
-        let pause = t.elapsed();
-        ensure!(
-            sb.state == SandboxState::Paused,
-            "pause: {d} is {:?}",
-            sb.state
-        );
-        let t0 = Instant::now();
-        server.block_on(client.resume_sandbox(&d))?;
-        let (fb, count, attempts) = server.block_on(first_ok(&relay, &host_d, t0))?;
-        continued("exec pause/resume", &d, last_d, count)?;
-        last_d = count;
+        let (pause, _, fb, attempts) =
+            pause_resume(server, &relay, &d, &mut last_d, "exec pause/resume")?;
         if i >= WARMUP {
             s.exec_pause.push(pause);
             s.exec_resume_fb.push(fb);
