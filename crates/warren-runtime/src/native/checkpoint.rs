@@ -806,6 +806,14 @@ impl NativeRuntime {
                     // run iptables in the namespace both ways: ~50 ms).
                     "--network-lock".into(),
                     "skip".into(),
+                    // A restore brings the network namespace back empty
+                    // (`--empty-ns net`, wired anew), so its links,
+                    // addresses, routes, rules and firewall are not dumped
+                    // (CRIU would run `ip` and `iptables-save` eight times).
+                    // A sandbox cannot make a second network namespace
+                    // (seccomp), which this mode could not dump.
+                    "--empty-ns".into(),
+                    "net".into(),
                     "--ghost-limit".into(),
                     "256M".into(),
                 ];
