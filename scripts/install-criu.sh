@@ -18,6 +18,20 @@
 # dumpable, and its /proc/PID/ns files are refused to the unprivileged id
 # ("Can't open PID/ns/net on procfs"); without it, a restored sandbox could
 # not be checkpointed again (pause after resume, fork of a fork).
+# 0003-0005 make Warren's checkpoints and restores faster; each adds an
+# option, and without it CRIU behaves as before (Warren passes them only to
+# a CRIU that takes them, crates/warren-runtime/src/native/criu_probe.rs).
+# 0003 `--kdat-cache-dir DIR`: CRIU caches its kernel-feature probes
+# (~20 ms a run) in /run/criu.kdat only when /run is a tmpfs; Warren keeps
+# them on a tmpfs of its own (/run/warren/criu). A cache there is read only
+# from a tmpfs, and each run writes its own temporary file before the
+# atomic rename (concurrent runs; a run killed mid-save blocks no later one).
+# 0004 `--action-script-only ACTIONS`: run the action script only for
+# these actions (Warren's restore hook needs setup-namespaces; the six
+# other fork+execs cost ~2 ms each). 0005 `--tmpfs-no-gzip`: the
+# sandbox's tmpfs mounts (/tmp, /dev, /dev/shm, masked paths) are dumped
+# as plain tars, without a gzip process on either side; a restore with it
+# still takes gzipped images (gzip's magic decides).
 #
 # Idempotent: does nothing when /usr/local/sbin/criu already reports 4.x AND
 # its marker file /usr/local/sbin/criu.warren-patches names the SHA-256 of
@@ -146,6 +160,287 @@ PATCH
  			exit(1);
  		exit(0);
  	}
+PATCH
+    cat >"$dir/0003-kdat-cache-dir.patch" <<'PATCH'
+--- a/criu/config.c
++++ b/criu/config.c
+@@ -703,6 +703,7 @@
+ 		BOOL_OPT("mntns-compat-mode", &opts.mntns_compat_mode),
+ 		BOOL_OPT("unprivileged", &opts.unprivileged),
+ 		BOOL_OPT("ghost-fiemap", &opts.ghost_fiemap),
++		{ "kdat-cache-dir", required_argument, 0, 1101 },
+ 		{},
+ 	};
+ 
+@@ -1043,6 +1044,9 @@
+ 				return 1;
+ 			}
+ 			break;
++		case 1101:
++			SET_CHAR_OPTS(kdat_cache_dir, optarg);
++			break;
+ 		case 'V':
+ 			pr_msg("Version: %s\n", CRIU_VERSION);
+ 			if (strcmp(CRIU_GITID, "0"))
+--- a/criu/crtools.c
++++ b/criu/crtools.c
+@@ -422,6 +422,7 @@
+ 	       "                        can be 'nftables' or 'iptables' (default).\n"
+ 	       "  --unprivileged        accept limitations when running as non-root\n"
+ 	       "                        consult documentation for further details\n"
++	       "  --kdat-cache-dir DIR  keep the kernel-feature cache in DIR (a tmpfs)\n"
+ 	       "\n"
+ 	       "* External resources support:\n"
+ 	       "  --external RES        dump objects from this list as external resources:\n"
+--- a/criu/include/cr_options.h
++++ b/criu/include/cr_options.h
+@@ -245,6 +245,8 @@
+ 	 * explicitly request it as it comes with many limitations.
+ 	 */
+ 	int unprivileged;
++	/* warren: where the kdat cache lives (a tmpfs directory); NULL: the default */
++	char *kdat_cache_dir;
+ };
+ 
+ extern struct cr_options opts;
+--- a/criu/kerndat.c
++++ b/criu/kerndat.c
+@@ -1189,7 +1189,9 @@
+ 	 * Note that XDG_RUNTIME_DIR is not always defined (e.g. when executing
+ 	 * via su/sudo).
+ 	 */
+-	if (opts.unprivileged) {
++	if (opts.kdat_cache_dir) {
++		ret = asprintf(kdat_file, "%s/%s", opts.kdat_cache_dir, KERNDAT_CACHE_NAME);
++	} else if (opts.unprivileged) {
+ 		const char *cache_dir = getenv("XDG_RUNTIME_DIR");
+ 		if (!cache_dir) {
+ 			pr_warn("$XDG_RUNTIME_DIR not set. Cannot find location for kerndat file\n");
+@@ -1232,6 +1234,21 @@
+ 		return 1;
+ 	}
+ 
++	/*
++	 * warren: a cache in a directory given by --kdat-cache-dir is
++	 * trusted only on a tmpfs (gone after a reboot, as the save side
++	 * requires); anything else is probed again.
++	 */
++	if (opts.kdat_cache_dir) {
++		struct statfs s;
++
++		if (fstatfs(fd, &s) < 0 || s.f_type != TMPFS_MAGIC) {
++			pr_warn("Ignoring kdat cache %s: not on a tmpfs\n", kdat_file);
++			close(fd);
++			return 1;
++		}
++	}
++
+ 	ret = read(fd, &kdat, sizeof(kdat));
+ 	if (ret < 0) {
+ 		pr_perror("Can't read kdat cache");
+@@ -1261,7 +1278,15 @@
+ 	if (get_kerndat_filename(&kdat_file))
+ 		return;
+ 
+-	ret = asprintf(&kdat_file_tmp, "%s.tmp", kdat_file);
++	/*
++	 * warren: in a --kdat-cache-dir, each run writes its own temporary
++	 * file (a run killed while saving leaves no name that stops every
++	 * later save); the rename below stays atomic.
++	 */
++	if (opts.kdat_cache_dir)
++		ret = asprintf(&kdat_file_tmp, "%s.%d.tmp", kdat_file, getpid());
++	else
++		ret = asprintf(&kdat_file_tmp, "%s.tmp", kdat_file);
+ 
+ 	if (unlikely(ret < 0)) {
+ 		pr_warn("Cannot allocate memory for kerndat file name\n");
+@@ -1309,6 +1334,8 @@
+ 		pr_perror("Couldn't save %s", kdat_file);
+ 	unl:
+ 		unlink(kdat_file);
++		if (opts.kdat_cache_dir)
++			unlink(kdat_file_tmp);
+ 	}
+ }
+ 
+PATCH
+    cat >"$dir/0004-action-script-only.patch" <<'PATCH'
+--- a/criu/config.c
++++ b/criu/config.c
+@@ -704,6 +704,7 @@
+ 		BOOL_OPT("unprivileged", &opts.unprivileged),
+ 		BOOL_OPT("ghost-fiemap", &opts.ghost_fiemap),
+ 		{ "kdat-cache-dir", required_argument, 0, 1101 },
++		{ "action-script-only", required_argument, 0, 1102 },
+ 		{},
+ 	};
+ 
+@@ -1047,6 +1048,9 @@
+ 		case 1101:
+ 			SET_CHAR_OPTS(kdat_cache_dir, optarg);
+ 			break;
++		case 1102:
++			SET_CHAR_OPTS(action_script_only, optarg);
++			break;
+ 		case 'V':
+ 			pr_msg("Version: %s\n", CRIU_VERSION);
+ 			if (strcmp(CRIU_GITID, "0"))
+--- a/criu/crtools.c
++++ b/criu/crtools.c
+@@ -423,6 +423,9 @@
+ 	       "  --unprivileged        accept limitations when running as non-root\n"
+ 	       "                        consult documentation for further details\n"
+ 	       "  --kdat-cache-dir DIR  keep the kernel-feature cache in DIR (a tmpfs)\n"
++	       "  --action-script-only ACTIONS\n"
++	       "                        run the action scripts only for these actions\n"
++	       "                        (comma-separated, e.g. setup-namespaces)\n"
+ 	       "\n"
+ 	       "* External resources support:\n"
+ 	       "  --external RES        dump objects from this list as external resources:\n"
+--- a/criu/include/cr_options.h
++++ b/criu/include/cr_options.h
+@@ -247,6 +247,8 @@
+ 	int unprivileged;
+ 	/* warren: where the kdat cache lives (a tmpfs directory); NULL: the default */
+ 	char *kdat_cache_dir;
++	/* warren: comma-separated actions the action scripts run for; NULL: all */
++	char *action_script_only;
+ };
+ 
+ extern struct cr_options opts;
+--- a/criu/action-scripts.c
++++ b/criu/action-scripts.c
+@@ -44,6 +44,28 @@
+ static int scripts_mode = SCRIPTS_NONE;
+ static LIST_HEAD(scripts);
+ 
++/*
++ * warren: whether --action-script-only (a comma-separated list) names
++ * action. Each script run is a fork and exec (a few ms of a restore); a
++ * caller that acts on one action only spares the others.
++ */
++static bool action_script_wanted(const char *action)
++{
++	const char *p = opts.action_script_only;
++	size_t len = strlen(action);
++
++	if (!p)
++		return true;
++	while (*p) {
++		const char *end = strchrnul(p, ',');
++
++		if ((size_t)(end - p) == len && !strncmp(p, action, len))
++			return true;
++		p = *end ? end + 1 : end;
++	}
++	return false;
++}
++
+ static int run_shell_scripts(const char *action)
+ {
+ 	int retval = 0;
+@@ -56,6 +78,11 @@
+ 	if (list_empty(&scripts))
+ 		return 0;
+ 
++	if (!action_script_wanted(action)) {
++		pr_debug("	not wanted (--action-script-only)\n");
++		return 0;
++	}
++
+ 	if (setenv("CRTOOLS_SCRIPT_ACTION", action, 1)) {
+ 		pr_perror("Can't set CRTOOLS_SCRIPT_ACTION=%s", action);
+ 		return -1;
+PATCH
+    cat >"$dir/0005-tmpfs-no-gzip.patch" <<'PATCH'
+--- a/criu/config.c
++++ b/criu/config.c
+@@ -705,6 +705,7 @@
+ 		BOOL_OPT("ghost-fiemap", &opts.ghost_fiemap),
+ 		{ "kdat-cache-dir", required_argument, 0, 1101 },
+ 		{ "action-script-only", required_argument, 0, 1102 },
++		BOOL_OPT("tmpfs-no-gzip", &opts.tmpfs_no_gzip),
+ 		{},
+ 	};
+ 
+--- a/criu/crtools.c
++++ b/criu/crtools.c
+@@ -426,6 +426,8 @@
+ 	       "  --action-script-only ACTIONS\n"
+ 	       "                        run the action scripts only for these actions\n"
+ 	       "                        (comma-separated, e.g. setup-namespaces)\n"
++	       "  --tmpfs-no-gzip       dump tmpfs contents as a plain tar; restore\n"
++	       "                        takes a plain or a gzipped one\n"
+ 	       "\n"
+ 	       "* External resources support:\n"
+ 	       "  --external RES        dump objects from this list as external resources:\n"
+--- a/criu/include/cr_options.h
++++ b/criu/include/cr_options.h
+@@ -249,6 +249,8 @@
+ 	char *kdat_cache_dir;
+ 	/* warren: comma-separated actions the action scripts run for; NULL: all */
+ 	char *action_script_only;
++	/* warren: tmpfs contents as a plain tar, not gzipped */
++	int tmpfs_no_gzip;
+ };
+ 
+ extern struct cr_options opts;
+--- a/criu/filesystems.c
++++ b/criu/filesystems.c
+@@ -416,6 +416,18 @@
+ 	if (root_ns_mask & CLONE_NEWUSER)
+ 		userns_pid = root_item->pid->real;
+ 
++	/*
++	 * warren: --tmpfs-no-gzip spares the gzip process (a fork, an exec
++	 * and the compression) on dump and on restore.
++	 */
++	if (opts.tmpfs_no_gzip)
++		ret = cr_system_userns(fd, img_raw_fd(img), -1, "tar",
++				       (char *[]){ "tar", "--create", "--no-unquote", "--no-wildcards",
++						   "--one-file-system", "--check-links", "--preserve-permissions",
++						   "--sparse", "--numeric-owner", "--directory", "/proc/self/fd/0", ".",
++						   NULL },
++				       0, userns_pid);
++	else
+ 	ret = cr_system_userns(fd, img_raw_fd(img), -1, "tar",
+ 			       (char *[]){ "tar", "--create", "--gzip", "--no-unquote", "--no-wildcards",
+ 					   "--one-file-system", "--check-links", "--preserve-permissions", "--sparse",
+@@ -433,6 +445,16 @@
+ 	return ret;
+ }
+ 
++/* warren: whether the file at fd starts with gzip's magic (or cannot be read) */
++static bool is_gzip_image(int fd)
++{
++	unsigned char magic[2];
++
++	if (pread(fd, magic, sizeof(magic), 0) != sizeof(magic))
++		return true;
++	return magic[0] == 0x1f && magic[1] == 0x8b;
++}
++
+ static int tmpfs_restore(struct mount_info *pm)
+ {
+ 	int ret;
+@@ -450,6 +472,16 @@
+ 		return -1;
+ 	}
+ 
++	/*
++	 * warren: with --tmpfs-no-gzip, an image without gzip's magic is a
++	 * plain tar (dumped with the option); anything else as before.
++	 */
++	if (opts.tmpfs_no_gzip && !is_gzip_image(img_raw_fd(img)))
++		ret = cr_system(img_raw_fd(img), -1, -1, "tar",
++				(char *[]){ "tar", "--extract", "--no-unquote", "--no-wildcards", "--directory",
++					    service_mountpoint(pm), NULL },
++				0);
++	else
+ 	ret = cr_system(img_raw_fd(img), -1, -1, "tar",
+ 			(char *[]){ "tar", "--extract", "--gzip", "--no-unquote", "--no-wildcards", "--directory",
+ 				    service_mountpoint(pm), NULL },
 PATCH
 }
 
