@@ -23,7 +23,9 @@
 # a CRIU that takes them, crates/warren-runtime/src/native/criu_probe.rs).
 # 0003 `--kdat-cache-dir DIR`: CRIU caches its kernel-feature probes
 # (~20 ms a run) in /run/criu.kdat only when /run is a tmpfs; Warren keeps
-# them on a tmpfs of its own (/run/warren/criu). A cache there is read only
+# them in a root-only directory on a tmpfs that is there anyway
+# (/run/warren/criu, or /dev/shm/warren-criu where /run is not a tmpfs;
+# nothing is mounted for it). A cache there is read only
 # from a tmpfs, and each run writes its own temporary file before the
 # atomic rename (concurrent runs; a run killed mid-save blocks no later one).
 # 0004 `--action-script-only ACTIONS`: run the action script only for

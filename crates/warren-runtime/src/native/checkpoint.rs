@@ -619,8 +619,7 @@ impl NativeRuntime {
             return Err(RuntimeError::NotRunning { id: id.to_string() });
         }
         let mut phases = Phases::new();
-        let criu = &self.cfg.criu_binary;
-        let criu_version = criu_version(criu)?;
+        let criu = super::criu_probe::probe(&self.cfg.criu_binary)?;
         if !is_checkpointable(sb.init_pid) {
             return Err(RuntimeError::SnapshotUnsupported {
                 reason: "the sandbox was not created checkpointable (memory_snapshots); \
@@ -639,7 +638,7 @@ impl NativeRuntime {
             .mode(0o700)
             .create(dest)
             .map_err(RuntimeError::prepare(dest))?;
-        let result = self.checkpoint_into(&sb, dest, &opts, &criu_version, &mut phases);
+        let result = self.checkpoint_into(&sb, dest, &opts, &criu, &mut phases);
         match result {
             Ok(manifest) => {
                 let bytes = manifest.files.iter().map(|f| f.size).sum();
@@ -679,7 +678,7 @@ impl NativeRuntime {
         sb: &super::Sandbox,
         dest: &Path,
         opts: &CheckpointOptions,
-        criu_version: &str,
+        criu: &super::criu_probe::Criu,
         phases: &mut Phases,
     ) -> Result<Manifest, RuntimeError> {
         let images = dest.join(CRIU_DIR);
@@ -720,7 +719,7 @@ impl NativeRuntime {
             } else {
                 super::carry::hold_pipes(&sb.cgroup, &execs)?
             };
-            let manifest = self.dump(sb, dest, opts, criu_version, execs, phases)?;
+            let manifest = self.dump(sb, dest, opts, criu, execs, phases)?;
             Ok((manifest, held))
         })();
         match dumped {
@@ -754,7 +753,7 @@ impl NativeRuntime {
         sb: &super::Sandbox,
         dest: &Path,
         opts: &CheckpointOptions,
-        criu_version: &str,
+        criu: &super::criu_probe::Criu,
         execs: Vec<CarriedExec>,
         phases: &mut Phases,
     ) -> Result<Manifest, RuntimeError> {
@@ -817,6 +816,7 @@ impl NativeRuntime {
                     "--ghost-limit".into(),
                     "256M".into(),
                 ];
+                args.extend(criu.args.iter().cloned());
                 if opts.leave_running {
                     args.push("--leave-running".into());
                 }
@@ -876,7 +876,7 @@ impl NativeRuntime {
                     .map(|d| d.count())
                     .unwrap_or(0),
                 network: sb.net.lock().expect("net lock poisoned").is_some(),
-                criu_version: criu_version.to_string(),
+                criu_version: criu.version.clone(),
                 externals,
                 mounts,
                 init_binary: self

@@ -15,6 +15,7 @@ mod carry;
 pub mod checkpoint;
 mod control;
 mod criu_images;
+mod criu_probe;
 mod ids;
 mod pool;
 mod record;

@@ -96,10 +96,10 @@ impl NativeRuntime {
                 reason: "networking is not configured on this node".into(),
             });
         }
-        checkpoint::criu_version(&self.cfg.criu_binary)?;
+        let criu = super::criu_probe::probe(&self.cfg.criu_binary)?;
         let mut execs = Vec::new();
         let info = self.build_sandbox(spec, started, |dir, slot, lease| {
-            self.restore_inner(spec, &manifest, from, dir, slot, lease, &mut execs)
+            self.restore_inner(spec, &manifest, &criu, from, dir, slot, lease, &mut execs)
         })?;
         // A paused sandbox's streams are its own again.
         self.stashes.remove(from);
@@ -111,6 +111,7 @@ impl NativeRuntime {
         &self,
         spec: &SandboxSpec,
         manifest: &Manifest,
+        criu: &super::criu_probe::Criu,
         from: &Path,
         dir: &Path,
         slot: u32,
@@ -273,6 +274,12 @@ impl NativeRuntime {
             "--action-script".into(),
             path_string(&hook.script)?,
         ];
+        args.extend(criu.args.iter().cloned());
+        if criu.script_only {
+            // The hook acts on this one action; CRIU would otherwise fork
+            // and exec it for six more (~2 ms each).
+            args.extend(["--action-script-only".into(), "setup-namespaces".into()]);
+        }
         for (key, path) in &externals {
             args.push("--external".into());
             args.push(format!("mnt[{key}]:{path}"));
