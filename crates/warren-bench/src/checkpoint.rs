@@ -276,7 +276,12 @@ fn warren(args: &CheckpointArgs, data: &Path, shutdown: &Shutdown) -> Series {
                 rspec.checkpointable = true;
                 let t = Instant::now();
                 match w.runtime().restore(&rspec, &last) {
-                    Ok(_) => restores.push(t.elapsed()),
+                    Ok(info) => {
+                        restores.push(t.elapsed());
+                        if i + 1 == args.runs {
+                            eprintln!("warren restore phases, last run (µs): {:?}", info.phases);
+                        }
+                    }
                     Err(e) => {
                         err = Some(e.to_string());
                         break;
