@@ -168,7 +168,11 @@ fn kdat_dir() -> Option<PathBuf> {
 /// writable by everyone, and a directory someone else made first is not
 /// used.
 fn root_only_dir(dir: &Path) -> std::io::Result<()> {
-    match fs::DirBuilder::new().recursive(true).mode(0o700).create(dir) {
+    match fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+    {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
         Err(e) => return Err(e),
