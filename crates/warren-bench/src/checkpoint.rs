@@ -276,10 +276,13 @@ fn warren(args: &CheckpointArgs, data: &Path, shutdown: &Shutdown) -> Series {
                 rspec.checkpointable = true;
                 let t = Instant::now();
                 match w.runtime().restore(&rspec, &last) {
-                    Ok(info) => {
+                    Ok(restored) => {
                         restores.push(t.elapsed());
                         if i + 1 == args.runs {
-                            eprintln!("warren restore phases, last run (µs): {:?}", info.phases);
+                            eprintln!(
+                                "warren restore phases, last run (µs): {:?}",
+                                restored.info.phases
+                            );
                         }
                     }
                     Err(e) => {
