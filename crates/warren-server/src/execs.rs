@@ -358,6 +358,12 @@ async fn pump(
                         return;
                     }
                     Ok(None) => {}
+                    // The sandbox ended (terminated, timed out) under it.
+                    Err(warren_runtime::RuntimeError::InitGone) => {
+                        tracing::debug!("the sandbox ended under a background exec");
+                        bg.finish(lost());
+                        return;
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "lost a background exec's exit");
                         bg.finish(lost());
