@@ -949,6 +949,80 @@ async fn background_execs_survive_pause_and_fork() -> Result<()> {
     Ok(())
 }
 
+/// A sandbox paused with a background exec by one `warren serve` and
+/// resumed by the next (which never knew the exec): the exec comes back as
+/// a background exec of the resumed sandbox, with its command, running on.
+async fn background_exec_comes_back_after_a_restart() -> Result<()> {
+    let argv = json!([
+        "/bin/sh",
+        "-c",
+        "i=0; while :; do i=$((i+1)); echo n$i; sleep 0.05; done"
+    ]);
+    let start = argv.clone();
+    let (data, token, id) = std::thread::spawn(move || -> Result<_> {
+        let rt = tokio::runtime::Runtime::new()?;
+        let r = rt.block_on(async {
+            let e = env().await?;
+            let id = e
+                .create(json!({"memory_snapshots": true, "timeout_secs": 300}))
+                .await?;
+            let (s, v) = e
+                .admin(
+                    "POST",
+                    &format!("/v1/sandboxes/{id}/execs"),
+                    Some(json!({"command": start})),
+                )
+                .await?;
+            ensure!(s == StatusCode::CREATED, "start: {s} {v}");
+            let exec = v["id"].as_str().context("exec id")?.to_string();
+            bg_passes(&e, &id, &exec, 3).await?;
+            let (s, v) = e
+                .admin("POST", &format!("/v1/sandboxes/{id}/pause"), None)
+                .await?;
+            ensure!(s == StatusCode::OK, "pause: {s} {v}");
+            e.sweeper.abort();
+            std::mem::forget(e.state);
+            Ok::<_, anyhow::Error>((e.data, e.token, id))
+        });
+        rt.shutdown_background();
+        r
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("first server panicked"))??;
+    let mut cfg = ServerConfig::new("127.0.0.1:0".parse()?, data.path());
+    cfg.cgroup_parent = Some(common::cgroup_parent(data.path()));
+    let state = warren_server::open(&cfg).await?;
+    let e = Env {
+        sweeper: state.supervisor.spawn_sweeper(Duration::from_millis(100)),
+        state,
+        token,
+        data,
+    };
+    let (s, v) = e
+        .admin("POST", &format!("/v1/sandboxes/{id}/resume"), None)
+        .await?;
+    ensure!(
+        s == StatusCode::OK && v["state"] == "running",
+        "resume: {s} {v}"
+    );
+    let (_, v) = e
+        .admin("GET", &format!("/v1/sandboxes/{id}/execs"), None)
+        .await?;
+    let listed = v["execs"].as_array().context("execs")?;
+    ensure!(
+        listed.len() == 1 && listed[0]["command"] == argv && listed[0]["state"] == "running",
+        "after the restart: {v}"
+    );
+    let exec = listed[0]["id"].as_str().context("exec id")?.to_string();
+    let last = bg_passes(&e, &id, &exec, 0).await?;
+    // It goes on from where it was paused (past 3), not from the start.
+    let first = bg_numbers(&e, &id, &exec).await?[0];
+    ensure!(first > 3, "the exec counts from {first} after the resume");
+    bg_passes(&e, &id, &exec, last + 5).await?;
+    e.teardown().await;
+    Ok(())
+}
+
 /// Pause/resume and fork cycles, then everything terminated: nothing of
 /// them is left on the host (checked for the whole suite at the end).
 async fn cycles_leave_nothing() -> Result<()> {
@@ -1030,6 +1104,9 @@ fn main() {
         criu_trial("on_idle_pauses", || Box::pin(on_idle_pauses())),
         criu_trial("background_execs_survive_pause_and_fork", || {
             Box::pin(background_execs_survive_pause_and_fork())
+        }),
+        criu_trial("background_exec_comes_back_after_a_restart", || {
+            Box::pin(background_exec_comes_back_after_a_restart())
         }),
         criu_trial("cycles_leave_nothing", || Box::pin(cycles_leave_nothing())),
     ];
