@@ -24,10 +24,10 @@
 //! Execs with a terminal are not carried: a checkpoint with one attached is
 //! refused.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -201,35 +201,21 @@ impl Stashes {
     }
 }
 
-/// Which way the sandbox's end of a stream points.
-#[derive(Clone, Copy)]
-enum Side {
-    /// The sandbox reads (stdin).
-    Reads,
-    /// The sandbox writes (stdout, stderr).
-    Writes,
-}
-
-/// Opens the sandbox's end of every carried pipe, found among the open
-/// descriptors of the sandbox's processes, so that the pipes outlive the
-/// processes. An output pipe nobody reads any more is left out (a restore
-/// then gives the process a pipe nobody reads, as it had).
+/// Takes a duplicate of the sandbox's end of every carried pipe, found
+/// among the open descriptors of the sandbox's processes
+/// (`pidfd_getfd`: nothing inside the sandbox is opened by path), so that
+/// the pipes outlive the processes. A duplicate is kept only if it still
+/// is that pipe (a process may swap its descriptors meanwhile).
 pub(crate) fn hold_pipes(
     cgroup: &Cgroup,
     execs: &[CarriedExec],
 ) -> Result<Vec<(String, OwnedFd)>, RuntimeError> {
-    let mut wanted: HashMap<String, Side> = HashMap::new();
-    for e in execs {
-        for (k, side) in [
-            (&e.stdin, Side::Reads),
-            (&e.stdout, Side::Writes),
-            (&e.stderr, Side::Writes),
-        ] {
-            if let Some(k) = k {
-                wanted.insert(k.clone(), side);
-            }
-        }
-    }
+    let mut wanted: HashSet<String> = execs
+        .iter()
+        .flat_map(|e| [&e.stdin, &e.stdout, &e.stderr])
+        .flatten()
+        .cloned()
+        .collect();
     let mut held = Vec::new();
     if wanted.is_empty() {
         return Ok(held);
@@ -243,9 +229,13 @@ pub(crate) fn hold_pipes(
                 reason: "the sandbox has no cgroup".into(),
             })?;
     let text = fs::read_to_string(&procs).map_err(RuntimeError::prepare(&procs))?;
-    'pids: for pid in text.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+    for pid in text.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+        if wanted.is_empty() {
+            break;
+        }
         let dir = PathBuf::from(format!("/proc/{pid}/fd"));
-        let Ok(entries) = fs::read_dir(&dir) else {
+        let (Ok(entries), Ok(pidfd)) = (fs::read_dir(&dir), warren_sys::pidfd::open(pid)) else {
+            // It exited meanwhile.
             continue;
         };
         for e in entries.flatten() {
@@ -253,27 +243,18 @@ pub(crate) fn hold_pipes(
                 continue;
             };
             let link = link.to_string_lossy().into_owned();
-            let Some(side) = wanted.remove(&link) else {
+            if !wanted.contains(&link) {
+                continue;
+            }
+            let Some(n) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
                 continue;
             };
-            let mut o = fs::OpenOptions::new();
-            match side {
-                Side::Reads => o.read(true),
-                Side::Writes => o.write(true),
+            let Ok(fd) = warren_sys::pidfd::get_fd(pidfd.as_fd(), n) else {
+                continue;
             };
-            // Non-blocking: opening a pipe's write end waits for a reader
-            // otherwise. CRIU reopens it with the process's own flags.
-            match o
-                .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-                .open(e.path())
-            {
-                Ok(f) => held.push((link, OwnedFd::from(f))),
-                // No reader left: nothing to keep open.
-                Err(err) if err.raw_os_error() == Some(libc::ENXIO) => {}
-                Err(err) => return Err(RuntimeError::prepare(e.path())(err)),
-            }
-            if wanted.is_empty() {
-                break 'pids;
+            if control::pipe_key(&fd).as_deref() == Some(link.as_str()) {
+                wanted.remove(&link);
+                held.push((link, fd));
             }
         }
     }

@@ -332,6 +332,12 @@ fn pipe_inode(fd: &OwnedFd) -> Option<u64> {
     (st.st_mode & libc::S_IFMT == libc::S_IFIFO).then_some(st.st_ino)
 }
 
+/// CRIU's name of the pipe `fd` is (`pipe:[ino]`, as `/proc/PID/fd` shows
+/// it), when it is one.
+pub(crate) fn pipe_key(fd: &OwnedFd) -> Option<String> {
+    pipe_inode(fd).map(|i| format!("pipe:[{i}]"))
+}
+
 /// Starts an exec through init, and records its streams in `registry`
 /// (under `id`) for a later checkpoint.
 pub(crate) fn start_exec(
