@@ -126,3 +126,28 @@ fn waitid(pidfd: BorrowedFd<'_>, extra: libc::c_int) -> Result<Option<WaitStatus
         _ => WaitStatus::Signaled(status),
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    fn inode(fd: BorrowedFd<'_>) -> u64 {
+        nix::sys::stat::fstat(fd).expect("fstat").st_ino
+    }
+
+    /// A duplicate from a process's table is the same open file.
+    #[test]
+    fn get_fd_duplicates_the_same_file() {
+        let (r, w) = nix::unistd::pipe().expect("pipe");
+        let me = open(std::process::id() as i32).expect("pidfd_open");
+        let dup = get_fd(me.as_fd(), w.as_raw_fd()).expect("pidfd_getfd");
+        assert_ne!(dup.as_raw_fd(), w.as_raw_fd());
+        assert_eq!(inode(dup.as_fd()), inode(r.as_fd()));
+        // Writing through the duplicate reaches the pipe.
+        nix::unistd::write(&dup, b"x").expect("write");
+        let mut b = [0u8; 1];
+        assert_eq!(nix::unistd::read(&r, &mut b).expect("read"), 1);
+        assert_eq!(get_fd(me.as_fd(), 1 << 20).err(), Some(Errno::EBADF));
+    }
+}
