@@ -388,6 +388,27 @@ async fn corrupt_snapshot_is_refused() -> Result<()> {
     Ok(())
 }
 
+/// Stops a server the way a crash does: nothing is torn down, its
+/// sandboxes and state stay; returns its data directory and token.
+fn crash(e: Env) -> (tempfile::TempDir, String) {
+    e.sweeper.abort();
+    std::mem::forget(e.state);
+    (e.data, e.token)
+}
+
+/// A new server on a crashed one's data directory.
+async fn reopen(data: tempfile::TempDir, token: String) -> Result<Env> {
+    let mut cfg = ServerConfig::new("127.0.0.1:0".parse()?, data.path());
+    cfg.cgroup_parent = Some(common::cgroup_parent(data.path()));
+    let state = warren_server::open(&cfg).await?;
+    Ok(Env {
+        sweeper: state.supervisor.spawn_sweeper(Duration::from_millis(100)),
+        state,
+        token,
+        data,
+    })
+}
+
 /// A paused sandbox (its record and checkpoint directory, made here by
 /// hand) stays paused across a restart (a still-running runtime sandbox of
 /// it is released), refuses execs and file operations with
@@ -411,24 +432,15 @@ async fn paused_sandbox_survives_restart_and_terminates() -> Result<()> {
                 std::fs::create_dir_all(&dir)?;
                 std::fs::write(dir.join("manifest.json"), b"{}")?;
             }
-            e.sweeper.abort();
-            std::mem::forget(e.state);
-            Ok::<_, anyhow::Error>((e.data, e.token, plain, auto))
+            let (data, token) = crash(e);
+            Ok::<_, anyhow::Error>((data, token, plain, auto))
         });
         rt.shutdown_background();
         r
     })
     .join()
     .map_err(|_| anyhow::anyhow!("first server panicked"))??;
-    let mut cfg = ServerConfig::new("127.0.0.1:0".parse()?, data.path());
-    cfg.cgroup_parent = Some(common::cgroup_parent(data.path()));
-    let state = warren_server::open(&cfg).await?;
-    let e = Env {
-        sweeper: state.supervisor.spawn_sweeper(Duration::from_millis(100)),
-        state,
-        token,
-        data,
-    };
+    let e = reopen(data, token).await?;
     for id in [&plain, &auto] {
         let v = state_of(&e, id).await?;
         ensure!(
@@ -980,24 +992,15 @@ async fn background_exec_comes_back_after_a_restart() -> Result<()> {
                 .admin("POST", &format!("/v1/sandboxes/{id}/pause"), None)
                 .await?;
             ensure!(s == StatusCode::OK, "pause: {s} {v}");
-            e.sweeper.abort();
-            std::mem::forget(e.state);
-            Ok::<_, anyhow::Error>((e.data, e.token, id))
+            let (data, token) = crash(e);
+            Ok::<_, anyhow::Error>((data, token, id))
         });
         rt.shutdown_background();
         r
     })
     .join()
     .map_err(|_| anyhow::anyhow!("first server panicked"))??;
-    let mut cfg = ServerConfig::new("127.0.0.1:0".parse()?, data.path());
-    cfg.cgroup_parent = Some(common::cgroup_parent(data.path()));
-    let state = warren_server::open(&cfg).await?;
-    let e = Env {
-        sweeper: state.supervisor.spawn_sweeper(Duration::from_millis(100)),
-        state,
-        token,
-        data,
-    };
+    let e = reopen(data, token).await?;
     let (s, v) = e
         .admin("POST", &format!("/v1/sandboxes/{id}/resume"), None)
         .await?;

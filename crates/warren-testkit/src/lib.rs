@@ -74,7 +74,8 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
 
 /// Things Warren left behind on the host whose names contain `marker`:
 /// mounts in the host's mount table, cgroup directories, and processes
-/// running a sealed `warren-init` memfd. Empty means clean.
+/// running `warren-init` (a sealed memfd, or the bound file of a
+/// checkpointable sandbox). Empty means clean.
 pub fn leaks(marker: &str) -> Vec<String> {
     let mut out = Vec::new();
     if let Ok(m) = std::fs::read_to_string("/proc/self/mountinfo") {
@@ -92,7 +93,9 @@ pub fn leaks(marker: &str) -> Vec<String> {
                 continue;
             }
             if let Ok(exe) = std::fs::read_link(p.path().join("exe")) {
-                if exe.to_string_lossy().contains("memfd:warren-init") {
+                let exe = exe.to_string_lossy();
+                // A checkpointable sandbox's init runs from a bound file.
+                if exe.contains("memfd:warren-init") || exe.ends_with("/dev/.warren-init") {
                     out.push(format!("process: pid {name} runs warren-init"));
                 }
             }
