@@ -801,20 +801,7 @@ async fn on_idle_pauses() -> Result<()> {
     let e = env().await?;
     let id = stateful(&e, json!({"on_idle": "pause", "idle_timeout_secs": 1})).await?;
     get(&e, &id, "/set/idle=1").await?;
-    let mut paused = false;
-    for _ in 0..200 {
-        let v = state_of(&e, &id).await?;
-        ensure!(
-            v["state"] != "terminated",
-            "terminated instead of paused: {v}"
-        );
-        if v["state"] == "paused" {
-            paused = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    ensure!(paused, "never paused");
+    wait_idle_pause(&e, &id).await?;
     let (s, v) = e
         .admin("POST", &format!("/v1/sandboxes/{id}/resume"), None)
         .await?;
@@ -846,6 +833,46 @@ async fn bg_numbers(e: &Env, id: &str, exec: &str) -> Result<Vec<u64>> {
     Ok(nums)
 }
 
+/// A background exec printing `n1`, `n2`, ... every 50 ms.
+const COUNTING: [&str; 3] = [
+    "/bin/sh",
+    "-c",
+    "i=0; while :; do i=$((i+1)); echo n$i; sleep 0.05; done",
+];
+
+/// Starts [`COUNTING`] as a background exec of `id` and waits until it
+/// printed past 3; returns its exec id.
+async fn start_counting(e: &Env, id: &str) -> Result<String> {
+    let (s, v) = e
+        .admin(
+            "POST",
+            &format!("/v1/sandboxes/{id}/execs"),
+            Some(json!({"command": COUNTING})),
+        )
+        .await?;
+    ensure!(s == StatusCode::CREATED, "start: {s} {v}");
+    let exec = v["id"].as_str().context("exec id")?.to_string();
+    bg_passes(e, id, &exec, 3).await?;
+    Ok(exec)
+}
+
+/// Waits (bounded) until the idle timeout paused `id`; fails if it was
+/// terminated instead.
+async fn wait_idle_pause(e: &Env, id: &str) -> Result<()> {
+    for _ in 0..200 {
+        let v = state_of(e, id).await?;
+        ensure!(
+            v["state"] != "terminated",
+            "terminated instead of paused: {v}"
+        );
+        if v["state"] == "paused" {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("{id} never paused")
+}
+
 /// Waits until a background exec of `id` printed past `n`.
 async fn bg_passes(e: &Env, id: &str, exec: &str, n: u64) -> Result<u64> {
     for _ in 0..200 {
@@ -874,33 +901,9 @@ async fn background_execs_survive_pause_and_fork() -> Result<()> {
             "timeout_secs": 300,
         }))
         .await?;
-    let argv = json!([
-        "/bin/sh",
-        "-c",
-        "i=0; while :; do i=$((i+1)); echo n$i; sleep 0.05; done"
-    ]);
-    let (s, v) = e
-        .admin(
-            "POST",
-            &format!("/v1/sandboxes/{id}/execs"),
-            Some(json!({"command": argv})),
-        )
-        .await?;
-    ensure!(s == StatusCode::CREATED, "start: {s} {v}");
-    let exec = v["id"].as_str().context("exec id")?.to_string();
-    bg_passes(&e, &id, &exec, 3).await?;
+    let exec = start_counting(&e, &id).await?;
     // Idle (nothing but the exec runs): paused, not terminated.
-    let mut paused = false;
-    for _ in 0..200 {
-        let v = state_of(&e, &id).await?;
-        ensure!(v["state"] != "terminated", "terminated: {v}");
-        if v["state"] == "paused" {
-            paused = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    ensure!(paused, "a sandbox with only a background exec never paused");
+    wait_idle_pause(&e, &id).await?;
     let before = *bg_numbers(&e, &id, &exec)
         .await?
         .last()
@@ -945,7 +948,9 @@ async fn background_execs_survive_pause_and_fork() -> Result<()> {
         .await?;
     let listed = v["execs"].as_array().context("execs")?;
     ensure!(
-        listed.len() == 1 && listed[0]["command"] == argv && listed[0]["state"] == "running",
+        listed.len() == 1
+            && listed[0]["command"] == json!(COUNTING)
+            && listed[0]["state"] == "running",
         "the copy's execs: {v}"
     );
     let cexec = listed[0]["id"].as_str().context("exec id")?.to_string();
@@ -965,12 +970,6 @@ async fn background_execs_survive_pause_and_fork() -> Result<()> {
 /// resumed by the next (which never knew the exec): the exec comes back as
 /// a background exec of the resumed sandbox, with its command, running on.
 async fn background_exec_comes_back_after_a_restart() -> Result<()> {
-    let argv = json!([
-        "/bin/sh",
-        "-c",
-        "i=0; while :; do i=$((i+1)); echo n$i; sleep 0.05; done"
-    ]);
-    let start = argv.clone();
     let (data, token, id) = std::thread::spawn(move || -> Result<_> {
         let rt = tokio::runtime::Runtime::new()?;
         let r = rt.block_on(async {
@@ -978,16 +977,7 @@ async fn background_exec_comes_back_after_a_restart() -> Result<()> {
             let id = e
                 .create(json!({"memory_snapshots": true, "timeout_secs": 300}))
                 .await?;
-            let (s, v) = e
-                .admin(
-                    "POST",
-                    &format!("/v1/sandboxes/{id}/execs"),
-                    Some(json!({"command": start})),
-                )
-                .await?;
-            ensure!(s == StatusCode::CREATED, "start: {s} {v}");
-            let exec = v["id"].as_str().context("exec id")?.to_string();
-            bg_passes(&e, &id, &exec, 3).await?;
+            start_counting(&e, &id).await?;
             let (s, v) = e
                 .admin("POST", &format!("/v1/sandboxes/{id}/pause"), None)
                 .await?;
@@ -1013,7 +1003,9 @@ async fn background_exec_comes_back_after_a_restart() -> Result<()> {
         .await?;
     let listed = v["execs"].as_array().context("execs")?;
     ensure!(
-        listed.len() == 1 && listed[0]["command"] == argv && listed[0]["state"] == "running",
+        listed.len() == 1
+            && listed[0]["command"] == json!(COUNTING)
+            && listed[0]["state"] == "running",
         "after the restart: {v}"
     );
     let exec = listed[0]["id"].as_str().context("exec id")?.to_string();

@@ -124,7 +124,7 @@ impl Registry {
                 terminals += 1;
                 continue;
             }
-            let key = |ino: Option<u64>| ino.map(|i| format!("pipe:[{i}]"));
+            let key = |ino: Option<u64>| ino.map(control::pipe_name);
             out.push(CarriedExec {
                 pid,
                 argv: r.argv,

@@ -335,7 +335,12 @@ fn pipe_inode(fd: &OwnedFd) -> Option<u64> {
 /// CRIU's name of the pipe `fd` is (`pipe:[ino]`, as `/proc/PID/fd` shows
 /// it), when it is one.
 pub(crate) fn pipe_key(fd: &OwnedFd) -> Option<String> {
-    pipe_inode(fd).map(|i| format!("pipe:[{i}]"))
+    pipe_inode(fd).map(pipe_name)
+}
+
+/// CRIU's name of the pipe with inode `ino`.
+pub(crate) fn pipe_name(ino: u64) -> String {
+    format!("pipe:[{ino}]")
 }
 
 /// Starts an exec through init, and records its streams in `registry`
